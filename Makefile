@@ -1,0 +1,35 @@
+# Each target sets up what it needs (.venv/, and the host in .comfyui/ unless COMFYUI_PATH names one).
+SHELL := /bin/bash
+PY := .venv/bin/python
+export COMFYUI_PATH ?=
+
+.PHONY: setup test test-fast demo serve bench lint format clean
+
+setup:
+	@bash scripts/setup_env.sh
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: setup
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+test: lint
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) scripts/demo.py $(DEMO_ARGS)
+
+serve: setup
+	$(PY) scripts/serve.py
+
+bench: setup
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf tests/.cache output .pytest_cache .ruff_cache

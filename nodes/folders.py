@@ -1,0 +1,49 @@
+"""The `models/perfusion` folder: registration and safe name resolution."""
+
+from __future__ import annotations
+
+import os
+
+import folder_paths
+
+FOLDER = "perfusion"
+EXTENSIONS = {".safetensors"}
+
+
+def register() -> None:
+    """Adds models/perfusion (safetensors only), keeping paths users set in extra_model_paths.yaml.
+
+    `add_model_folder_path` on a new name would give an empty extension filter (every file
+    listed), so the entry is merged by hand.
+    """
+    default = os.path.join(folder_paths.models_dir, FOLDER)
+    paths, _ = folder_paths.folder_names_and_paths.get(FOLDER, ([], set()))
+    paths = list(paths)
+    if default not in paths:
+        paths.insert(0, default)
+    folder_paths.folder_names_and_paths[FOLDER] = (paths, set(EXTENSIONS))
+
+
+def concept_names() -> list[str]:
+    return folder_paths.get_filename_list(FOLDER)
+
+
+def resolve(name: str) -> str:
+    """Full path of a concept file named by a widget; only inside the registered folders."""
+    if not name or not name.endswith(".safetensors"):
+        raise ValueError(f"Perfusion concept '{name}': only .safetensors concept files are loaded")
+    path = folder_paths.get_full_path(FOLDER, name)
+    if path is None:
+        raise FileNotFoundError(
+            f"Perfusion concept '{name}' was not found in {folder_paths.get_folder_paths(FOLDER)}"
+        )
+    real = os.path.realpath(path)
+    roots = [os.path.realpath(p) for p in folder_paths.get_folder_paths(FOLDER)]
+    if not any(os.path.commonpath([real, root]) == root for root in roots):
+        raise ValueError(f"Perfusion concept '{name}' resolves outside the perfusion model folders")
+    return path
+
+
+def default_directory() -> str:
+    """Where new concept files are written: the first registered perfusion folder."""
+    return folder_paths.get_folder_paths(FOLDER)[0]

@@ -1,0 +1,122 @@
+"""Loader nodes: a concept file (or an in-memory CONCEPT) applied to MODEL and CLIP."""
+
+from __future__ import annotations
+
+import os
+
+from ..perfusion_core.concept_file import load_concept
+from . import folders
+from .apply import LOCK_MODES, apply_concept
+
+CONCEPT_TYPE = "PERFUSION_CONCEPT"
+
+_GATE_INPUTS = {
+    "bias": (
+        "FLOAT",
+        {
+            "default": 0.70,
+            "min": -1.0,
+            "max": 2.0,
+            "step": 0.01,
+            "tooltip": "Gate bias β. Lower = stronger concept (more fidelity to the training images); "
+            "higher = weaker concept (more freedom for the rest of the prompt). "
+            "Typical: 0.6–0.75 with local key-lock, 0.4–0.6 with global.",
+        },
+    ),
+    "temperature": (
+        "FLOAT",
+        {
+            "default": 0.15,
+            "min": 0.01,
+            "max": 1.0,
+            "step": 0.01,
+            "tooltip": "Gate temperature τ: how sharply the gate switches between unrelated tokens (off) "
+            "and the concept word (on). 0.15 is the paper's inference setting.",
+        },
+    ),
+    "key_lock": (
+        list(LOCK_MODES),
+        {
+            "default": "local",
+            "tooltip": "local: each cross-attention key of the concept word is locked to its superclass "
+            "(the trained behaviour). global: every key is computed from the prompt with the concept word "
+            "replaced by its superclass word, for better text alignment.",
+        },
+    ),
+}
+
+_MODEL_CLIP_INPUTS = {
+    "model": ("MODEL", {"tooltip": "The SD1.5-family model to patch (the input is left unchanged)."}),
+    "clip": ("CLIP", {"tooltip": "The text encoder of that model; the concept word is added to a clone."}),
+}
+
+_DESCRIPTION_TAIL = (
+    " Write the concept word in any prompt encoded with the returned CLIP. Chain several loaders to "
+    "combine concepts; they are applied jointly, one edit per cross-attention layer. With key_lock = "
+    "global, encode both the positive and the negative prompt with the returned CLIP (a stock "
+    "CLIPTextEncode is enough)."
+)
+
+
+class PerfusionConceptLoader:
+    DESCRIPTION = (
+        "Loads a Perfusion concept file from models/perfusion and patches the model's cross-attention "
+        "K/V projections with its gated rank-1 edit." + _DESCRIPTION_TAIL
+    )
+    CATEGORY = "perfusion"
+    FUNCTION = "load"
+    RETURN_TYPES = ("MODEL", "CLIP")
+    RETURN_NAMES = ("model", "clip")
+    OUTPUT_TOOLTIPS = ("The patched model (a clone).", "The CLIP that knows the concept word (a clone).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                **_MODEL_CLIP_INPUTS,
+                "concept_name": (
+                    folders.concept_names(),
+                    {"tooltip": "A concept file in models/perfusion (.safetensors, ~40 KB)."},
+                ),
+                **_GATE_INPUTS,
+            }
+        }
+
+    @classmethod
+    def IS_CHANGED(cls, concept_name, **_):
+        """Re-run when the file changes on disk, not only when the widget does."""
+        try:
+            stat = os.stat(folders.resolve(concept_name))
+        except (OSError, ValueError):
+            return float("nan")
+        return f"{stat.st_mtime_ns}-{stat.st_size}"
+
+    def load(self, model, clip, concept_name, bias, temperature, key_lock):
+        path = folders.resolve(concept_name)
+        concept = load_concept(path)
+        return apply_concept(model, clip, concept, bias, temperature, key_lock, source=concept_name)
+
+
+class PerfusionApplyConcept:
+    DESCRIPTION = (
+        "Applies an in-memory Perfusion CONCEPT (from the training node) to a model, so training and "
+        "generation work in one graph." + _DESCRIPTION_TAIL
+    )
+    CATEGORY = "perfusion"
+    FUNCTION = "apply"
+    RETURN_TYPES = ("MODEL", "CLIP")
+    RETURN_NAMES = ("model", "clip")
+    OUTPUT_TOOLTIPS = PerfusionConceptLoader.OUTPUT_TOOLTIPS
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                **_MODEL_CLIP_INPUTS,
+                "concept": (CONCEPT_TYPE, {"tooltip": "A concept from 'Train Perfusion Concept'."}),
+                **_GATE_INPUTS,
+            }
+        }
+
+    def apply(self, model, clip, concept, bias, temperature, key_lock):
+        return apply_concept(model, clip, concept, bias, temperature, key_lock, source=f"concept '{concept.word}'")

@@ -1,0 +1,56 @@
+"""What one trained concept holds, independent of how it is stored or applied."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+FORMAT_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class ConceptInfo:
+    """Descriptive fields that travel with a concept (the file's metadata, spec §7)."""
+
+    word: str
+    superclass: str
+    model_family: str
+    encoder_fingerprint: str
+    train_beta: float = 0.75
+    train_tau: float = 0.10
+    suggested_beta_local: float = 0.70
+    suggested_beta_global: float = 0.50
+    suggested_tau: float = 0.15
+    steps: int = 0
+    training_settings: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Concept:
+    """A Perfusion concept (spec §3, §7).
+
+    `v_targets` maps each cross-attention layer name (as found in the model, e.g.
+    ``diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2``) to its V target o*_V.
+    K targets are not stored: they are W_K · superclass_encoding, taken from the model they are
+    applied to, so they stay exact for that model (and any LoRA on it).
+    """
+
+    info: ConceptInfo
+    token_embedding: torch.Tensor  # (D,) learned input embedding of the concept word
+    i_star: torch.Tensor  # (D,) target input: EMA of the concept token's encoding
+    u: torch.Tensor  # (D,) C⁻¹ i*, so inference needs no covariance
+    superclass_encoding: torch.Tensor  # (D,) mean encoding of the superclass word (key lock)
+    v_targets: dict[str, torch.Tensor]  # layer -> (d,)
+
+    @property
+    def word(self) -> str:
+        return self.info.word
+
+    @property
+    def encoder_width(self) -> int:
+        return int(self.i_star.shape[0])
+
+    @property
+    def layer_widths(self) -> dict[str, int]:
+        return {name: int(t.shape[0]) for name, t in self.v_targets.items()}

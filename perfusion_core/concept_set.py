@@ -1,0 +1,112 @@
+"""Concepts as applied to a model: per-concept gate settings and the per-projection plans.
+
+One `ConceptSet` serves every cross-attention layer of a patched model: the gated edit depends
+only on the concepts (i*, u, β, τ), so it is built once per device and shared; only the targets
+differ per layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+
+from .concept import Concept
+from .gated_edit import GatedRank1Edit
+
+Projection = Literal["k", "v"]
+
+
+@dataclass(frozen=True)
+class AppliedConcept:
+    """A concept with the gate settings it is used with at inference."""
+
+    concept: Concept
+    beta: float
+    tau: float
+    global_lock: bool = False  # K sees the superclass prompt instead of a K edit (spec §5)
+
+
+@dataclass(frozen=True)
+class ProjectionPlan:
+    """What one K or V projection of one layer needs for its edit.
+
+    Exactly one of `target_inputs` / `target_outputs` is set: key-locked K targets are the
+    projection's own W applied to the superclass encodings; V targets are stored vectors.
+    """
+
+    edit: GatedRank1Edit
+    target_inputs: torch.Tensor | None  # (J, D)
+    target_outputs: torch.Tensor | None  # (J, d)
+
+
+class PlanSource(Protocol):
+    """Anything that can say how a projection is edited (inference sets, training state)."""
+
+    def plan(self, layer: str, kind: Projection, device: torch.device) -> ProjectionPlan | None: ...
+
+
+class ConceptSet:
+    """An immutable, ordered set of applied concepts; caches device copies of its tensors."""
+
+    def __init__(self, applied: tuple[AppliedConcept, ...]) -> None:
+        words = [a.concept.word.lower() for a in applied]
+        if len(set(words)) != len(words):
+            raise ValueError(f"the same concept word is applied twice: {words}")
+        widths = {a.concept.encoder_width for a in applied}
+        if len(widths) > 1:
+            raise ValueError("concepts from text encoders of different widths cannot be combined")
+        self.applied = applied
+        self._edits: dict[tuple[Projection, str], GatedRank1Edit | None] = {}
+        self._tensors: dict[tuple[str, str, str], torch.Tensor] = {}
+
+    def extended(self, more: tuple[AppliedConcept, ...]) -> ConceptSet:
+        return ConceptSet(self.applied + more)
+
+    def members(self, kind: Projection) -> tuple[AppliedConcept, ...]:
+        """Concepts that edit this projection: all for V; K only where the lock is local."""
+        return self.applied if kind == "v" else tuple(a for a in self.applied if not a.global_lock)
+
+    @property
+    def has_key_edits(self) -> bool:
+        return bool(self.members("k"))
+
+    @property
+    def has_global_lock(self) -> bool:
+        return any(a.global_lock for a in self.applied)
+
+    def _edit(self, kind: Projection, device: torch.device) -> GatedRank1Edit | None:
+        key = (kind, str(device))
+        if key not in self._edits:
+            members = self.members(kind)
+            if not members:
+                self._edits[key] = None
+            else:
+                edit = GatedRank1Edit(
+                    torch.stack([a.concept.i_star for a in members]),
+                    torch.stack([a.concept.u for a in members]),
+                    [a.beta for a in members],
+                    [a.tau for a in members],
+                )
+                self._edits[key] = edit.to(device)
+        return self._edits[key]
+
+    def _stacked(self, name: str, kind: Projection, device: torch.device, layer: str = "") -> torch.Tensor:
+        key = (name + layer, kind, str(device))
+        if key not in self._tensors:
+            members = self.members(kind)
+            if name == "superclass_encoding":
+                rows = [a.concept.superclass_encoding for a in members]
+            else:
+                rows = [a.concept.v_targets[layer] for a in members]
+            self._tensors[key] = torch.stack([r.float() for r in rows]).to(device)
+        return self._tensors[key]
+
+    def plan(self, layer: str, kind: Projection, device: torch.device) -> ProjectionPlan | None:
+        edit = self._edit(kind, device)
+        if edit is None:
+            return None
+        if kind == "k":
+            return ProjectionPlan(edit, self._stacked("superclass_encoding", kind, device), None)
+        return ProjectionPlan(edit, None, self._stacked("v_target", kind, device, layer))

@@ -1,0 +1,8 @@
+"""Test configuration: the repo root on sys.path (import `perfusion_core`, `harness` top-level)."""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))

@@ -1,0 +1,144 @@
+"""The gated rank-1 edit against dense references written out explicitly here."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from perfusion_core.gated_edit import GatedRank1Edit, gate
+
+
+def random_problem(seed: int, d_in: int = 24, d_out: int = 16, concepts: int = 1, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(d_in, d_in, generator=g, dtype=dtype)
+    cov = a @ a.T / d_in + 0.1 * torch.eye(d_in, dtype=dtype)  # an SPD "C"
+    weight = torch.randn(d_out, d_in, generator=g, dtype=dtype)
+    i_star = torch.randn(concepts, d_in, generator=g, dtype=dtype)
+    o_star = torch.randn(concepts, d_out, generator=g, dtype=dtype)
+    e = torch.randn(3, 7, d_in, generator=g, dtype=dtype)
+    return cov, weight, i_star, o_star, e
+
+
+def rome_weight(weight, cov, i_star, o_star):
+    """ROME's closed form: W' = W + (o* − W i*) (C⁻¹ i*)ᵀ / (i*ᵀ C⁻¹ i*)."""
+    c_inv = torch.linalg.inv(cov)
+    u = c_inv @ i_star
+    return weight + torch.outer(o_star - weight @ i_star, u) / (i_star @ u)
+
+
+def test_gate_replaced_by_relevance_is_rome_exactly():
+    cov, weight, i_star, o_star, e = random_problem(0)
+    u = torch.linalg.inv(cov) @ i_star[0]
+    edit = GatedRank1Edit(i_star[0], u, beta=0.0, tau=1.0)
+    s = edit.similarity(e)
+    relevance = edit.relevance(s)
+    ours = e.float() @ weight.float().T + GatedRank1Edit.correction(
+        edit.coefficients(s), relevance, (weight @ i_star.T).T, o_star
+    )
+    reference = e @ rome_weight(weight, cov, i_star[0], o_star[0]).T
+    torch.testing.assert_close(ours.double(), reference, rtol=1e-4, atol=1e-4)
+
+
+def test_open_gate_maps_i_star_to_o_star():
+    cov, weight, i_star, o_star, _ = random_problem(1)
+    u = torch.linalg.inv(cov) @ i_star[0]
+    edit = GatedRank1Edit(i_star[0], u, beta=-100.0, tau=0.1)  # g(i*) = 1
+    out = i_star[0] @ weight.T + edit.delta(i_star[0], (weight @ i_star.T).T, o_star)
+    torch.testing.assert_close(out.double(), o_star[0], rtol=1e-4, atol=1e-4)
+
+
+def test_closed_gate_removes_only_the_concept_direction():
+    cov, weight, i_star, o_star, e = random_problem(2)
+    c_inv = torch.linalg.inv(cov)
+    u = c_inv @ i_star[0]
+    edit = GatedRank1Edit(i_star[0], u, beta=100.0, tau=0.1)  # g = 0 everywhere
+    out = e @ weight.T + edit.delta(e, (weight @ i_star.T).T, o_star)
+    r = (e @ u) / (i_star[0] @ u)
+    reference = (e - r[..., None] * i_star[0]) @ weight.T
+    torch.testing.assert_close(out.double(), reference, rtol=1e-4, atol=1e-4)
+
+
+def test_sigmoid_gate_formula():
+    r = torch.tensor([0.0, 0.7, 1.0])
+    torch.testing.assert_close(gate(r, 0.7, 0.15), torch.sigmoid((r - 0.7) / 0.15))
+    assert gate(torch.tensor(0.0), 0.7, 0.15) < 0.01
+
+
+def c_orthogonal_pair(cov: torch.Tensor, seed: int):
+    """Two target inputs with i*_1ᵀ C⁻¹ i*_2 = 0."""
+    g = torch.Generator().manual_seed(seed)
+    c_inv = torch.linalg.inv(cov)
+    a = torch.randn(cov.shape[0], generator=g, dtype=cov.dtype)
+    b = torch.randn(cov.shape[0], generator=g, dtype=cov.dtype)
+    b = b - (a @ c_inv @ b) / (a @ c_inv @ a) * a
+    return torch.stack([a, b])
+
+
+def test_two_c_orthogonal_concepts_equal_the_sum_of_single_edits():
+    cov, weight, _, o_star, e = random_problem(3, concepts=2)
+    i_star = c_orthogonal_pair(cov, 3)
+    u = (torch.linalg.inv(cov) @ i_star.T).T
+    w_i = (weight @ i_star.T).T
+    joint = GatedRank1Edit(i_star, u, beta=[0.6, 0.7], tau=[0.15, 0.2])
+    single = [GatedRank1Edit(i_star[j], u[j], beta=b, tau=t) for j, (b, t) in enumerate([(0.6, 0.15), (0.7, 0.2)])]
+    total = sum(s.delta(e, w_i[j : j + 1], o_star[j : j + 1]) for j, s in enumerate(single))
+    torch.testing.assert_close(joint.delta(e, w_i, o_star), total, rtol=1e-4, atol=1e-4)
+
+
+def test_joint_projection_is_the_c_inverse_projection():
+    """With open gates and targets W i*, every concept input is kept: Π(i*_j) = i*_j (spec §4)."""
+    cov, weight, i_star, _, _ = random_problem(4, concepts=3)
+    c_inv = torch.linalg.inv(cov)
+    u = (c_inv @ i_star.T).T
+    edit = GatedRank1Edit(i_star, u, beta=0.5, tau=0.1)
+    s = edit.similarity(i_star)
+    coefficients = edit.coefficients(s)
+    torch.testing.assert_close(coefficients, torch.eye(3), rtol=1e-3, atol=1e-3)
+    # Dense reference: P = I* (I*ᵀ C⁻¹ I*)⁻¹ I*ᵀ C⁻¹ (columns of I* are the i*_j)
+    istar_cols = i_star.T
+    projector = istar_cols @ torch.linalg.inv(istar_cols.T @ c_inv @ istar_cols) @ istar_cols.T @ c_inv
+    e = torch.randn(5, cov.shape[0], dtype=cov.dtype, generator=torch.Generator().manual_seed(9))
+    ours = edit.coefficients(edit.similarity(e)).double() @ i_star
+    torch.testing.assert_close(ours, e @ projector.T, rtol=1e-3, atol=1e-3)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    d_in=st.integers(2, 48),
+    d_out=st.integers(1, 40),
+    concepts=st.integers(1, 4),
+    dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
+    seed=st.integers(0, 2**16),
+)
+def test_matches_dense_reference_for_random_shapes_and_dtypes(d_in, d_out, concepts, dtype, seed):
+    cov, weight, i_star, o_star, e = random_problem(seed, d_in, d_out, concepts)
+    if torch.linalg.matrix_rank(i_star) < concepts:
+        return
+    c_inv = torch.linalg.inv(cov)
+    u = (c_inv @ i_star.T).T
+    m = u @ i_star.T
+    if torch.linalg.cond(m) > 1e4:
+        return  # near-parallel concepts: the projection is ill-posed in any precision
+    beta = torch.linspace(0.4, 0.8, concepts)
+    tau = torch.linspace(0.1, 0.3, concepts)
+    edit = GatedRank1Edit(i_star, u, beta, tau)
+    e_low = e.to(dtype)
+    out = edit.delta(e_low, (weight @ i_star.T).T, o_star)
+    assert out.dtype == torch.float32
+    # Dense reference in float64 from the rounded inputs.
+    e64 = e_low.double()
+    s = e64 @ u.T
+    r = s / torch.diagonal(m)
+    g = torch.sigmoid((r - beta.double()) / tau.double())
+    coefficients = s @ torch.linalg.inv(m).T
+    projected = e64 - coefficients @ i_star
+    reference = projected @ weight.T + g @ o_star - e64 @ weight.T
+    scale = 1 + reference.abs().max().item()
+    assert (out.double() - reference).abs().max().item() <= 2e-3 * scale
+
+
+def test_rejects_bad_parameters():
+    with pytest.raises(ValueError, match="temperature"):
+        GatedRank1Edit(torch.ones(4), torch.ones(4), beta=0.5, tau=0.0)
+    with pytest.raises(ValueError, match="C⁻¹"):
+        GatedRank1Edit(torch.ones(4), -torch.ones(4), beta=0.5, tau=0.1)
