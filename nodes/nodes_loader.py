@@ -119,4 +119,6 @@ class PerfusionApplyConcept:
         }
 
     def apply(self, model, clip, concept, bias, temperature, key_lock):
-        return apply_concept(model, clip, concept, bias, temperature, key_lock, source=f"concept '{concept.word}'")
+        return apply_concept(
+            model, clip, concept, bias, temperature, key_lock, source=f"concept '{concept.word}'"
+        )

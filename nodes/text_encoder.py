@@ -40,6 +40,11 @@ def _inner_tokenizer(tokenizer):
     return getattr(tokenizer, tokenizer.clip)
 
 
+def tokenizer_key(clip) -> str:
+    """Key of this CLIP's token lists in `clip.tokenize(...)` (e.g. "l" for SD1.5)."""
+    return clip.tokenizer.clip_name
+
+
 def encoder_module(clip) -> torch.nn.Module:
     """The SDClipModel that encodes this CLIP's prompts."""
     return getattr(clip.cond_stage_model, clip.tokenizer.clip)
@@ -143,7 +148,10 @@ class KeyLockedEncoder:
         )
         key_context = self.original(swapped)[0] if changed else out[0]
         extra = dict(out[2]) if len(out) > 2 else {}
-        extra["model_conds"] = {**extra.get("model_conds", {}), KEY_CONTEXT: comfy.conds.CONDCrossAttn(key_context)}
+        extra["model_conds"] = {
+            **extra.get("model_conds", {}),
+            KEY_CONTEXT: comfy.conds.CONDCrossAttn(key_context),
+        }
         return (out[0], out[1], extra)
 
 
@@ -156,7 +164,9 @@ def clip_with_concepts(clip, words: Sequence[ConceptWord]):
         known[w.word.lower()] = w
     patched = clip.clone()
     patched.tokenizer = _concept_tokenizer(clip.tokenizer, known)
-    swaps = [(w.embedding, w.superclass_embedding) for w in known.values() if w.superclass_embedding is not None]
+    swaps = [
+        (w.embedding, w.superclass_embedding) for w in known.values() if w.superclass_embedding is not None
+    ]
     if swaps:
         current = patched.patcher.get_model_object(_ENCODE)
         original = current.original if isinstance(current, KeyLockedEncoder) else current

@@ -1,0 +1,50 @@
+"""C⁻¹ of a text encoder's encodings: computed once per base model, cached on disk (spec §6)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import comfy.model_management
+import folder_paths
+import torch
+
+from ..perfusion_core.covariance import CovarianceCache, cache_key, compute_inverse_covariance
+from ..perfusion_core.prompt_corpus import CORPUS_VERSION, prompt_corpus
+from . import text_encoder
+
+log = logging.getLogger("comfyui-perfusion")
+
+
+def cache_directory() -> str:
+    """In the user directory, not models/perfusion: cache files must not appear as concepts."""
+    return os.path.join(folder_paths.get_user_directory(), "perfusion", "covariance")
+
+
+def encode_batch(clip, prompts: list[str]) -> torch.Tensor:
+    """Per-token encodings (B·chunks, T, D) the denoiser would see for `prompts`, in one pass."""
+    sequences = []
+    for prompt in prompts:
+        sequences.extend(clip.tokenize(prompt, disable_weights=True)[text_encoder.tokenizer_key(clip)])
+    cond = clip.encode_from_tokens({text_encoder.tokenizer_key(clip): sequences})
+    return cond.reshape(len(sequences), -1, cond.shape[-1])
+
+
+def inverse_covariance(clip, n_prompts: int, progress=None) -> torch.Tensor:
+    """C⁻¹ (D×D, float64 on the CPU) for this CLIP, from the cache when it has it."""
+    fingerprint = text_encoder.encoder_fingerprint(clip)
+    key = cache_key(f"{fingerprint}-layer{clip.layer_idx}", CORPUS_VERSION, n_prompts)
+    cache = CovarianceCache(cache_directory())
+    width = text_encoder.encoder_width(clip)
+    cached = cache.get(key, expected_dim=width)
+    if cached is not None:
+        return cached
+    log.info("Perfusion: computing the text-encoding covariance over %d prompts (once per model)", n_prompts)
+    c_inv = compute_inverse_covariance(
+        lambda batch: encode_batch(clip, batch).float(),
+        prompt_corpus(n_prompts),
+        progress=progress,
+        should_stop=comfy.model_management.throw_exception_if_processing_interrupted,
+    )
+    cache.put(key, c_inv, {"encoder_fingerprint": fingerprint, "prompts": str(n_prompts)})
+    return c_inv

@@ -1,0 +1,286 @@
+"""Training node: key-locked Perfusion optimisation inside the graph (spec §3, §6)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+from ..perfusion_core.concept_file import save_concept
+from ..perfusion_core.training import DEFAULT_TEMPLATES, TrainingConfig, parse_templates
+from . import folders, trainer
+from .loss_plot import loss_curve_image
+from .nodes_loader import CONCEPT_TYPE
+
+log = logging.getLogger("comfyui-perfusion")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,100}$")
+
+
+def concept_path(name: str, what: str) -> str:
+    """models/perfusion/<name>.safetensors for a plain file name from a widget."""
+    stem = name[: -len(".safetensors")] if name.endswith(".safetensors") else name
+    if not _NAME.match(stem) or ".." in stem:
+        raise ValueError(
+            f"{what} '{name}': use letters, digits, '_', '-' or '.' only (no folders), e.g. 'hugsy_teddy'"
+        )
+    return os.path.join(folders.default_directory(), stem + ".safetensors")
+
+
+class PerfusionTrainConcept:
+    DESCRIPTION = (
+        "Trains a Perfusion concept from a few images of one object: a learned word embedding plus one "
+        "V target per cross-attention layer, with keys locked to the superclass word. Runs on ComfyUI's "
+        "device with a progress bar; Cancel stops it within one step. Connect 'concept' to 'Apply "
+        "Perfusion Concept' to generate in the same graph, or to 'Save Perfusion Concept'."
+    )
+    CATEGORY = "perfusion/training"
+    FUNCTION = "train"
+    RETURN_TYPES = (CONCEPT_TYPE, "IMAGE", "LOSS_MAP")
+    RETURN_NAMES = ("concept", "loss_curve", "loss_map")
+    OUTPUT_TOOLTIPS = (
+        "The trained concept (in memory).",
+        "The loss per optimizer step as an image (connect a Preview Image).",
+        "The loss values, for ComfyUI's 'Plot Loss Graph' node.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The base model (left unchanged)."}),
+                "clip": ("CLIP", {"tooltip": "Its text encoder (left unchanged)."}),
+                "vae": ("VAE", {"tooltip": "Encodes the training images to latents."}),
+                "images": ("IMAGE", {"tooltip": "3–10 images of the object, any size (centre-cropped)."}),
+                "concept_word": (
+                    "STRING",
+                    {"default": "hugsy", "tooltip": "A new made-up word that will mean your object."},
+                ),
+                "superclass": (
+                    "STRING",
+                    {
+                        "default": "teddy",
+                        "tooltip": "What the object is, as one vocabulary word (keys lock to it).",
+                    },
+                ),
+                "steps": ("INT", {"default": 400, "min": 1, "max": 100000, "tooltip": "Optimizer steps."}),
+                "batch_size": (
+                    "INT",
+                    {"default": 4, "min": 1, "max": 64, "tooltip": "Images per micro-batch."},
+                ),
+                "grad_accumulation": (
+                    "INT",
+                    {"default": 4, "min": 1, "max": 64, "tooltip": "Micro-batches per optimizer step."},
+                ),
+                "lr_v": (
+                    "FLOAT",
+                    {
+                        "default": 0.03,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.001,
+                        "tooltip": "Learning rate of the V targets.",
+                    },
+                ),
+                "lr_embedding": (
+                    "FLOAT",
+                    {
+                        "default": 0.006,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.0001,
+                        "tooltip": "Learning rate of the word embedding.",
+                    },
+                ),
+                "train_bias": (
+                    "FLOAT",
+                    {
+                        "default": 0.75,
+                        "min": -1.0,
+                        "max": 2.0,
+                        "step": 0.01,
+                        "tooltip": "Gate β while training.",
+                    },
+                ),
+                "train_temperature": (
+                    "FLOAT",
+                    {
+                        "default": 0.10,
+                        "min": 0.01,
+                        "max": 1.0,
+                        "step": 0.01,
+                        "tooltip": "Gate τ while training.",
+                    },
+                ),
+                "resolution": (
+                    "INT",
+                    {
+                        "default": 512,
+                        "min": 64,
+                        "max": 2048,
+                        "step": 64,
+                        "tooltip": "Training image size (512 for SD1.5).",
+                    },
+                ),
+                "flip": (
+                    "BOOLEAN",
+                    {"default": True, "tooltip": "Random horizontal flips (off for asymmetric objects)."},
+                ),
+                "seed": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 0xFFFFFFFFFFFFFFFF,
+                        "tooltip": "Same seed, same device: same concept.",
+                    },
+                ),
+                "templates": (
+                    "STRING",
+                    {
+                        "multiline": True,
+                        "default": "\n".join(DEFAULT_TEMPLATES),
+                        "tooltip": "Training prompts, one per line; '{}' is the word.",
+                    },
+                ),
+            },
+            "optional": {
+                "mask": ("MASK", {"tooltip": "Optional object masks, one per image (zero-shot mask loss)."}),
+                "resume": (
+                    CONCEPT_TYPE,
+                    {"tooltip": "Continue training this concept instead of starting anew."},
+                ),
+                "gradient_checkpointing": (
+                    "BOOLEAN",
+                    {"default": False, "tooltip": "Recompute activations in backward: less memory, slower."},
+                ),
+                "save_every": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 100000,
+                        "tooltip": "Write a checkpoint every N steps (0 = off).",
+                    },
+                ),
+                "checkpoint_name": (
+                    "STRING",
+                    {
+                        "default": "",
+                        "tooltip": "Checkpoint file name in models/perfusion (default: the concept word).",
+                    },
+                ),
+                "covariance_prompts": (
+                    "INT",
+                    {
+                        "default": 2000,
+                        "min": 64,
+                        "max": 100000,
+                        "tooltip": "Prompts for the text-encoding covariance (cached per model).",
+                    },
+                ),
+            },
+        }
+
+    def train(
+        self,
+        model,
+        clip,
+        vae,
+        images,
+        concept_word,
+        superclass,
+        steps,
+        batch_size,
+        grad_accumulation,
+        lr_v,
+        lr_embedding,
+        train_bias,
+        train_temperature,
+        resolution,
+        flip,
+        seed,
+        templates,
+        mask=None,
+        resume=None,
+        gradient_checkpointing=False,
+        save_every=0,
+        checkpoint_name="",
+        covariance_prompts=2000,
+    ):
+        concept_word, superclass = concept_word.strip(), superclass.strip()
+        config = TrainingConfig(
+            steps=steps,
+            batch_size=batch_size,
+            grad_accumulation=grad_accumulation,
+            lr_v=lr_v,
+            lr_embedding=lr_embedding,
+            beta=train_bias,
+            tau=train_temperature,
+            flip_probability=0.5 if flip else 0.0,
+            resolution=resolution,
+            seed=seed,
+            templates=parse_templates(templates),
+        )
+        if resume is not None and (resume.word != concept_word or resume.info.superclass != superclass):
+            raise ValueError(
+                f"resume: the concept is '{resume.word}' ({resume.info.superclass}), not "
+                f"'{concept_word}' ({superclass})"
+            )
+        on_step = None
+        if save_every > 0:
+            target = concept_path(checkpoint_name.strip() or concept_word, "checkpoint_name")
+
+            def on_step(step, _loss, state):
+                if step % save_every == 0 and step < config.steps:
+                    info = trainer.concept_info(model, clip, concept_word, superclass, config, resume, step)
+                    save_concept(state.to_concept(info), target, overwrite=True)
+                    log.info("Perfusion: checkpoint at step %d written to %s", step, target)
+
+        result = trainer.train_concept(
+            model,
+            clip,
+            vae,
+            images,
+            mask,
+            concept_word,
+            superclass,
+            config,
+            covariance_prompts=covariance_prompts,
+            gradient_checkpointing=gradient_checkpointing,
+            resume=resume,
+            on_step=on_step,
+        )
+        return (result.concept, loss_curve_image(result.losses), {"loss": result.losses})
+
+
+class PerfusionSaveConcept:
+    DESCRIPTION = (
+        "Writes a concept to models/perfusion/<name>.safetensors (about 40 KB for SD1.5), atomically: an "
+        "interrupted save never leaves a half file, and an existing file is only replaced when "
+        "'overwrite' is on. The loader's list shows it after a refresh (R)."
+    )
+    CATEGORY = "perfusion/training"
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ()
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "concept": (CONCEPT_TYPE, {"tooltip": "The concept to save."}),
+                "name": (
+                    "STRING",
+                    {"default": "my_concept", "tooltip": "File name (no folders), e.g. 'hugsy_teddy'."},
+                ),
+                "overwrite": (
+                    "BOOLEAN",
+                    {"default": False, "tooltip": "Replace an existing file of that name."},
+                ),
+            }
+        }
+
+    def save(self, concept, name, overwrite):
+        path = concept_path(name.strip(), "name")
+        save_concept(concept, path, overwrite=overwrite)
+        return {"ui": {"text": [f"saved {path}"]}}

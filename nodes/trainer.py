@@ -1,0 +1,300 @@
+"""Runs key-locked Perfusion training on the host (spec §3, §6): glue between ComfyUI's
+models and `perfusion_core.training`.
+
+Everything of the model outside the Perfusion parameters stays frozen: the denoiser and the text
+encoder run on training clones whose only patches are the projection edits (and, for the text
+encoder, out-of-place layer forwards so gradients reach the word embedding).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import comfy.model_management
+import comfy.patcher_extension
+import comfy.utils
+import torch
+import torch.nn.functional as F
+
+from ..perfusion_core.concept import Concept, ConceptInfo
+from ..perfusion_core.training import (
+    ConceptTrainingState,
+    TrainingConfig,
+    masked_noise_loss,
+    normalise_mask,
+    plan_batch,
+    square_resize,
+)
+from . import covariance_cache, model_patch, text_encoder
+
+_WORD = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+@dataclass
+class TrainingResult:
+    concept: Concept
+    losses: list[float]
+
+
+def check_words(clip, word: str, superclass: str) -> None:
+    """The concept word must be one new word; the superclass one vocabulary word (spec §5)."""
+    if not _WORD.match(word or ""):
+        raise ValueError(
+            f"concept word '{word}': use one word of letters, digits or '_' starting with a letter "
+            "(it must stay one token in prompts), e.g. 'hugsy'"
+        )
+    if text_encoder.is_vocabulary_word(clip, word):
+        raise ValueError(
+            f"concept word '{word}' is already a word of the text encoder's vocabulary: every prompt "
+            "using it would change. Pick a made-up word such as 'hugsy' or 'zwx'"
+        )
+    if not _WORD.match(superclass or "") or not text_encoder.is_vocabulary_word(clip, superclass):
+        raise ValueError(
+            f"superclass word '{superclass}' must be one word of the text encoder's vocabulary "
+            "(one token), e.g. 'teddy', 'dog', 'cat', 'mug'"
+        )
+    if word.lower() == superclass.lower():
+        raise ValueError("the concept word and the superclass word must differ")
+
+
+def prepare_images(images: torch.Tensor, masks: torch.Tensor | None, resolution: int):
+    """IMAGE (N,H,W,3) and MASK (N,H,W) -> square (N,3,S,S) pixels and (N,1,S,S) weights."""
+    if images is None or images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError("images: connect at least one training image")
+    pixels = square_resize(images.movedim(-1, 1)[:, :3], resolution)
+    if masks is None:
+        return pixels, None
+    if masks.ndim == 2:
+        masks = masks[None]
+    if masks.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"mask: {masks.shape[0]} masks for {images.shape[0]} images; give one mask per image"
+        )
+    if tuple(masks.shape[1:]) != tuple(images.shape[1:3]):
+        raise ValueError(
+            f"mask: size {tuple(masks.shape[1:])} differs from the images' {tuple(images.shape[1:3])}"
+        )
+    return pixels, normalise_mask(square_resize(masks[:, None], resolution).clamp(0, 1))
+
+
+class _OutOfPlaceLayer:
+    """CLIP layer forward without `x +=`: ComfyUI's in-place adds break backward to the embedding."""
+
+    def __init__(self, layer) -> None:
+        self.layer = layer
+
+    def __call__(self, x, mask=None, optimized_attention=None):
+        layer = self.layer
+        x = x + layer.self_attn(layer.layer_norm1(x), mask, optimized_attention)
+        return x + layer.mlp(layer.layer_norm2(x))
+
+
+class _Checkpointed:
+    """A block forward recomputed in backward (gradient checkpointing for small GPUs)."""
+
+    def __init__(self, forward) -> None:
+        self.forward = forward
+
+    def __call__(self, *args, **kwargs):
+        return torch.utils.checkpoint.checkpoint(self.forward, *args, use_reentrant=False, **kwargs)
+
+
+def _trainable_clip(clip, word: str, embedding: torch.nn.Parameter):
+    patched = text_encoder.clip_with_concepts(clip, [text_encoder.ConceptWord(word, embedding)])
+    encoder = text_encoder.encoder_module(clip)
+    prefix = f"{clip.tokenizer.clip}.transformer.text_model.encoder.layers"
+    for i, layer in enumerate(encoder.transformer.text_model.encoder.layers):
+        patched.patcher.add_object_patch(f"{prefix}.{i}.forward", _OutOfPlaceLayer(layer))
+    return patched
+
+
+def _checkpoint_blocks(model) -> None:
+    unet = model.model.diffusion_model
+    for name in ("input_blocks", "output_blocks"):
+        for i, block in enumerate(getattr(unet, name)):
+            model.add_object_patch(f"diffusion_model.{name}.{i}.forward", _Checkpointed(block.forward))
+    if getattr(unet, "middle_block", None) is not None:
+        model.add_object_patch(
+            "diffusion_model.middle_block.forward", _Checkpointed(unet.middle_block.forward)
+        )
+
+
+def _release_inference_weights(module: torch.nn.Module) -> None:
+    """Weights loaded under the executor's inference mode cannot be saved for backward; swap in
+    ordinary tensors with the same values (the model's outputs do not change)."""
+    for name, param in list(module.named_parameters()):
+        if param.is_inference():
+            comfy.utils.set_attr_param(module, name, param.detach().clone())
+        else:
+            param.requires_grad_(False)
+
+
+def _concept_positions(tokens: list, embedding: torch.Tensor) -> list[int]:
+    return [i for i, t in enumerate(tokens) if t[0] is embedding]
+
+
+class PromptEncoder:
+    """Encodes batches of training prompts and finds the concept token in each."""
+
+    def __init__(self, clip, word: str, embedding: torch.Tensor) -> None:
+        self.clip, self.word, self.embedding = clip, word, embedding
+        self.key = text_encoder.tokenizer_key(clip)
+
+    def __call__(self, templates: list[str]) -> tuple[torch.Tensor, list[int]]:
+        sequences, positions = [], []
+        for template in templates:
+            chunks = self.clip.tokenize(template.format(self.word), disable_weights=True)[self.key]
+            found = _concept_positions(chunks[0], self.embedding)
+            if len(chunks) != 1 or len(found) != 1:
+                raise ValueError(
+                    f"prompt template '{template}' must be short (one 77-token chunk) with one '{{}}'"
+                )
+            sequences.append(chunks[0])
+            positions.append(found[0])
+        cond = self.clip.encode_from_tokens({self.key: sequences})
+        return cond.reshape(len(sequences), -1, cond.shape[-1]), positions
+
+
+def superclass_encoding(clip, superclass: str, templates: tuple[str, ...]) -> torch.Tensor:
+    """ī_super: mean encoding of the superclass word over the training prompts (spec §3)."""
+    key = text_encoder.tokenizer_key(clip)
+    token = text_encoder.word_token_ids(clip, superclass)[0]
+    sequences, positions = [], []
+    for template in templates:
+        chunk = clip.tokenize(template.format(superclass), disable_weights=True)[key][0]
+        positions.append(next(i for i, t in enumerate(chunk) if t[0] == token))
+        sequences.append(chunk)
+    cond = clip.encode_from_tokens({key: sequences}).reshape(len(sequences), -1, clip_width(clip))
+    return torch.stack([cond[i, p] for i, p in enumerate(positions)]).float().mean(0).cpu()
+
+
+def clip_width(clip) -> int:
+    return text_encoder.encoder_width(clip)
+
+
+def encode_latents(model, vae, pixels: torch.Tensor) -> torch.Tensor:
+    """Latents of the (un)flipped training images as the denoiser sees them, on the CPU."""
+    with torch.inference_mode():
+        latents = vae.encode(pixels.movedim(1, -1))
+    return model.model.process_latent_in(latents.float().clone()).cpu()
+
+
+def train_concept(
+    model,
+    clip,
+    vae,
+    images: torch.Tensor,
+    masks: torch.Tensor | None,
+    word: str,
+    superclass: str,
+    config: TrainingConfig,
+    *,
+    covariance_prompts: int,
+    gradient_checkpointing: bool = False,
+    resume: Concept | None = None,
+    on_step: Callable[[int, float, ConceptTrainingState], None] | None = None,
+) -> TrainingResult:
+    """Optimises the word embedding and V targets; K stays locked to W_K ī_super."""
+    check_words(clip, word, superclass)
+    if config.steps < 1:
+        raise ValueError("steps must be at least 1")
+    pixels, weights = prepare_images(images, masks, config.resolution)
+    c_inv = covariance_cache.inverse_covariance(clip, covariance_prompts)
+    with torch.inference_mode(False), torch.enable_grad():
+        pixels_both = torch.cat([pixels, pixels.flip(-1)])
+        latents = encode_latents(model, vae, pixels_both)
+        latent_masks = None
+        if weights is not None:
+            small = F.interpolate(
+                torch.cat([weights, weights.flip(-1)]), size=latents.shape[-2:], mode="area"
+            )
+            latent_masks = normalise_mask(small)
+        layers = model_patch.cross_attention_layers(model)
+        n = pixels.shape[0]
+
+        device = comfy.model_management.get_torch_device()
+        if resume is not None:
+            state = ConceptTrainingState.resume(resume, c_inv, config.beta, config.tau)
+        else:
+            super_enc = superclass_encoding(clip, superclass, config.templates)
+            state = ConceptTrainingState(
+                text_encoder.input_embedding(clip, superclass),
+                super_enc,
+                {layer.name: torch.zeros(layer.width) for layer in layers},  # set to W_V ī_super below
+                c_inv,
+                config.beta,
+                config.tau,
+            )
+        train_model = model_patch.install_source(model, state)
+        if gradient_checkpointing:
+            _checkpoint_blocks(train_model)
+        train_clip = _trainable_clip(clip, word, state.token_embedding)
+        comfy.model_management.load_models_gpu([train_model, train_clip.patcher], force_full_load=True)
+        _release_inference_weights(train_model.model.diffusion_model)
+        _release_inference_weights(train_clip.cond_stage_model)
+        state.to(device)
+        if resume is None:
+            with torch.no_grad():
+                for layer, target in zip(layers, state.v_targets):
+                    projection = train_model.get_model_object(f"{layer.value_path}.forward")
+                    enc = state.superclass_encoding[None, None].to(device)
+                    target.copy_(projection.prev_forward(enc.to(train_model.model.get_dtype())).float()[0, 0])
+        encoder = PromptEncoder(train_clip, word, state.token_embedding)
+        optimizer = state.optimizer(config)
+        sampling = train_model.model.model_sampling
+        transformer_options = comfy.patcher_extension.copy_nested_dicts(
+            train_model.model_options.get("transformer_options", {})
+        )
+        generator = torch.Generator().manual_seed(config.seed)
+        progress = comfy.utils.ProgressBar(config.steps)
+        losses: list[float] = []
+        for step in range(config.steps):
+            optimizer.zero_grad(set_to_none=True)
+            step_loss, concept_encodings = 0.0, []
+            for _ in range(config.grad_accumulation):
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                batch = plan_batch(generator, n, config.templates, config.batch_size, config.flip_probability)
+                rows = [i + (n if f else 0) for i, f in zip(batch.image_indices, batch.flips)]
+                x0 = latents[rows].to(device)
+                noise = torch.randn(x0.shape, generator=generator).to(device)
+                percents = batch.timesteps.clamp(1e-3, 1 - 1e-3).tolist()  # both ends are ±inf/0 sigmas
+                sigma = torch.tensor([float(sampling.percent_to_sigma(p)) for p in percents], device=device)
+                cond, positions = encoder(batch.templates)
+                cond = cond.to(device)
+                concept_encodings.append(torch.stack([cond[k, p] for k, p in enumerate(positions)]).detach())
+                x_t = sampling.noise_scaling(sigma, noise, x0)
+                denoised = train_model.model.apply_model(
+                    x_t, sigma, c_crossattn=cond, transformer_options=transformer_options
+                )
+                mask = latent_masks[rows].to(device) if latent_masks is not None else None
+                loss = masked_noise_loss(denoised, x0, sigma, mask) / config.grad_accumulation
+                loss.backward()
+                step_loss += float(loss.detach())
+            optimizer.step()
+            state.update_i_star(torch.cat(concept_encodings), config.i_star_momentum)
+            losses.append(step_loss)
+            progress.update(1)
+            if on_step is not None:
+                on_step(step + 1, step_loss, state)
+        optimizer.zero_grad(set_to_none=True)
+    info = concept_info(model, clip, word, superclass, config, resume, config.steps)
+    return TrainingResult(state.to_concept(info), losses)
+
+
+def concept_info(
+    model, clip, word: str, superclass: str, config: TrainingConfig, resume: Concept | None, steps: int
+) -> ConceptInfo:
+    """Metadata of a concept after `steps` steps of this run (plus those of a resumed concept)."""
+    done = steps + (resume.info.steps if resume is not None else 0)
+    return ConceptInfo(
+        word=word,
+        superclass=superclass,
+        model_family=type(model.model.model_config).__name__,
+        encoder_fingerprint=text_encoder.encoder_fingerprint(clip),
+        train_beta=config.beta,
+        train_tau=config.tau,
+        steps=done,
+        training_settings=config.as_metadata(),
+    )

@@ -1,0 +1,1 @@
+"""Perfusion math and file format: pure torch, no ComfyUI imports."""

@@ -1,0 +1,241 @@
+"""Key-locked Perfusion training state and the pieces of the optimisation (spec §3, §6).
+
+Pure torch: the host layer encodes prompts, runs the denoiser and drives the loop; this module
+owns what is trained, how i* follows the concept, and the loss.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+
+from .concept import Concept, ConceptInfo
+from .concept_set import Projection, ProjectionPlan
+from .gated_edit import GatedRank1Edit
+
+DEFAULT_TEMPLATES = (
+    "a photo of a {}",
+    "a rendering of a {}",
+    "a cropped photo of the {}",
+    "the photo of a {}",
+    "a photo of a clean {}",
+    "a photo of a dirty {}",
+    "a dark photo of the {}",
+    "a photo of my {}",
+    "a photo of the cool {}",
+    "a close-up photo of a {}",
+    "a bright photo of the {}",
+    "a cropped photo of a {}",
+    "a photo of the {}",
+    "a good photo of the {}",
+    "a photo of one {}",
+    "a close-up photo of the {}",
+    "a rendition of the {}",
+    "a photo of the clean {}",
+    "a rendition of a {}",
+    "a photo of a nice {}",
+    "a good photo of a {}",
+    "a photo of the nice {}",
+    "a photo of the small {}",
+    "a photo of the weird {}",
+    "a photo of the large {}",
+    "a photo of a cool {}",
+    "a photo of a small {}",
+)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Settings of one training run; defaults are the paper's (spec §6)."""
+
+    steps: int = 400
+    batch_size: int = 4
+    grad_accumulation: int = 4
+    lr_v: float = 0.03
+    lr_embedding: float = 0.006
+    beta: float = 0.75
+    tau: float = 0.10
+    i_star_momentum: float = 0.99
+    flip_probability: float = 0.5
+    resolution: int = 512
+    seed: int = 0
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def as_metadata(self) -> dict[str, str]:
+        return {
+            "steps": str(self.steps),
+            "batch_size": str(self.batch_size),
+            "grad_accumulation": str(self.grad_accumulation),
+            "lr_v": str(self.lr_v),
+            "lr_embedding": str(self.lr_embedding),
+            "beta": str(self.beta),
+            "tau": str(self.tau),
+            "flip_probability": str(self.flip_probability),
+            "resolution": str(self.resolution),
+            "seed": str(self.seed),
+            "templates": str(len(self.templates)),
+            **self.extra,
+        }
+
+
+def parse_templates(text: str) -> tuple[str, ...]:
+    """One template per line, each with exactly one `{}` where the concept word goes."""
+    templates = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if not templates:
+        raise ValueError("prompt templates: give at least one line such as 'a photo of a {}'")
+    for t in templates:
+        if t.count("{}") != 1:
+            raise ValueError(f"prompt template '{t}' must contain '{{}}' exactly once (where the word goes)")
+    return templates
+
+
+class ConceptTrainingState(torch.nn.Module):
+    """What is optimised (the word embedding, one V target per layer) and what follows (i*).
+
+    Also a PlanSource, so the same projection patch that serves inference serves training,
+    gated at the training β and τ.
+    """
+
+    def __init__(
+        self,
+        token_embedding: torch.Tensor,
+        superclass_encoding: torch.Tensor,
+        v_targets: dict[str, torch.Tensor],
+        c_inv: torch.Tensor,
+        beta: float,
+        tau: float,
+        i_star: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.layer_names = list(v_targets)
+        self.token_embedding = torch.nn.Parameter(token_embedding.detach().float().clone())
+        self.v_targets = torch.nn.ParameterList(
+            [torch.nn.Parameter(v_targets[n].detach().float().clone()) for n in self.layer_names]
+        )
+        self.register_buffer("superclass_encoding", superclass_encoding.detach().float().clone())
+        start = superclass_encoding if i_star is None else i_star
+        self.register_buffer("i_star", start.detach().float().clone())
+        self.register_buffer("c_inv", c_inv.detach().float().clone())
+        self.beta, self.tau = beta, tau
+        self._edit: GatedRank1Edit | None = None
+
+    @property
+    def u(self) -> torch.Tensor:
+        return self.c_inv @ self.i_star
+
+    def v_target(self, layer: str) -> torch.Tensor:
+        return self.v_targets[self.layer_names.index(layer)]
+
+    @torch.no_grad()
+    def update_i_star(self, concept_encodings: torch.Tensor, momentum: float) -> None:
+        """i* ← m i* + (1 − m) mean(e_concept): no gradient flows into i* (spec §3)."""
+        mean = concept_encodings.detach().float().reshape(-1, self.i_star.shape[0]).mean(0)
+        self.i_star.mul_(momentum).add_(mean.to(self.i_star.device), alpha=1 - momentum)
+        self._edit = None
+
+    def plan(self, layer: str, kind: Projection, device: torch.device) -> ProjectionPlan | None:
+        if self._edit is None or self._edit.u.device != torch.device(device):
+            edit = GatedRank1Edit(self.i_star, self.u, self.beta, self.tau)
+            self._edit = edit.to(device)
+        if kind == "k":
+            return ProjectionPlan(self._edit, self.superclass_encoding[None].to(device), None)
+        return ProjectionPlan(self._edit, None, self.v_target(layer)[None].to(device))
+
+    def optimizer(self, config: TrainingConfig) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(
+            [
+                {"params": [self.token_embedding], "lr": config.lr_embedding},
+                {"params": list(self.v_targets), "lr": config.lr_v},
+            ]
+        )
+
+    def to_concept(self, info: ConceptInfo) -> Concept:
+        return Concept(
+            info=info,
+            token_embedding=self.token_embedding.detach().float().cpu().clone(),
+            i_star=self.i_star.detach().cpu().clone(),
+            u=self.u.detach().cpu().clone(),
+            superclass_encoding=self.superclass_encoding.detach().cpu().clone(),
+            v_targets={n: self.v_target(n).detach().float().cpu().clone() for n in self.layer_names},
+        )
+
+    @classmethod
+    def resume(cls, concept: Concept, c_inv: torch.Tensor, beta: float, tau: float) -> ConceptTrainingState:
+        """Continue training from a saved concept (its embedding, V targets and i*)."""
+        return cls(
+            concept.token_embedding,
+            concept.superclass_encoding,
+            concept.v_targets,
+            c_inv,
+            beta,
+            tau,
+            i_star=concept.i_star,
+        )
+
+
+def masked_noise_loss(
+    denoised: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Noise-prediction MSE, weighted per pixel by the zero-shot mask (spec §6).
+
+    The error is taken on the denoised estimate and divided by σ², which equals the ε-prediction
+    error for every parameterisation ComfyUI models use (x0 = x_t − σ ε).
+    """
+    sigma = sigma.reshape(-1, *([1] * (x0.ndim - 1))).float()
+    err = ((denoised.float() - x0.float()) / sigma) ** 2
+    if mask is None:
+        return err.mean()
+    weight = mask.float().expand_as(err)
+    return (err * weight).sum() / weight.sum().clamp_min(1e-8)
+
+
+def normalise_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Soft mask scaled to max 1 per image; an all-zero mask becomes all ones (no weighting)."""
+    peak = mask.flatten(1).amax(1).reshape(-1, *([1] * (mask.ndim - 1)))
+    return torch.where(peak > 0, mask / peak.clamp_min(1e-8), torch.ones_like(mask))
+
+
+def square_resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, size, size): shorter side to `size`, centre crop."""
+    _, _, h, w = images.shape
+    scale = size / min(h, w)
+    nh, nw = max(size, math.ceil(h * scale)), max(size, math.ceil(w * scale))
+    resized = F.interpolate(
+        images.float(), size=(nh, nw), mode="bilinear", align_corners=False, antialias=True
+    )
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return resized[:, :, top : top + size, left : left + size]
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Which image, flip, template and timestep each sample of one micro-batch uses."""
+
+    image_indices: list[int]
+    flips: list[bool]
+    templates: list[str]
+    timesteps: torch.Tensor  # (B,) in [0, 1): fraction of the noise schedule
+
+
+def plan_batch(
+    generator: torch.Generator,
+    n_images: int,
+    templates: Sequence[str],
+    batch_size: int,
+    flip_probability: float,
+) -> BatchPlan:
+    """Draws one micro-batch from `generator` (CPU, seeded: the run is reproducible)."""
+    idx = torch.randint(n_images, (batch_size,), generator=generator).tolist()
+    flips = (torch.rand(batch_size, generator=generator) < flip_probability).tolist()
+    tpl = torch.randint(len(templates), (batch_size,), generator=generator).tolist()
+    t = torch.rand(batch_size, generator=generator)
+    return BatchPlan(idx, flips, [templates[i] for i in tpl], t)
+
+
+def with_steps(info: ConceptInfo, steps: int) -> ConceptInfo:
+    return replace(info, steps=steps)
