@@ -1,8 +1,54 @@
-"""Test configuration: the repo root on sys.path (import `perfusion_core`, `harness` top-level)."""
+"""Test configuration: the repo root on sys.path (import `perfusion_core`, `harness` top-level),
+the host fixtures, and concepts trained once per session through the real executor."""
 
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+pytest_plugins = ["harness.pytest_fixtures"]
+
+CONCEPTS = {  # file -> (word, superclass, image colour)
+    "test_hugsy.safetensors": ("hugsy", "teddy", (160, 100, 50)),
+    "test_zorbo.safetensors": ("zorbo", "cat", (40, 120, 200)),
+}
+
+
+@pytest.fixture(scope="session")
+def perfusion_pack(comfy_host):
+    """The pack as ComfyUI imported it (for tests that call its functions inside the host)."""
+    return sys.modules["comfyui-perfusion"]
+
+
+@pytest.fixture(scope="session")
+def toy_images(comfy_host) -> dict[str, list[str]]:
+    from harness.sample_images import write_toy_images
+
+    folder = comfy_host.base_dir / "input"
+    return {word: write_toy_images(folder, word, 3, colour=colour) for word, _, colour in CONCEPTS.values()}
+
+
+@pytest.fixture(scope="session")
+def trained_concepts(comfy_host, tiny_ckpt_name, toy_images) -> dict[str, str]:
+    """Two concepts trained apart (8 steps each) and saved to models/perfusion: word -> file name."""
+    from harness.perfusion_graphs import train_prompt
+
+    out = {}
+    for file, (word, superclass, _) in CONCEPTS.items():
+        prompt = train_prompt(
+            tiny_ckpt_name,
+            toy_images[word],
+            word=word,
+            superclass=superclass,
+            steps=8,
+            lr_v=0.3,
+            lr_embedding=0.02,
+            save_name=file.removesuffix(".safetensors"),
+        )
+        comfy_host.run(prompt).raise_for_error()
+        out[word] = file
+    return out

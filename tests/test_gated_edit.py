@@ -80,7 +80,9 @@ def test_two_c_orthogonal_concepts_equal_the_sum_of_single_edits():
     u = (torch.linalg.inv(cov) @ i_star.T).T
     w_i = (weight @ i_star.T).T
     joint = GatedRank1Edit(i_star, u, beta=[0.6, 0.7], tau=[0.15, 0.2])
-    single = [GatedRank1Edit(i_star[j], u[j], beta=b, tau=t) for j, (b, t) in enumerate([(0.6, 0.15), (0.7, 0.2)])]
+    single = [
+        GatedRank1Edit(i_star[j], u[j], beta=b, tau=t) for j, (b, t) in enumerate([(0.6, 0.15), (0.7, 0.2)])
+    ]
     total = sum(s.delta(e, w_i[j : j + 1], o_star[j : j + 1]) for j, s in enumerate(single))
     torch.testing.assert_close(joint.delta(e, w_i, o_star), total, rtol=1e-4, atol=1e-4)
 

@@ -1,0 +1,164 @@
+"""API-format prompts that use the pack's nodes, shared by tests, the demo and benchmarks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ConceptUse:
+    """One 'Load Perfusion Concept' node in a chain."""
+
+    file: str
+    bias: float = 0.7
+    temperature: float = 0.15
+    key_lock: str = "local"
+
+
+def load_images(prompt: dict, names: Sequence[str], first_id: int = 100) -> tuple[list, list]:
+    """Adds LoadImage nodes batched with ImageBatch; returns ([node, 0] of IMAGE, of MASK batch)."""
+    image_ref: list | None = None
+    mask_ref: list | None = None
+    node = first_id
+    for name in names:
+        prompt[str(node)] = {"class_type": "LoadImage", "inputs": {"image": name}}
+        load = str(node)
+        node += 1
+        if image_ref is None:
+            image_ref, mask_ref = [load, 0], [load, 1]
+            continue
+        prompt[str(node)] = {"class_type": "ImageBatch", "inputs": {"image1": image_ref, "image2": [load, 0]}}
+        image_ref = [str(node), 0]
+        node += 1
+        prompt[str(node)] = {"class_type": "MaskToImage", "inputs": {"mask": mask_ref}}
+        prompt[str(node + 1)] = {"class_type": "MaskToImage", "inputs": {"mask": [load, 1]}}
+        prompt[str(node + 2)] = {
+            "class_type": "ImageBatch",
+            "inputs": {"image1": [str(node), 0], "image2": [str(node + 1), 0]},
+        }
+        prompt[str(node + 3)] = {
+            "class_type": "ImageToMask",
+            "inputs": {"image": [str(node + 2), 0], "channel": "red"},
+        }
+        mask_ref = [str(node + 3), 0]
+        node += 4
+    return image_ref, mask_ref
+
+
+def train_prompt(
+    ckpt_name: str,
+    image_names: Sequence[str],
+    *,
+    word: str = "hugsy",
+    superclass: str = "teddy",
+    steps: int = 8,
+    batch_size: int = 1,
+    grad_accumulation: int = 1,
+    lr_v: float = 0.03,
+    lr_embedding: float = 0.006,
+    resolution: int = 64,
+    seed: int = 0,
+    templates: str = "a photo of a {}\na good photo of the {}\na close-up photo of a {}",
+    use_mask: bool = False,
+    save_name: str | None = None,
+    overwrite: bool = True,
+    covariance_prompts: int = 128,
+    extra: dict | None = None,
+) -> dict:
+    """Checkpoint -> images -> Train Perfusion Concept (-> Save) (+ loss curve preview). Train node id "3"."""
+    prompt: dict = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}}}
+    images, masks = load_images(prompt, image_names)
+    inputs = {
+        "model": ["1", 0],
+        "clip": ["1", 1],
+        "vae": ["1", 2],
+        "images": images,
+        "concept_word": word,
+        "superclass": superclass,
+        "steps": steps,
+        "batch_size": batch_size,
+        "grad_accumulation": grad_accumulation,
+        "lr_v": lr_v,
+        "lr_embedding": lr_embedding,
+        "train_bias": 0.75,
+        "train_temperature": 0.10,
+        "resolution": resolution,
+        "flip": True,
+        "seed": seed,
+        "templates": templates,
+        "covariance_prompts": covariance_prompts,
+        **(extra or {}),
+    }
+    if use_mask:
+        inputs["mask"] = masks
+    prompt["3"] = {"class_type": "PerfusionTrainConcept", "inputs": inputs}
+    prompt["5"] = {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}}
+    if save_name is not None:
+        prompt["4"] = {
+            "class_type": "PerfusionSaveConcept",
+            "inputs": {"concept": ["3", 0], "name": save_name, "overwrite": overwrite},
+        }
+    return prompt
+
+
+def generate_prompt(
+    ckpt_name: str,
+    concepts: Sequence[ConceptUse] = (),
+    *,
+    positive: str = "a photo of hugsy on the beach",
+    negative: str = "",
+    seed: int = 1,
+    steps: int = 2,
+    cfg: float = 7.0,
+    size: int = 64,
+    filename_prefix: str = "perfusion",
+) -> dict:
+    """Checkpoint -> concept loaders (chained) -> CLIPTextEncode x2 -> KSampler -> VAEDecode -> SaveImage.
+
+    Node ids: "1" checkpoint, "20".. loaders, "4"/"5" prompts, "6" latent, "7" KSampler, "8" decode,
+    "9" save. Without concepts the graph is the plain txt2img one.
+    """
+    prompt: dict = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}}}
+    model, clip = ["1", 0], ["1", 1]
+    for i, use in enumerate(concepts):
+        node = str(20 + i)
+        prompt[node] = {
+            "class_type": "PerfusionConceptLoader",
+            "inputs": {
+                "model": model,
+                "clip": clip,
+                "concept_name": use.file,
+                "bias": use.bias,
+                "temperature": use.temperature,
+                "key_lock": use.key_lock,
+            },
+        }
+        model, clip = [node, 0], [node, 1]
+    prompt["4"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": positive}}
+    prompt["5"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": negative}}
+    prompt["6"] = {
+        "class_type": "EmptyLatentImage",
+        "inputs": {"width": size, "height": size, "batch_size": 1},
+    }
+    prompt["7"] = {
+        "class_type": "KSampler",
+        "inputs": {
+            "model": model,
+            "seed": seed,
+            "steps": steps,
+            "cfg": cfg,
+            "sampler_name": "euler",
+            "scheduler": "normal",
+            "positive": ["4", 0],
+            "negative": ["5", 0],
+            "latent_image": ["6", 0],
+            "denoise": 1.0,
+        },
+    }
+    prompt["8"] = {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2]}}
+    prompt["9"] = {
+        "class_type": "SaveImage",
+        "inputs": {"images": ["8", 0], "filename_prefix": filename_prefix},
+    }
+    return prompt

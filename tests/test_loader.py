@@ -1,0 +1,104 @@
+"""The loader node through ComfyUI's own prompt executor, on the fixture checkpoint."""
+
+import numpy as np
+import pytest
+
+from harness.perfusion_graphs import ConceptUse, generate_prompt
+
+
+def image(host, prompt) -> np.ndarray:
+    result = host.run(prompt).raise_for_error()
+    (img,) = host.images(result)
+    return img
+
+
+def mean_abs(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).mean())
+
+
+def test_concept_word_changes_the_image_far_more_than_other_prompts(
+    comfy_host, tiny_ckpt_name, trained_concepts
+):
+    hugsy = ConceptUse(trained_concepts["hugsy"])
+    with_word, without_word = "a photo of hugsy on the beach", "a photo of a dog on the beach"
+    changed = {}
+    for text in (with_word, without_word):
+        plain = image(comfy_host, generate_prompt(tiny_ckpt_name, positive=text))
+        patched = image(comfy_host, generate_prompt(tiny_ckpt_name, [hugsy], positive=text))
+        changed[text] = mean_abs(plain, patched)
+    print(f"mean |patched - plain|: with word {changed[with_word]:.5f}, without {changed[without_word]:.5f}")
+    assert changed[with_word] > 0.01
+    assert changed[with_word] > 10 * changed[without_word]
+
+
+def test_lower_bias_changes_the_image_more(comfy_host, tiny_ckpt_name, trained_concepts):
+    """Lower β opens the gate wider: the image moves further from the gate-closed one (β = 2)."""
+    text = "a photo of hugsy"
+
+    def at(bias: float) -> np.ndarray:
+        use = ConceptUse(trained_concepts["hugsy"], bias=bias)
+        return image(comfy_host, generate_prompt(tiny_ckpt_name, [use], positive=text))
+
+    closed = at(2.0)
+    distance = [mean_abs(at(bias), closed) for bias in (0.3, 0.7, 1.1)]
+    print("bias 0.3/0.7/1.1 -> mean |image - gate-closed image|:", distance)
+    assert distance[0] > distance[1] > distance[2]
+
+
+def test_two_chained_concepts_run_and_both_act(comfy_host, tiny_ckpt_name, trained_concepts):
+    text = "a photo of hugsy sitting next to zorbo"
+    both = [ConceptUse(trained_concepts["hugsy"]), ConceptUse(trained_concepts["zorbo"])]
+    joint = image(comfy_host, generate_prompt(tiny_ckpt_name, both, positive=text))
+    only_hugsy = image(comfy_host, generate_prompt(tiny_ckpt_name, both[:1], positive=text))
+    only_zorbo = image(comfy_host, generate_prompt(tiny_ckpt_name, both[1:], positive=text))
+    assert mean_abs(joint, only_hugsy) > 1e-3
+    assert mean_abs(joint, only_zorbo) > 1e-3
+
+
+def test_unpatched_model_in_the_same_graph_is_untouched(comfy_host, tiny_ckpt_name, trained_concepts):
+    text = "a photo of a dog"
+    baseline = image(comfy_host, generate_prompt(tiny_ckpt_name, positive=text, filename_prefix="baseline"))
+    prompt = generate_prompt(
+        tiny_ckpt_name, [ConceptUse(trained_concepts["hugsy"])], positive="a photo of hugsy"
+    )
+    # A second branch samples the checkpoint's own MODEL and CLIP in the same graph.
+    prompt["40"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": text}}
+    prompt["41"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}}
+    prompt["42"] = {
+        "class_type": "KSampler",
+        "inputs": {**prompt["7"]["inputs"], "model": ["1", 0], "positive": ["40", 0], "negative": ["41", 0]},
+    }
+    prompt["43"] = {"class_type": "VAEDecode", "inputs": {"samples": ["42", 0], "vae": ["1", 2]}}
+    prompt["44"] = {"class_type": "SaveImage", "inputs": {"images": ["43", 0], "filename_prefix": "branch"}}
+    comfy_host.reset_cache()
+    result = comfy_host.run(prompt).raise_for_error()
+    (unpatched,) = comfy_host.images(result, node_id="44")
+    np.testing.assert_array_equal(unpatched, baseline)
+
+
+def test_rerunning_a_prompt_gives_an_identical_image(comfy_host, tiny_ckpt_name, trained_concepts):
+    uses = [ConceptUse(trained_concepts["hugsy"]), ConceptUse(trained_concepts["zorbo"], key_lock="global")]
+    prompt = generate_prompt(tiny_ckpt_name, uses, positive="hugsy and zorbo in a garden")
+    first = image(comfy_host, prompt)
+    comfy_host.reset_cache()
+    np.testing.assert_array_equal(image(comfy_host, prompt), first)
+
+
+def test_global_key_lock_runs_with_stock_text_encode_and_differs_from_local(
+    comfy_host, tiny_ckpt_name, trained_concepts
+):
+    text = "a photo of hugsy on the beach"
+    local = image(
+        comfy_host, generate_prompt(tiny_ckpt_name, [ConceptUse(trained_concepts["hugsy"])], positive=text)
+    )
+    use = ConceptUse(trained_concepts["hugsy"], bias=0.5, key_lock="global")
+    locked = image(comfy_host, generate_prompt(tiny_ckpt_name, [use], positive=text))
+    assert np.isfinite(locked).all()
+    assert mean_abs(local, locked) > 1e-3
+
+
+@pytest.mark.parametrize("bad", ["../escape.safetensors", "missing.safetensors"])
+def test_unknown_or_escaping_file_names_fail_validation(comfy_host, tiny_ckpt_name, bad):
+    result = comfy_host.run(generate_prompt(tiny_ckpt_name, [ConceptUse(bad)]))
+    assert not result.success and result.error_kind == "validation"
+    assert "concept_name" in result.error_text
