@@ -1,7 +1,7 @@
 """ComfyUI nodes of the pack (V1 node API, so it loads on every recent release)."""
 
 from . import folders
-from .nodes_loader import PerfusionApplyConcept, PerfusionConceptLoader
+from .nodes_loader import PerfusionApplyConcept, PerfusionConceptFile, PerfusionConceptLoader
 from .nodes_train import PerfusionSaveConcept, PerfusionTrainConcept
 
 folders.register()
@@ -9,6 +9,7 @@ folders.register()
 NODE_CLASS_MAPPINGS = {
     "PerfusionConceptLoader": PerfusionConceptLoader,
     "PerfusionApplyConcept": PerfusionApplyConcept,
+    "PerfusionConceptFile": PerfusionConceptFile,
     "PerfusionTrainConcept": PerfusionTrainConcept,
     "PerfusionSaveConcept": PerfusionSaveConcept,
 }
@@ -16,6 +17,7 @@ NODE_CLASS_MAPPINGS = {
 NODE_DISPLAY_NAME_MAPPINGS = {
     "PerfusionConceptLoader": "Load Perfusion Concept",
     "PerfusionApplyConcept": "Apply Perfusion Concept",
+    "PerfusionConceptFile": "Load Perfusion Concept File",
     "PerfusionTrainConcept": "Train Perfusion Concept",
     "PerfusionSaveConcept": "Save Perfusion Concept",
 }

@@ -45,6 +45,8 @@ _GATE_INPUTS = {
     ),
 }
 
+_CONCEPT_NAME_TOOLTIP = {"tooltip": "A concept file in models/perfusion (.safetensors, ~40 KB)."}
+
 _MODEL_CLIP_INPUTS = {
     "model": ("MODEL", {"tooltip": "The SD1.5-family model to patch (the input is left unchanged)."}),
     "clip": ("CLIP", {"tooltip": "The text encoder of that model; the concept word is added to a clone."}),
@@ -74,10 +76,7 @@ class PerfusionConceptLoader:
         return {
             "required": {
                 **_MODEL_CLIP_INPUTS,
-                "concept_name": (
-                    folders.concept_names(),
-                    {"tooltip": "A concept file in models/perfusion (.safetensors, ~40 KB)."},
-                ),
+                "concept_name": (folders.concept_names(), _CONCEPT_NAME_TOOLTIP),
                 **_GATE_INPUTS,
             }
         }
@@ -92,9 +91,29 @@ class PerfusionConceptLoader:
         return f"{stat.st_mtime_ns}-{stat.st_size}"
 
     def load(self, model, clip, concept_name, bias, temperature, key_lock):
-        path = folders.resolve(concept_name)
-        concept = load_concept(path)
+        concept = load_concept(folders.resolve(concept_name))
         return apply_concept(model, clip, concept, bias, temperature, key_lock, source=concept_name)
+
+
+class PerfusionConceptFile:
+    DESCRIPTION = (
+        "Reads a Perfusion concept file as a CONCEPT without applying it: to resume training from a "
+        "checkpoint, or to apply it with 'Apply Perfusion Concept'."
+    )
+    CATEGORY = "perfusion"
+    FUNCTION = "load"
+    RETURN_TYPES = (CONCEPT_TYPE,)
+    RETURN_NAMES = ("concept",)
+    OUTPUT_TOOLTIPS = ("The concept (word embedding, i*, u, superclass encoding, V targets).",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"concept_name": (folders.concept_names(), _CONCEPT_NAME_TOOLTIP)}}
+
+    IS_CHANGED = PerfusionConceptLoader.IS_CHANGED
+
+    def load(self, concept_name):
+        return (load_concept(folders.resolve(concept_name)),)
 
 
 class PerfusionApplyConcept:

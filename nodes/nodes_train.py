@@ -35,6 +35,7 @@ class PerfusionTrainConcept:
     )
     CATEGORY = "perfusion/training"
     FUNCTION = "train"
+    OUTPUT_NODE = True  # shows the before/after loss summary; runs even when only previewed
     RETURN_TYPES = (CONCEPT_TYPE, "IMAGE", "LOSS_MAP")
     RETURN_NAMES = ("concept", "loss_curve", "loss_map")
     OUTPUT_TOOLTIPS = (
@@ -250,7 +251,15 @@ class PerfusionTrainConcept:
             resume=resume,
             on_step=on_step,
         )
-        return (result.concept, loss_curve_image(result.losses), {"loss": result.losses})
+        summary = (
+            f"{concept_word} ({superclass}): {len(result.losses)} steps; loss on the training images "
+            f"{result.eval_before:.5f} -> {result.eval_after:.5f}"
+        )
+        log.info("Perfusion: %s", summary)
+        return {
+            "ui": {"text": [summary], "perfusion_eval": [result.eval_before, result.eval_after]},
+            "result": (result.concept, loss_curve_image(result.losses), {"loss": result.losses}),
+        }
 
 
 class PerfusionSaveConcept:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ..perfusion_core.concept import Concept, ConceptInfo
 from ..perfusion_core.training import (
+    BatchPlan,
     ConceptTrainingState,
     TrainingConfig,
     masked_noise_loss,
@@ -35,7 +36,9 @@ _WORD = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 @dataclass
 class TrainingResult:
     concept: Concept
-    losses: list[float]
+    losses: list[float]  # per optimizer step (mean over its micro-batches)
+    eval_before: float  # the objective on a fixed batch of the training images, before training
+    eval_after: float  # ... and after: a like-for-like measure of progress
 
 
 def check_words(clip, word: str, superclass: str) -> None:
@@ -181,6 +184,114 @@ def encode_latents(model, vae, pixels: torch.Tensor) -> torch.Tensor:
     return model.model.process_latent_in(latents.float().clone()).cpu()
 
 
+class _Run:
+    """One training run: models, data and the state being optimised, set up once."""
+
+    def __init__(
+        self, model, clip, vae, pixels, weights, word, superclass, config, c_inv, resume, checkpointing
+    ):
+        self.config = config
+        self.device = comfy.model_management.get_torch_device()
+        pixels_both = torch.cat([pixels, pixels.flip(-1)])
+        self.latents = encode_latents(model, vae, pixels_both)
+        self.masks = None
+        if weights is not None:
+            both = torch.cat([weights, weights.flip(-1)])
+            self.masks = normalise_mask(F.interpolate(both, size=self.latents.shape[-2:], mode="area"))
+        self.n_images = pixels.shape[0]
+        layers = model_patch.cross_attention_layers(model)
+        if resume is not None:
+            self.state = ConceptTrainingState.resume(resume, c_inv, config.beta, config.tau)
+        else:
+            self.state = ConceptTrainingState(
+                text_encoder.input_embedding(clip, superclass),
+                superclass_encoding(clip, superclass, config.templates),
+                {layer.name: torch.zeros(layer.width) for layer in layers},  # W_V ī_super, set below
+                c_inv,
+                config.beta,
+                config.tau,
+            )
+        self.model = model_patch.install_source(model, self.state)
+        if checkpointing:
+            _checkpoint_blocks(self.model)
+        train_clip = _trainable_clip(clip, word, self.state.token_embedding)
+        comfy.model_management.load_models_gpu([self.model, train_clip.patcher], force_full_load=True)
+        _release_inference_weights(self.model.model.diffusion_model)
+        _release_inference_weights(train_clip.cond_stage_model)
+        self.state.to(self.device)
+        if resume is None:
+            self._init_v_targets(layers)
+        self.encoder = PromptEncoder(train_clip, word, self.state.token_embedding)
+        self.sampling = self.model.model.model_sampling
+        self.transformer_options = comfy.patcher_extension.copy_nested_dicts(
+            self.model.model_options.get("transformer_options", {})
+        )
+
+    @torch.no_grad()
+    def _init_v_targets(self, layers) -> None:
+        """o*_V starts at W_V ī_super, through the host's own (cast, LoRA-aware) projection."""
+        enc = self.state.superclass_encoding[None, None].to(self.device, self.model.model.get_dtype())
+        for layer, target in zip(layers, self.state.v_targets):
+            projection = self.model.get_model_object(f"{layer.value_path}.forward")
+            target.copy_(projection.prev_forward(enc).float()[0, 0])
+
+    def loss(self, batch: BatchPlan, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(masked noise-prediction loss, the concept token's encodings) for one micro-batch."""
+        rows = [i + (self.n_images if f else 0) for i, f in zip(batch.image_indices, batch.flips)]
+        x0 = self.latents[rows].to(self.device)
+        percents = batch.timesteps.clamp(1e-3, 1 - 1e-3).tolist()  # both ends are ±inf/0 sigmas
+        sigma = torch.tensor([float(self.sampling.percent_to_sigma(p)) for p in percents], device=self.device)
+        cond, positions = self.encoder(batch.templates)
+        cond = cond.to(self.device)
+        x_t = self.sampling.noise_scaling(sigma, noise.to(self.device), x0)
+        denoised = self.model.model.apply_model(
+            x_t, sigma, c_crossattn=cond, transformer_options=self.transformer_options
+        )
+        mask = self.masks[rows].to(self.device) if self.masks is not None else None
+        concept = torch.stack([cond[k, p] for k, p in enumerate(positions)]).detach()
+        return masked_noise_loss(denoised, x0, sigma, mask), concept
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """The objective on a fixed batch (every image, mid-range noise levels, first template)."""
+        n = self.n_images
+        batch = BatchPlan(
+            list(range(n)), [False] * n, [self.config.templates[0]] * n, torch.linspace(0.2, 0.8, n)
+        )
+        noise = torch.randn(
+            self.latents[:n].shape, generator=torch.Generator().manual_seed(self.config.seed + 1)
+        )
+        return float(self.loss(batch, noise)[0])
+
+    def train(self, on_step) -> list[float]:
+        config = self.config
+        optimizer = self.state.optimizer(config)
+        generator = torch.Generator().manual_seed(config.seed)
+        progress = comfy.utils.ProgressBar(config.steps)
+        losses: list[float] = []
+        for step in range(config.steps):
+            optimizer.zero_grad(set_to_none=True)
+            step_loss, concept_encodings = 0.0, []
+            for _ in range(config.grad_accumulation):
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                batch = plan_batch(
+                    generator, self.n_images, config.templates, config.batch_size, config.flip_probability
+                )
+                noise = torch.randn(self.latents[: config.batch_size].shape, generator=generator)
+                loss, concept = self.loss(batch, noise)
+                (loss / config.grad_accumulation).backward()
+                step_loss += float(loss.detach()) / config.grad_accumulation
+                concept_encodings.append(concept)
+            optimizer.step()
+            self.state.update_i_star(torch.cat(concept_encodings), config.i_star_momentum)
+            losses.append(step_loss)
+            progress.update(1)
+            if on_step is not None:
+                on_step(step + 1, step_loss, self.state)
+        optimizer.zero_grad(set_to_none=True)
+        return losses
+
+
 def train_concept(
     model,
     clip,
@@ -196,91 +307,21 @@ def train_concept(
     resume: Concept | None = None,
     on_step: Callable[[int, float, ConceptTrainingState], None] | None = None,
 ) -> TrainingResult:
-    """Optimises the word embedding and V targets; K stays locked to W_K ī_super."""
+    """Optimises the word embedding and V targets; K stays locked to W_K ī_super (spec §3, §6)."""
     check_words(clip, word, superclass)
     if config.steps < 1:
         raise ValueError("steps must be at least 1")
     pixels, weights = prepare_images(images, masks, config.resolution)
     c_inv = covariance_cache.inverse_covariance(clip, covariance_prompts)
     with torch.inference_mode(False), torch.enable_grad():
-        pixels_both = torch.cat([pixels, pixels.flip(-1)])
-        latents = encode_latents(model, vae, pixels_both)
-        latent_masks = None
-        if weights is not None:
-            small = F.interpolate(
-                torch.cat([weights, weights.flip(-1)]), size=latents.shape[-2:], mode="area"
-            )
-            latent_masks = normalise_mask(small)
-        layers = model_patch.cross_attention_layers(model)
-        n = pixels.shape[0]
-
-        device = comfy.model_management.get_torch_device()
-        if resume is not None:
-            state = ConceptTrainingState.resume(resume, c_inv, config.beta, config.tau)
-        else:
-            super_enc = superclass_encoding(clip, superclass, config.templates)
-            state = ConceptTrainingState(
-                text_encoder.input_embedding(clip, superclass),
-                super_enc,
-                {layer.name: torch.zeros(layer.width) for layer in layers},  # set to W_V ī_super below
-                c_inv,
-                config.beta,
-                config.tau,
-            )
-        train_model = model_patch.install_source(model, state)
-        if gradient_checkpointing:
-            _checkpoint_blocks(train_model)
-        train_clip = _trainable_clip(clip, word, state.token_embedding)
-        comfy.model_management.load_models_gpu([train_model, train_clip.patcher], force_full_load=True)
-        _release_inference_weights(train_model.model.diffusion_model)
-        _release_inference_weights(train_clip.cond_stage_model)
-        state.to(device)
-        if resume is None:
-            with torch.no_grad():
-                for layer, target in zip(layers, state.v_targets):
-                    projection = train_model.get_model_object(f"{layer.value_path}.forward")
-                    enc = state.superclass_encoding[None, None].to(device)
-                    target.copy_(projection.prev_forward(enc.to(train_model.model.get_dtype())).float()[0, 0])
-        encoder = PromptEncoder(train_clip, word, state.token_embedding)
-        optimizer = state.optimizer(config)
-        sampling = train_model.model.model_sampling
-        transformer_options = comfy.patcher_extension.copy_nested_dicts(
-            train_model.model_options.get("transformer_options", {})
+        run = _Run(
+            model, clip, vae, pixels, weights, word, superclass, config, c_inv, resume, gradient_checkpointing
         )
-        generator = torch.Generator().manual_seed(config.seed)
-        progress = comfy.utils.ProgressBar(config.steps)
-        losses: list[float] = []
-        for step in range(config.steps):
-            optimizer.zero_grad(set_to_none=True)
-            step_loss, concept_encodings = 0.0, []
-            for _ in range(config.grad_accumulation):
-                comfy.model_management.throw_exception_if_processing_interrupted()
-                batch = plan_batch(generator, n, config.templates, config.batch_size, config.flip_probability)
-                rows = [i + (n if f else 0) for i, f in zip(batch.image_indices, batch.flips)]
-                x0 = latents[rows].to(device)
-                noise = torch.randn(x0.shape, generator=generator).to(device)
-                percents = batch.timesteps.clamp(1e-3, 1 - 1e-3).tolist()  # both ends are ±inf/0 sigmas
-                sigma = torch.tensor([float(sampling.percent_to_sigma(p)) for p in percents], device=device)
-                cond, positions = encoder(batch.templates)
-                cond = cond.to(device)
-                concept_encodings.append(torch.stack([cond[k, p] for k, p in enumerate(positions)]).detach())
-                x_t = sampling.noise_scaling(sigma, noise, x0)
-                denoised = train_model.model.apply_model(
-                    x_t, sigma, c_crossattn=cond, transformer_options=transformer_options
-                )
-                mask = latent_masks[rows].to(device) if latent_masks is not None else None
-                loss = masked_noise_loss(denoised, x0, sigma, mask) / config.grad_accumulation
-                loss.backward()
-                step_loss += float(loss.detach())
-            optimizer.step()
-            state.update_i_star(torch.cat(concept_encodings), config.i_star_momentum)
-            losses.append(step_loss)
-            progress.update(1)
-            if on_step is not None:
-                on_step(step + 1, step_loss, state)
-        optimizer.zero_grad(set_to_none=True)
+        before = run.evaluate()
+        losses = run.train(on_step)
+        after = run.evaluate()
     info = concept_info(model, clip, word, superclass, config, resume, config.steps)
-    return TrainingResult(state.to_concept(info), losses)
+    return TrainingResult(run.state.to_concept(info), losses, before, after)
 
 
 def concept_info(

@@ -20,8 +20,16 @@ CONCEPTS = {  # file -> (word, superclass, image colour)
 
 @pytest.fixture(scope="session")
 def perfusion_pack(comfy_host):
-    """The pack as ComfyUI imported it (for tests that call its functions inside the host)."""
-    return sys.modules["comfyui-perfusion"]
+    """The pack as ComfyUI imported it (for tests that call its functions inside the host).
+
+    ComfyUI registers a package under its folder's path, e.g. ".../custom_nodes/comfyui-perfusion".
+    """
+    from harness.basedir import PACK_DIR_NAME
+
+    for name, module in list(sys.modules.items()):
+        if name.endswith(PACK_DIR_NAME) and hasattr(module, "NODE_CLASS_MAPPINGS"):
+            return module
+    raise LookupError("the pack was not imported by the host")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,202 @@
+"""The patch in the host's hard cases: other models, fine-tunes, LoRA, low precision, offloading."""
+
+import dataclasses
+import logging
+import sys
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+
+from harness.fixture_checkpoint import fixture_checkpoint
+from harness.perfusion_graphs import ConceptUse, generate_prompt
+from perfusion_core.concept_file import load_concept, save_concept
+
+
+def perfusion_dir(host):
+    return host.base_dir / "models" / "perfusion"
+
+
+def image(host, prompt) -> np.ndarray:
+    result = host.run(prompt).raise_for_error()
+    return host.images(result)[0]
+
+
+@pytest.fixture(scope="module")
+def hugsy(comfy_host, trained_concepts):
+    return load_concept(perfusion_dir(comfy_host) / trained_concepts["hugsy"])
+
+
+def write_variant(host, concept, name: str, **changes) -> str:
+    save_concept(dataclasses.replace(concept, **changes), perfusion_dir(host) / name, overwrite=True)
+    return name
+
+
+@pytest.mark.parametrize(
+    "variant",
+    ["other_layers", "other_widths", "other_text_encoder", "other_family"],
+)
+def test_concept_for_another_model_is_refused_naming_file_and_model(
+    comfy_host, tiny_ckpt_name, hugsy, variant
+):
+    targets = hugsy.v_targets
+    if variant == "other_layers":
+        changes = {
+            "v_targets": {k.replace("input_blocks.1", "input_blocks.4"): v for k, v in targets.items()}
+        }
+    elif variant == "other_widths":
+        changes = {"v_targets": {k: torch.zeros(640) for k in targets}}
+    elif variant == "other_text_encoder":
+        changes = {
+            name: torch.ones(1024) for name in ("token_embedding", "i_star", "u", "superclass_encoding")
+        }
+    else:
+        changes = {"info": dataclasses.replace(hugsy.info, model_family="SDXL")}
+    name = write_variant(comfy_host, hugsy, f"mismatch_{variant}.safetensors", **changes)
+    result = comfy_host.run(generate_prompt(tiny_ckpt_name, [ConceptUse(name)]))
+    assert result.error_kind == "execution", result.error_text
+    assert name in result.error_text and "trained for" in result.error_text
+    # the host keeps serving
+    assert comfy_host.run(generate_prompt(tiny_ckpt_name, positive="a dog")).success
+
+
+def test_concept_on_a_fine_tune_loads_with_a_warning_naming_both(comfy_host, trained_concepts, caplog):
+    finetune = comfy_host.add_checkpoint(fixture_checkpoint("tiny", seed=1))
+    with caplog.at_level(logging.WARNING):
+        result = comfy_host.run(generate_prompt(finetune, [ConceptUse(trained_concepts["hugsy"])]))
+    assert result.success, result.error_text
+    warnings = [r.getMessage() for r in caplog.records if trained_concepts["hugsy"] in r.getMessage()]
+    assert warnings, [r.getMessage() for r in caplog.records]
+    assert hugsy_fingerprint(comfy_host, trained_concepts)[:16] in warnings[0]
+
+
+def hugsy_fingerprint(host, trained_concepts) -> str:
+    return load_concept(perfusion_dir(host) / trained_concepts["hugsy"]).info.encoder_fingerprint
+
+
+@pytest.fixture(scope="module")
+def lora_name(comfy_host, tiny_ckpt_name, perfusion_pack, tmp_path_factory):
+    """A random rank-4 LoRA on every cross-attention K/V and self-attention Q of the fixture."""
+    host_nodes = sys.modules["nodes"]
+    with torch.inference_mode():
+        model = host_nodes.CheckpointLoaderSimple().load_checkpoint(tiny_ckpt_name)[0]
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+    for layer in perfusion_pack.nodes.model_patch.cross_attention_layers(model):
+        for proj in (layer.key_path, layer.value_path, layer.name.replace("attn2", "attn1") + ".to_q"):
+            weight = model.get_model_object(proj).weight
+            sd[f"{proj}.lora_up.weight"] = torch.randn(weight.shape[0], 4, generator=g) * 0.2
+            sd[f"{proj}.lora_down.weight"] = torch.randn(4, weight.shape[1], generator=g) * 0.2
+    path = tmp_path_factory.mktemp("lora") / "fixture_lora.safetensors"
+    safetensors.torch.save_file(sd, str(path))
+    return comfy_host.add_file("loras", path)
+
+
+def with_lora(prompt: dict, lora: str, after_concepts: bool) -> dict:
+    """Inserts a LoraLoader before or after the concept loaders."""
+    prompt = {k: dict(v, inputs=dict(v["inputs"])) for k, v in prompt.items()}
+    loaders = sorted((k for k, v in prompt.items() if v["class_type"] == "PerfusionConceptLoader"), key=int)
+    source = loaders[-1] if after_concepts else "1"
+    prompt["60"] = {
+        "class_type": "LoraLoader",
+        "inputs": {
+            "model": [source, 0],
+            "clip": [source, 1],
+            "lora_name": lora,
+            "strength_model": 1.0,
+            "strength_clip": 1.0,
+        },
+    }
+    if after_concepts:
+        for node in ("4", "5"):
+            prompt[node]["inputs"]["clip"] = ["60", 1]
+        prompt["7"]["inputs"]["model"] = ["60", 0]
+    else:
+        prompt[loaders[0]]["inputs"].update({"model": ["60", 0], "clip": ["60", 1]})
+    return prompt
+
+
+def test_lora_before_or_after_the_concept_gives_the_same_image(
+    comfy_host, tiny_ckpt_name, trained_concepts, lora_name
+):
+    prompt = generate_prompt(
+        tiny_ckpt_name, [ConceptUse(trained_concepts["hugsy"])], positive="hugsy in a field"
+    )
+    before = image(comfy_host, with_lora(prompt, lora_name, after_concepts=False))
+    after = image(comfy_host, with_lora(prompt, lora_name, after_concepts=True))
+    concept_only = image(comfy_host, prompt)
+    np.testing.assert_allclose(before, after, atol=2 / 255)
+    assert np.abs(before - concept_only).mean() > 1e-3  # the LoRA is in force under the concept
+
+
+@pytest.fixture(scope="module")
+def loaded(comfy_host, tiny_ckpt_name):
+    return fixture_checkpoint("tiny")
+
+
+def sample_latent(model, clip, text: str) -> torch.Tensor:
+    host_nodes = sys.modules["nodes"]
+    with torch.inference_mode():
+        (pos,) = host_nodes.CLIPTextEncode().encode(clip, text)
+        (neg,) = host_nodes.CLIPTextEncode().encode(clip, "")
+        (latent,) = host_nodes.EmptyLatentImage().generate(64, 64, 1)
+        return host_nodes.common_ksampler(model, 3, 2, 7.0, "euler", "normal", pos, neg, latent)[0]["samples"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float8_e4m3fn])
+def test_low_precision_weights_give_the_fp32_result_closely(perfusion_pack, loaded, hugsy, dtype):
+    import comfy.sd
+
+    apply = perfusion_pack.nodes.apply.apply_concept
+    outputs = {}
+    for d in (torch.float32, dtype):
+        with torch.inference_mode():
+            model, clip = comfy.sd.load_checkpoint_guess_config(str(loaded), model_options={"dtype": d})[:2]
+        plain = sample_latent(model, clip, "hugsy on a beach")
+        patched_model, patched_clip = apply(model, clip, hugsy, 0.5, 0.15, "local", "test")
+        outputs[d] = (plain, sample_latent(patched_model, patched_clip, "hugsy on a beach"))
+    (plain32, patched32), (plain_low, patched_low) = outputs[torch.float32], outputs[dtype]
+    assert torch.isfinite(patched_low).all()
+    effect = (patched32 - plain32).abs().mean()
+    precision_error = (patched_low - patched32).abs().mean()
+    model_error = (plain_low - plain32).abs().mean()
+    print(
+        f"{dtype}: concept effect {effect:.4f}, patched error {precision_error:.4f}, unpatched error {model_error:.4f}"
+    )
+    assert precision_error < max(0.5 * effect, 2 * model_error)
+
+
+def test_low_vram_partial_load_gives_identical_outputs(perfusion_pack, loaded, hugsy):
+    import comfy.model_management
+    import comfy.sd
+
+    with torch.inference_mode():
+        model, clip = comfy.sd.load_checkpoint_guess_config(str(loaded))[:2]
+    patched, pclip = perfusion_pack.nodes.apply.apply_concept(model, clip, hugsy, 0.5, 0.15, "local", "test")
+    host_nodes = sys.modules["nodes"]
+    with torch.inference_mode():
+        (cond,) = host_nodes.CLIPTextEncode().encode(pclip, "a photo of hugsy")
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor([3.0])
+    outs = []
+    for lowvram in (0, 1):
+        comfy.model_management.unload_all_models()
+        with torch.inference_mode():
+            patched.patch_model(device_to=torch.device("cpu"), lowvram_model_memory=lowvram)
+            outs.append(patched.model.apply_model(x, sigma, c_crossattn=cond[0][0]))
+            patched.unpatch_model(device_to=torch.device("cpu"))
+    torch.testing.assert_close(outs[0], outs[1])
+
+
+def test_inputs_are_never_modified(perfusion_pack, loaded, hugsy):
+    import comfy.sd
+
+    with torch.inference_mode():
+        model, clip = comfy.sd.load_checkpoint_guess_config(str(loaded))[:2]
+    patches_before, tokenizer_before = dict(model.object_patches), clip.tokenizer
+    tokens_before = clip.tokenize("a photo of hugsy")
+    perfusion_pack.nodes.apply.apply_concept(model, clip, hugsy, 0.7, 0.15, "global", "test")
+    assert model.object_patches == patches_before and not model.wrappers.get("diffusion_model")
+    assert clip.tokenizer is tokenizer_before
+    assert clip.tokenize("a photo of hugsy") == tokens_before

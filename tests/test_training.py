@@ -1,0 +1,261 @@
+"""Training: through ComfyUI's executor (graphs a user would queue) and, where a test must look
+inside the run, through the pack's trainer on models loaded by the host's own loader node."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from harness.perfusion_graphs import load_images, train_prompt
+from perfusion_core.concept_file import load_concept
+
+
+def concept_files(host) -> set[str]:
+    return {p.name for p in (host.base_dir / "models" / "perfusion").rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def base_models(comfy_host, tiny_ckpt_name):
+    """(MODEL, CLIP, VAE) loaded by CheckpointLoaderSimple under inference mode, as the executor does."""
+    host_nodes = sys.modules["nodes"]
+    with torch.inference_mode():
+        return host_nodes.CheckpointLoaderSimple().load_checkpoint(tiny_ckpt_name)[:3]
+
+
+@pytest.fixture(scope="module")
+def toy_pixels(toy_images, comfy_host):
+    from PIL import Image
+
+    folder = comfy_host.base_dir / "input"
+    arrays = [
+        np.asarray(Image.open(folder / n).convert("RGB"), dtype=np.float32) / 255 for n in toy_images["hugsy"]
+    ]
+    return torch.from_numpy(np.stack(arrays))
+
+
+def run_trainer(pack, models, pixels, *, steps=6, seed=0, **config):
+    from perfusion_core.training import TrainingConfig
+
+    model, clip, vae = models
+    settings = {
+        "batch_size": 1,
+        "grad_accumulation": 1,
+        "resolution": 64,
+        "seed": seed,
+        "steps": steps,
+        **config,
+    }
+    cfg = TrainingConfig(templates=("a photo of a {}", "a good photo of the {}"), **settings)
+    return pack.nodes.trainer.train_concept(
+        model, clip, vae, pixels, None, "hugsy", "teddy", cfg, covariance_prompts=128
+    )
+
+
+def test_training_in_the_executor_lowers_the_loss_and_reports_progress(
+    comfy_host, tiny_ckpt_name, toy_images
+):
+    prompt = train_prompt(
+        tiny_ckpt_name, toy_images["hugsy"], steps=10, lr_v=0.3, lr_embedding=0.02, use_mask=True
+    )
+    result = comfy_host.run(prompt).raise_for_error()
+    before, after = result.outputs["3"]["perfusion_eval"]
+    print(f"masked loss on the training images: {before:.6f} -> {after:.6f}")
+    assert after < before
+    progress = [d for d in result.events("progress") if d.get("node") == "3"]
+    assert [d["value"] for d in progress][-1] == 10 and progress[-1]["max"] == 10
+    (curve,) = comfy_host.images(result, node_id="5")
+    assert curve.shape[2] == 3 and curve.std() > 0  # the loss curve preview was drawn
+
+
+def test_only_embedding_and_v_targets_train_and_keys_stay_locked(perfusion_pack, base_models, toy_pixels):
+    model, clip, _ = base_models
+    before = {k: v.clone() for k, v in model.model.diffusion_model.state_dict().items()}
+    result = run_trainer(perfusion_pack, base_models, toy_pixels, lr_v=0.1, lr_embedding=0.01)
+    concept = result.concept
+    te = perfusion_pack.nodes.text_encoder
+    initial_embedding = te.input_embedding(clip, "teddy")
+    assert not torch.equal(concept.token_embedding, initial_embedding)
+    # the frozen model is bit-identical and holds no gradient state
+    after = model.model.diffusion_model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(not p.requires_grad and p.grad is None for p in model.model.diffusion_model.parameters())
+    # u is C⁻¹ i*, stored so inference needs no covariance
+    c_inv = perfusion_pack.nodes.covariance_cache.inverse_covariance(clip, 128).float()
+    torch.testing.assert_close(concept.u, c_inv @ concept.i_star, rtol=1e-4, atol=1e-5)
+    # K is locked: with the gate wide open, to_k(i*) is W_K · superclass encoding for every layer
+    applied = perfusion_pack.nodes.apply.apply_concept(model, clip, concept, -50.0, 0.15, "local", "test")[0]
+    with torch.inference_mode():
+        for layer in perfusion_pack.nodes.model_patch.cross_attention_layers(model):
+            patched_k = applied.get_model_object(f"{layer.key_path}.forward")
+            w_k = model.get_model_object(layer.key_path).weight.float()
+            out = patched_k(concept.i_star[None, None].to(w_k.dtype))[0, 0].float()
+            torch.testing.assert_close(out, w_k @ concept.superclass_encoding, rtol=1e-3, atol=1e-3)
+
+
+def test_i_star_follows_the_ema_of_the_concept_encoding(perfusion_pack, base_models, toy_pixels):
+    """With nothing trained (lr 0), the concept encoding e is constant: i*_N = m^N ī + (1 − m^N) e."""
+    model, clip, _ = base_models
+    steps = 5
+    result = run_trainer(perfusion_pack, base_models, toy_pixels, steps=steps, lr_v=0.0, lr_embedding=0.0)
+    trainer, te = perfusion_pack.nodes.trainer, perfusion_pack.nodes.text_encoder
+    templates = ("a photo of a {}", "a good photo of the {}")
+    superclass = trainer.superclass_encoding(clip, "teddy", templates)
+    embedding = te.input_embedding(clip, "teddy")
+    encoder = trainer.PromptEncoder(
+        te.clip_with_concepts(clip, [te.ConceptWord("hugsy", embedding)]), "hugsy", embedding
+    )
+    with torch.inference_mode():
+        cond, positions = encoder(list(templates))
+    per_template = [cond[k, p].float() for k, p in enumerate(positions)]
+    # each step used one template; i* is a convex mix of ī and the two template encodings
+    m = 0.99
+    mix = result.concept.i_star - m**steps * superclass
+    basis = torch.stack(per_template).T  # (D, 2)
+    weights = torch.linalg.lstsq(basis, mix[:, None]).solution[:, 0]
+    torch.testing.assert_close(basis @ weights, mix, rtol=1e-3, atol=1e-4)
+    assert abs(float(weights.sum()) - (1 - m**steps)) < 1e-3
+
+
+def test_same_seed_same_concept(perfusion_pack, base_models, toy_pixels):
+    a = run_trainer(perfusion_pack, base_models, toy_pixels, steps=3, seed=7).concept
+    b = run_trainer(perfusion_pack, base_models, toy_pixels, steps=3, seed=7).concept
+    c = run_trainer(perfusion_pack, base_models, toy_pixels, steps=3, seed=8).concept
+    assert torch.equal(a.token_embedding, b.token_embedding)
+    assert all(torch.equal(a.v_targets[k], b.v_targets[k]) for k in a.v_targets)
+    assert not torch.equal(a.token_embedding, c.token_embedding)
+
+
+def test_gates_of_special_tokens_stay_near_zero(perfusion_pack, base_models, toy_pixels):
+    """Start, end and padding tokens barely open the gate (inference β 0.7, τ 0.15).
+
+    A random-weight CLIP mixes the concept into every later token through causal attention far more
+    than a trained one does, so "near 0" here is < 0.1 (r below ~0.35) rather than the ~0.01 a real
+    text encoder gives; the start token, which sees nothing of the concept, must be at the floor.
+    """
+    from perfusion_core.gated_edit import GatedRank1Edit
+
+    _, clip, _ = base_models
+    concept = run_trainer(perfusion_pack, base_models, toy_pixels, steps=6, lr_v=0.1).concept
+    te = perfusion_pack.nodes.text_encoder
+    pclip = te.clip_with_concepts(clip, [te.ConceptWord("hugsy", concept.token_embedding)])
+    tokens = pclip.tokenize("a photo of a hugsy")
+    with torch.inference_mode():
+        cond = pclip.encode_from_tokens(tokens)[0].float()
+    sequence = tokens[te.tokenizer_key(clip)][0]
+    position = next(i for i, t in enumerate(sequence) if t[0] is concept.token_embedding)
+    edit = GatedRank1Edit(concept.i_star, concept.u, beta=0.7, tau=0.15)
+    gates = edit.gates(edit.similarity(cond))[:, 0]
+    after = gates[position + 1 :]  # the end token and the padding
+    print(
+        f"gates: start {float(gates[0]):.4f}, concept {float(gates[position]):.3f}, end/padding max {float(after.max()):.4f}"
+    )
+    assert float(gates[0]) < 0.02
+    assert float(after.max()) < 0.1
+    assert int(gates.argmax()) == position
+
+
+def test_saved_file_round_trips_and_is_small(perfusion_pack, base_models, toy_pixels, tmp_path):
+    from perfusion_core.concept_file import save_concept
+
+    concept = run_trainer(perfusion_pack, base_models, toy_pixels, steps=2).concept
+    path = save_concept(concept, tmp_path / "c.safetensors")
+    loaded = load_concept(path)
+    assert loaded.info == concept.info
+    for name in ("token_embedding", "i_star", "u", "superclass_encoding"):
+        assert torch.equal(getattr(loaded, name), getattr(concept, name))
+    for layer, target in concept.v_targets.items():
+        torch.testing.assert_close(loaded.v_targets[layer], target.half().float())
+    widths = sum(concept.layer_widths.values())
+    bound = 4 * concept.encoder_width * 4 + widths * 2 + 8192  # spec §7: fp32 vectors, fp16 targets, header
+    print(f"concept file {path.stat().st_size} bytes for widths summing to {widths} (bound {bound})")
+    assert path.stat().st_size <= bound
+
+
+def test_interrupting_training_stops_within_one_step_and_writes_nothing(
+    comfy_host, tiny_ckpt_name, toy_images
+):
+    files = concept_files(comfy_host)
+    prompt = train_prompt(tiny_ckpt_name, toy_images["hugsy"], steps=40, seed=3, save_name="interrupted")
+    seen = []
+
+    def on_message(event, data):
+        if event == "progress" and data.get("node") == "3":
+            seen.append(data["value"])
+            if data["value"] == 3:
+                comfy_host.interrupt()
+
+    result = comfy_host.run(prompt, on_message=on_message)
+    assert result.interrupted, result.error_text
+    assert max(seen) <= 4, seen
+    assert concept_files(comfy_host) == files
+
+
+def test_checkpoints_during_training_and_resume(comfy_host, tiny_ckpt_name, toy_images):
+    extra = {"save_every": 2, "checkpoint_name": "resume_me"}
+    comfy_host.run(
+        train_prompt(tiny_ckpt_name, toy_images["hugsy"], steps=5, seed=4, extra=extra)
+    ).raise_for_error()
+    path = comfy_host.base_dir / "models" / "perfusion" / "resume_me.safetensors"
+    checkpoint = load_concept(path)
+    assert checkpoint.info.steps == 4  # the last multiple of save_every before the end
+    prompt = train_prompt(tiny_ckpt_name, toy_images["hugsy"], steps=2, seed=5, save_name="resumed")
+    prompt["30"] = {"class_type": "PerfusionConceptFile", "inputs": {"concept_name": "resume_me.safetensors"}}
+    prompt["3"]["inputs"]["resume"] = ["30", 0]
+    comfy_host.run(prompt).raise_for_error()
+    resumed = load_concept(comfy_host.base_dir / "models" / "perfusion" / "resumed.safetensors")
+    assert resumed.info.steps == 6
+    assert not torch.equal(resumed.token_embedding, checkpoint.token_embedding)
+
+
+BAD_INPUTS = {
+    "several words": ({"concept_word": "my bear"}, "concept word 'my bear'"),
+    "vocabulary collision": ({"concept_word": "dog"}, "already a word of the text encoder's vocabulary"),
+    "superclass not in vocabulary": ({"superclass": "qzxvbear"}, "superclass word 'qzxvbear'"),
+    "template without slot": ({"templates": "a photo"}, "prompt template 'a photo'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_words_are_clear_execution_errors_and_write_nothing(comfy_host, tiny_ckpt_name, toy_images, case):
+    change, message = BAD_INPUTS[case]
+    files = concept_files(comfy_host)
+    prompt = train_prompt(
+        tiny_ckpt_name, toy_images["hugsy"], steps=2, save_name=f"bad_{case.replace(' ', '_')}"
+    )
+    prompt["3"]["inputs"].update(change)
+    result = comfy_host.run(prompt)
+    assert result.error_kind == "execution", result.error_text
+    assert message in result.error_text
+    assert concept_files(comfy_host) == files
+
+
+def test_steps_zero_is_a_validation_error(comfy_host, tiny_ckpt_name, toy_images):
+    prompt = train_prompt(tiny_ckpt_name, toy_images["hugsy"], steps=0)
+    result = comfy_host.run(prompt)
+    assert result.error_kind == "validation" and "steps" in result.error_text
+
+
+def test_mask_count_and_size_mismatches_are_refused(comfy_host, tiny_ckpt_name, toy_images):
+    files = concept_files(comfy_host)
+    prompt = train_prompt(tiny_ckpt_name, toy_images["hugsy"], steps=2, save_name="bad_mask")
+    prompt["3"]["inputs"]["mask"] = ["100", 1]  # the first image's mask only: 1 mask for 3 images
+    result = comfy_host.run(prompt)
+    assert result.error_kind == "execution" and "1 masks for 3 images" in result.error_text
+    prompt["50"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 32, "height": 32}}
+    prompt["51"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["100", 0], "amount": 1}}
+    prompt["3"]["inputs"].update({"mask": ["50", 0], "images": ["51", 0]})
+    result = comfy_host.run(prompt)
+    assert result.error_kind == "execution" and "differs from the images'" in result.error_text
+    assert concept_files(comfy_host) == files
+
+
+def test_no_images_is_refused(perfusion_pack, base_models):
+    with pytest.raises(ValueError, match="at least one training image"):
+        run_trainer(perfusion_pack, base_models, torch.zeros(0, 64, 64, 3))
+
+
+def test_load_images_helper_builds_batches():
+    prompt: dict = {}
+    images, masks = load_images(prompt, ["a.png", "b.png"])
+    assert prompt[images[0]]["class_type"] == "ImageBatch" and prompt[masks[0]]["class_type"] == "ImageToMask"
