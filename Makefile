@@ -17,7 +17,8 @@ format: setup
 	$(PY) -m ruff check --fix .
 
 test: lint
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	@bash scripts/setup_browser.sh
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -48,7 +48,7 @@ from harness.basedir import (
 )
 from harness.errors import HostError, HostStartError, error_from_status, format_error
 from harness.images import load_image
-from harness.paths import comfyui_path
+from harness.paths import comfyui_path, use_cpu
 
 __all__ = ["ComfyHost", "HostError", "HostStartError", "RunResult", "format_error"]
 
@@ -251,7 +251,7 @@ class ComfyHost:
         base = str(self.base_dir)
         argv = [
             "main.py",
-            "--cpu",
+            *(["--cpu"] if use_cpu() else []),
             "--base-directory",
             base,
             "--output-directory",
@@ -264,7 +264,7 @@ class ComfyHost:
             # Something imported comfy before the host (without argument parsing): set what we need.
             from comfy.cli_args import args
 
-            args.cpu = True
+            args.cpu = use_cpu()
             args.base_directory = base
             args.output_directory = str(self.layout.output)
             args.input_directory = str(self.layout.input)

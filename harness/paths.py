@@ -44,3 +44,13 @@ def cache_dir() -> Path:
     d = repo_root() / "tests" / ".cache"
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def use_cpu() -> bool:
+    """Run the host with --cpu unless a GPU is there (PERFUSION_DEVICE=cpu|gpu overrides)."""
+    choice = os.environ.get("PERFUSION_DEVICE", "").strip().lower()
+    if choice in ("cpu", "gpu"):
+        return choice == "cpu"
+    import torch
+
+    return not torch.cuda.is_available()

@@ -33,7 +33,7 @@ import requests
 from harness.basedir import BaseDir, CheckpointLike, prepare_base_dir
 from harness.errors import HostError, PromptRejected, ServerStartError, error_from_status, format_error
 from harness.images import decode_image
-from harness.paths import comfyui_path
+from harness.paths import comfyui_path, use_cpu
 
 __all__ = ["ComfyServer", "ServerResult", "free_port"]
 
@@ -189,7 +189,7 @@ class ComfyServer:
         return [
             sys.executable,
             "main.py",
-            "--cpu",
+            *(["--cpu"] if use_cpu() else []),
             "--listen",
             "127.0.0.1",
             "--port",

@@ -6,6 +6,7 @@ import logging
 import os
 
 import comfy.model_management
+import comfy.utils
 import folder_paths
 import torch
 
@@ -30,7 +31,7 @@ def encode_batch(clip, prompts: list[str]) -> torch.Tensor:
     return cond.reshape(len(sequences), -1, cond.shape[-1])
 
 
-def inverse_covariance(clip, n_prompts: int, progress=None) -> torch.Tensor:
+def inverse_covariance(clip, n_prompts: int) -> torch.Tensor:
     """C⁻¹ (D×D, float64 on the CPU) for this CLIP, from the cache when it has it."""
     fingerprint = text_encoder.encoder_fingerprint(clip)
     key = cache_key(f"{fingerprint}-layer{clip.layer_idx}", CORPUS_VERSION, n_prompts)
@@ -40,10 +41,11 @@ def inverse_covariance(clip, n_prompts: int, progress=None) -> torch.Tensor:
     if cached is not None:
         return cached
     log.info("Perfusion: computing the text-encoding covariance over %d prompts (once per model)", n_prompts)
+    bar = comfy.utils.ProgressBar(n_prompts)
     c_inv = compute_inverse_covariance(
         lambda batch: encode_batch(clip, batch).float(),
         prompt_corpus(n_prompts),
-        progress=progress,
+        progress=lambda done, total: bar.update_absolute(done, total),
         should_stop=comfy.model_management.throw_exception_if_processing_interrupted,
     )
     cache.put(key, c_inv, {"encoder_fingerprint": fingerprint, "prompts": str(n_prompts)})

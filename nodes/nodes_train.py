@@ -167,7 +167,7 @@ class PerfusionTrainConcept:
                     "STRING",
                     {
                         "default": "",
-                        "tooltip": "Checkpoint file name in models/perfusion (default: the concept word).",
+                        "tooltip": "Checkpoint file in models/perfusion, replaced at each save (default: <concept word>_checkpoint).",
                     },
                 ),
                 "covariance_prompts": (
@@ -229,7 +229,7 @@ class PerfusionTrainConcept:
             )
         on_step = None
         if save_every > 0:
-            target = concept_path(checkpoint_name.strip() or concept_word, "checkpoint_name")
+            target = concept_path(checkpoint_name.strip() or f"{concept_word}_checkpoint", "checkpoint_name")
 
             def on_step(step, _loss, state):
                 if step % save_every == 0 and step < config.steps:
@@ -291,5 +291,10 @@ class PerfusionSaveConcept:
 
     def save(self, concept, name, overwrite):
         path = concept_path(name.strip(), "name")
-        save_concept(concept, path, overwrite=overwrite)
+        try:
+            save_concept(concept, path, overwrite=overwrite)
+        except FileExistsError:
+            raise ValueError(
+                f"name '{name}': {path} already exists; turn on 'overwrite' to replace it or choose another name"
+            ) from None
         return {"ui": {"text": [f"saved {path}"]}}

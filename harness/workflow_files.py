@@ -1,0 +1,145 @@
+"""The shipped workflows (``workflows/``) pointed at the test fixture.
+
+The workflows name real files (``v1-5-pruned-emaonly.safetensors``, ``hugsy.safetensors``, photos) and
+real sizes (512 px, 25 steps, 400 training steps); tests run them on the tiny fixture checkpoint with
+fixture concepts and toy images at 64 px and a few steps. Only those values change; the graph stays
+the shipped one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping, Sequence
+from itertools import cycle
+from pathlib import Path
+from typing import Any
+
+from harness.paths import repo_root
+
+__all__ = [
+    "FixtureValues",
+    "api_workflow",
+    "for_fixture",
+    "train_fixture_concepts",
+    "ui_for_fixture",
+    "ui_workflow",
+    "workflows_dir",
+]
+
+# word -> (superclass, toy image colour), trained through the shipped train-and-generate workflow
+FIXTURE_CONCEPTS = {"hugsy": ("teddy", (160, 100, 50)), "zorbo": ("cat", (40, 120, 200))}
+
+
+def workflows_dir() -> Path:
+    return repo_root() / "workflows"
+
+
+def api_workflow(name: str) -> dict:
+    """``workflows/api/<name>.api.json``."""
+    return json.loads((workflows_dir() / "api" / f"{name}.api.json").read_text())
+
+
+def ui_workflow(name: str) -> dict:
+    """``workflows/<name>.json`` (UI format)."""
+    return json.loads((workflows_dir() / f"{name}.json").read_text())
+
+
+class FixtureValues:
+    """What :func:`for_fixture` writes into a workflow."""
+
+    def __init__(
+        self,
+        ckpt_name: str,
+        *,
+        concepts: Mapping[str, str] | None = None,
+        images: Sequence[str] = (),
+        size: int = 64,
+        steps: int = 2,
+        train_steps: int = 4,
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    ):
+        """``concepts``: shipped concept file -> fixture file (unlisted names stay); ``images``: toy
+        image names, used in turn by the LoadImage nodes; ``overrides``: class_type -> {input: value}
+        applied last to every node of that class."""
+        self.ckpt_name = ckpt_name
+        self.concepts = dict(concepts or {})
+        self.images = list(images)
+        self.size = size
+        self.steps = steps
+        self.train_steps = train_steps
+        self.overrides = {k: dict(v) for k, v in (overrides or {}).items()}
+
+    def node_values(self, class_type: str) -> dict[str, Any]:
+        fixed = {
+            "CheckpointLoaderSimple": {"ckpt_name": self.ckpt_name},
+            "EmptyLatentImage": {"width": self.size, "height": self.size},
+            "KSampler": {"steps": self.steps},
+            "PerfusionTrainConcept": {
+                "steps": self.train_steps,
+                "resolution": self.size,
+                "batch_size": 1,
+                "grad_accumulation": 1,
+                "covariance_prompts": 128,
+            },
+        }.get(class_type, {})
+        return {**fixed, **self.overrides.get(class_type, {})}
+
+
+def for_fixture(prompt: Mapping[str, Mapping], values: FixtureValues) -> dict:
+    """A copy of an API prompt with the fixture's files, sizes and step counts."""
+    out = copy.deepcopy(dict(prompt))
+    images = cycle(values.images) if values.images else None
+    for node_id, node in out.items():
+        inputs = node["inputs"]
+        for name, value in values.node_values(node["class_type"]).items():
+            if name not in inputs:
+                raise KeyError(f"node {node_id} ({node['class_type']}) has no input {name!r} to override")
+            inputs[name] = value
+        if node["class_type"] == "PerfusionConceptLoader":
+            inputs["concept_name"] = values.concepts.get(inputs["concept_name"], inputs["concept_name"])
+        if node["class_type"] == "LoadImage":
+            if images is None:
+                raise ValueError(f"node {node_id} (LoadImage) needs an image: pass images=[...]")
+            inputs["image"] = next(images)
+    return out
+
+
+def ui_for_fixture(name: str, object_info: Mapping, values: FixtureValues) -> dict:
+    """The UI-format twin of ``for_fixture(api_workflow(name), values)``, made by the same generator
+    that wrote the shipped file (so only the substituted values differ from it)."""
+    from workflows.build_workflows import workflow
+    from workflows.ui_format import node_specs, to_ui
+
+    wf = workflow(name)
+    wf.prompt = for_fixture(wf.prompt, values)
+    return to_ui(wf, node_specs(object_info, wf.prompt))
+
+
+def train_fixture_concepts(server, ckpt_name: str, steps: int = 8, timeout: float = 900.0) -> dict[str, str]:
+    """hugsy.safetensors and zorbo.safetensors in the server's models/perfusion, trained by the shipped
+    train-and-generate workflow over HTTP (skipped for files already there): word -> file name."""
+    from harness.sample_images import write_toy_images
+
+    trained = {}
+    for word, (superclass, colour) in FIXTURE_CONCEPTS.items():
+        trained[word] = f"{word}.safetensors"
+        images = write_toy_images(server.layout.input, word, 3, colour=colour)
+        if (server.layout.perfusion / trained[word]).is_file():
+            continue
+        values = FixtureValues(
+            ckpt_name,
+            images=images,
+            train_steps=steps,
+            overrides={
+                "PerfusionTrainConcept": {
+                    "concept_word": word,
+                    "superclass": superclass,
+                    "lr_v": 0.3,
+                    "lr_embedding": 0.02,
+                },
+                "PerfusionSaveConcept": {"name": word, "overwrite": True},
+            },
+        )
+        server.run(for_fixture(api_workflow("perfusion_train_and_generate"), values), timeout, check=True)
+    return trained

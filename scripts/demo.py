@@ -1,0 +1,298 @@
+"""`make demo`: train two Perfusion concepts from the bundled images, sweep the gate bias and combine
+both concepts in one image, all through ComfyUI's real executor (headless, in this process).
+
+Writes into the output folder (default ``<repo>/output``):
+
+* ``hugsy_bias_<b>.png`` - one image per bias, ``hugsy_bias_sweep.png`` - them side by side, labelled;
+* ``hugsy_and_zorbo.png`` - both concepts in one prompt;
+* ``loss_<word>.png`` - the training loss curves; ``concepts/<word>.safetensors`` - the concept files.
+
+ComfyUI's base directory (models, inputs, the covariance cache) lives in ``<output>/demo-run``, so a
+second run skips the one-off covariance computation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # `harness` and `perfusion_core` as top-level packages
+
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+
+from harness.paths import use_cpu  # noqa: E402
+from harness.perfusion_graphs import ConceptUse, generate_prompt, train_prompt  # noqa: E402
+
+IMAGES = REPO / "examples" / "images"
+CHECKPOINT_ENV = "PERFUSION_CHECKPOINT"
+FIXTURE_NOTE = (
+    "random weights: images are abstract; point PERFUSION_CHECKPOINT or --checkpoint at a real SD1.5 "
+    ".safetensors to see real results"
+)
+
+
+@dataclass(frozen=True)
+class ConceptSpec:
+    word: str
+    superclass: str
+
+
+HUGSY = ConceptSpec("hugsy", "teddy")
+ZORBO = ConceptSpec("zorbo", "cat")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How hard to work: tiny for the random-weight fixture, the paper's recipe for a real model."""
+
+    train_steps: int
+    batch_size: int
+    grad_accumulation: int
+    lr_v: float
+    lr_embedding: float
+    train_resolution: int
+    covariance_prompts: int
+    sample_steps: int
+    size: int
+    biases: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8)
+
+
+def choose_settings(real: bool, quick: bool, steps: int | None) -> Settings:
+    if quick:
+        s = Settings(4, 1, 1, 0.3, 0.02, 64, 64, 2, 64, biases=(0.4, 0.8))
+    elif real:
+        s = Settings(400, 4, 4, 0.03, 0.006, 512, 2000, 30, 512)
+    else:  # the fixture: higher learning rates so 20 steps visibly move the concept
+        s = Settings(20, 1, 1, 0.3, 0.02, 64, 128, 6, 96)
+    if steps is not None:
+        s = dataclasses.replace(s, train_steps=steps)
+    return s
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=os.environ.get(CHECKPOINT_ENV) or None,
+        help=f"an SD1.5 checkpoint (.safetensors); default ${CHECKPOINT_ENV}, else the random-weight fixture",
+    )
+    ap.add_argument(
+        "--output", type=Path, default=REPO / "output", help="where results go (default: output/)"
+    )
+    ap.add_argument("--steps", type=int, default=None, help="training steps per concept")
+    ap.add_argument("--quick", action="store_true", help="minimal steps and sizes (used by the tests)")
+    args = ap.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        ap.error("--steps must be at least 1")
+    if args.checkpoint is not None and not args.checkpoint.expanduser().is_file():
+        ap.error(f"checkpoint {args.checkpoint} does not exist (from --checkpoint or ${CHECKPOINT_ENV})")
+    return args
+
+
+class Progress:
+    """Prints one line per progress event of the host (training steps, sampling steps)."""
+
+    def __init__(self) -> None:
+        self.label = ""
+        self.t0 = time.perf_counter()
+
+    def stage(self, label: str) -> None:
+        self.label = label
+        print(f"[{time.perf_counter() - self.t0:6.1f}s] {label} ...", flush=True)
+
+    def __call__(self, event, data) -> None:
+        if event == "progress":
+            print(f"  {self.label} {data['value']}/{data['max']}", flush=True)
+
+
+def run(host, prompt: dict, progress: Progress, label: str):
+    progress.stage(label)
+    result = host.run(prompt, on_message=progress)
+    if not result.success:
+        raise RuntimeError(f"{label} failed:\n{result.error_text}")
+    return result
+
+
+def copy_image(host, result, node_id: str, dest: Path) -> Path:
+    (source,) = host.image_paths(result, node_id)
+    shutil.copyfile(source, dest)
+    return dest
+
+
+def bias_grid(tiles: Sequence[tuple[str, Path]], title: str, dest: Path, min_tile: int = 256) -> Path:
+    """The sweep as one labelled row (small images are scaled up with nearest-neighbour)."""
+    images = [Image.open(p).convert("RGB") for _, p in tiles]
+    side = max(min_tile, max(im.width for im in images))
+    font = ImageFont.load_default()
+    pad, label_h, title_h = 8, 22, 26
+    grid = Image.new(
+        "RGB", (pad + len(images) * (side + pad), title_h + side + label_h + pad), (255, 255, 255)
+    )
+    draw = ImageDraw.Draw(grid)
+    draw.text((pad, 6), title, fill=(0, 0, 0), font=font)
+    for i, ((label, _), im) in enumerate(zip(tiles, images)):
+        x = pad + i * (side + pad)
+        grid.paste(im.resize((side, side), Image.NEAREST), (x, title_h))
+        draw.text((x + 4, title_h + side + 4), label, fill=(0, 0, 0), font=font)
+    grid.save(dest)
+    return dest
+
+
+def train(host, ckpt: str, spec: ConceptSpec, s: Settings, out: Path, progress: Progress) -> str:
+    """Trains and saves one concept; returns its file name in models/perfusion."""
+    names = sorted(p.name for p in IMAGES.glob(f"{spec.word}_*.png"))
+    if not names:
+        raise RuntimeError(f"no sample images {IMAGES}/{spec.word}_*.png")
+    for name in names:
+        shutil.copyfile(IMAGES / name, host.layout.input / name)
+    prompt = train_prompt(
+        ckpt,
+        names,
+        word=spec.word,
+        superclass=spec.superclass,
+        steps=s.train_steps,
+        batch_size=s.batch_size,
+        grad_accumulation=s.grad_accumulation,
+        lr_v=s.lr_v,
+        lr_embedding=s.lr_embedding,
+        resolution=s.train_resolution,
+        covariance_prompts=s.covariance_prompts,
+        save_name=spec.word,
+        overwrite=True,
+    )
+    label = f"train {spec.word} ({spec.superclass}, {len(names)} images)"
+    result = run(host, prompt, progress, label)
+    copy_image(host, result, "5", out / f"loss_{spec.word}.png")
+    file = f"{spec.word}.safetensors"
+    (out / "concepts").mkdir(exist_ok=True)
+    shutil.copyfile(host.layout.perfusion / file, out / "concepts" / file)
+    return file
+
+
+def generate(host, ckpt: str, uses: Sequence[ConceptUse], positive: str, s: Settings, progress, label):
+    prompt = generate_prompt(
+        ckpt, uses, positive=positive, steps=s.sample_steps, size=s.size, seed=7, filename_prefix="demo"
+    )
+    return run(host, prompt, progress, label)
+
+
+def covariance_cached(host) -> bool:
+    folder = host.layout.user / "perfusion" / "covariance"
+    return folder.is_dir() and any(folder.iterdir())
+
+
+class _StartupFilter(logging.Filter):
+    """Hides ComfyUI's start-up warnings (optional extras such as torchaudio missing); a pack that fails
+    to import still stops the demo with ComfyUI's import log."""
+
+    starting = True
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.starting or record.levelno >= logging.ERROR
+
+
+def configure_logging() -> _StartupFilter:
+    startup = _StartupFilter()
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("  %(levelname)s %(message)s"))
+    handler.addFilter(startup)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    logging.getLogger("comfyui-perfusion").setLevel(logging.INFO)  # e.g. "computing the covariance"
+    return startup
+
+
+def demo(args: argparse.Namespace) -> list[Path]:
+    os.environ.setdefault("TQDM_DISABLE", "1")  # ComfyUI's sampler bars would interleave with ours
+    startup = configure_logging()
+    from harness.inprocess import ComfyHost
+
+    real = args.checkpoint is not None
+    s = choose_settings(real, args.quick, args.steps)
+    out = args.output.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    source = args.checkpoint.expanduser().resolve() if real else "tiny"
+    print(f"checkpoint: {source}" if real else f"checkpoint: the small test fixture ({FIXTURE_NOTE})")
+    print(
+        f"settings: {s.train_steps} training steps (batch {s.batch_size} x {s.grad_accumulation}) at "
+        f"{s.train_resolution} px, {s.sample_steps} sampling steps at {s.size} px; output: {out}",
+        flush=True,
+    )
+    if real and use_cpu():
+        print(
+            "note: no GPU found, so ComfyUI runs on the CPU: the full recipe on a real SD1.5 takes hours "
+            "there; try --steps 20 for a first look, or run it on a GPU machine",
+            flush=True,
+        )
+    host = ComfyHost.get(out / "demo-run", checkpoints=[source], load_pack=True)
+    startup.starting = False
+    ckpt = host.layout.checkpoint_names[0]
+    progress = Progress()
+    print(f"ComfyUI started in {host.startup_s:.1f}s (base dir {host.base_dir})", flush=True)
+    if not covariance_cached(host):
+        print(
+            f"first run: the text-encoding covariance is computed over {s.covariance_prompts} prompts "
+            "before training starts (cached afterwards)",
+            flush=True,
+        )
+
+    written = []
+    hugsy = train(host, ckpt, HUGSY, s, out, progress)
+    positive = f"a photo of {HUGSY.word} on the beach"
+    tiles = []
+    result = generate(
+        host, ckpt, [], f"a photo of a {HUGSY.superclass} on the beach", s, progress, "no concept"
+    )
+    tiles.append(("no concept", copy_image(host, result, "9", out / "hugsy_no_concept.png")))
+    for bias in s.biases:
+        result = generate(
+            host, ckpt, [ConceptUse(hugsy, bias=bias)], positive, s, progress, f"bias {bias:.2f}"
+        )
+        tiles.append((f"bias {bias:.2f}", copy_image(host, result, "9", out / f"hugsy_bias_{bias:.2f}.png")))
+    written += [p for _, p in tiles]
+    written.append(
+        bias_grid(tiles, f'"{positive}" - lower bias = stronger concept', out / "hugsy_bias_sweep.png")
+    )
+
+    zorbo = train(host, ckpt, ZORBO, s, out, progress)
+    uses = [ConceptUse(hugsy, bias=0.7), ConceptUse(zorbo, bias=0.7)]
+    both = f"a photo of {HUGSY.word} and {ZORBO.word} on the beach"
+    result = generate(host, ckpt, uses, both, s, progress, "two concepts")
+    written.append(copy_image(host, result, "9", out / "hugsy_and_zorbo.png"))
+    written += [out / f"loss_{c.word}.png" for c in (HUGSY, ZORBO)]
+    written += [out / "concepts" / f for f in (hugsy, zorbo)]
+    print(f"[{time.perf_counter() - progress.t0:6.1f}s] done", flush=True)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        written = demo(args)
+    except KeyboardInterrupt:
+        print("demo interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # every failure ends in one readable message and a non-zero exit
+        print(f"\ndemo failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print(f"\nwrote {len(written)} files in {time.perf_counter() - t0:.0f}s:")
+    for path in written:
+        print(f"  {path}")
+    if args.checkpoint is None:
+        print(f"note: {FIXTURE_NOTE}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
