@@ -134,8 +134,24 @@ def _release_inference_weights(module: torch.nn.Module) -> None:
             param.requires_grad_(False)
 
 
-def _concept_positions(tokens: list, embedding: torch.Tensor) -> list[int]:
-    return [i for i, t in enumerate(tokens) if t[0] is embedding]
+def encode_marked(
+    clip, prompts: list[str], is_marked: Callable[[object], bool]
+) -> tuple[torch.Tensor, list[int]]:
+    """Encodes short prompts in one pass: ((B, T, D) encodings, the position of the one marked token
+    in each). Templates must stay within one 77-token chunk so positions line up."""
+    key = text_encoder.tokenizer_key(clip)
+    sequences, positions = [], []
+    for prompt in prompts:
+        chunks = clip.tokenize(prompt, disable_weights=True)[key]
+        found = [i for i, t in enumerate(chunks[0]) if is_marked(t[0])]
+        if len(chunks) != 1 or len(found) != 1:
+            raise ValueError(
+                f"prompt template for '{prompt}' must be short (one 77-token chunk) with one '{{}}'"
+            )
+        sequences.append(chunks[0])
+        positions.append(found[0])
+    cond = clip.encode_from_tokens({key: sequences})
+    return cond.reshape(len(sequences), -1, cond.shape[-1]), positions
 
 
 class PromptEncoder:
@@ -143,38 +159,18 @@ class PromptEncoder:
 
     def __init__(self, clip, word: str, embedding: torch.Tensor) -> None:
         self.clip, self.word, self.embedding = clip, word, embedding
-        self.key = text_encoder.tokenizer_key(clip)
 
     def __call__(self, templates: list[str]) -> tuple[torch.Tensor, list[int]]:
-        sequences, positions = [], []
-        for template in templates:
-            chunks = self.clip.tokenize(template.format(self.word), disable_weights=True)[self.key]
-            found = _concept_positions(chunks[0], self.embedding)
-            if len(chunks) != 1 or len(found) != 1:
-                raise ValueError(
-                    f"prompt template '{template}' must be short (one 77-token chunk) with one '{{}}'"
-                )
-            sequences.append(chunks[0])
-            positions.append(found[0])
-        cond = self.clip.encode_from_tokens({self.key: sequences})
-        return cond.reshape(len(sequences), -1, cond.shape[-1]), positions
+        prompts = [t.format(self.word) for t in templates]
+        return encode_marked(self.clip, prompts, lambda token: token is self.embedding)
 
 
 def superclass_encoding(clip, superclass: str, templates: tuple[str, ...]) -> torch.Tensor:
     """ī_super: mean encoding of the superclass word over the training prompts (spec §3)."""
-    key = text_encoder.tokenizer_key(clip)
-    token = text_encoder.word_token_ids(clip, superclass)[0]
-    sequences, positions = [], []
-    for template in templates:
-        chunk = clip.tokenize(template.format(superclass), disable_weights=True)[key][0]
-        positions.append(next(i for i, t in enumerate(chunk) if t[0] == token))
-        sequences.append(chunk)
-    cond = clip.encode_from_tokens({key: sequences}).reshape(len(sequences), -1, clip_width(clip))
+    token_id = text_encoder.word_token_ids(clip, superclass)[0]
+    prompts = [t.format(superclass) for t in templates]
+    cond, positions = encode_marked(clip, prompts, lambda token: isinstance(token, int) and token == token_id)
     return torch.stack([cond[i, p] for i, p in enumerate(positions)]).float().mean(0).cpu()
-
-
-def clip_width(clip) -> int:
-    return text_encoder.encoder_width(clip)
 
 
 def encode_latents(model, vae, pixels: torch.Tensor) -> torch.Tensor:

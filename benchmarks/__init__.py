@@ -1,0 +1,1 @@
+"""Benchmarks of comfyui-perfusion against ComfyUI's own peers (LoRA, textual inversion); see README.md."""

@@ -1,0 +1,142 @@
+"""One training run in its own process (clean peak memory): ours or ComfyUI's TrainLoraNode.
+
+    python -m benchmarks.train_worker --base DIR --layout tiny --trainer perfusion --steps 8 --resolution 64
+
+Both run through the real executor on the same checkpoint, toy images, resolution, batch 1 and gradient
+accumulation 1. Seconds per optimizer step are the gaps between the trainer node's progress events
+(the first gap, which holds setup, is dropped). Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+from harness.perfusion_graphs import load_images, train_prompt
+
+from .host import PeakRss, median, start_host
+
+TRAIN_NODE = "3"
+IMAGES = [f"bench_{i}.png" for i in range(3)]
+
+
+def lora_prompt(ckpt: str, steps: int, resolution: int, dtype: str, gradient_checkpointing: bool) -> dict:
+    """Checkpoint -> images -> ImageScale -> VAEEncode -> RebatchLatents(1) -> TrainLoraNode(rank 16) -> SaveLoRA.
+
+    RebatchLatents gives TrainLoraNode a list of latents: in ComfyUI 0.3.75 one batch fails
+    (UnboundLocalError: multi_res)."""
+    prompt: dict = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}}}
+    images, _ = load_images(prompt, IMAGES)
+    prompt["10"] = {
+        "class_type": "ImageScale",
+        "inputs": {
+            "image": images,
+            "upscale_method": "bilinear",
+            "width": resolution,
+            "height": resolution,
+            "crop": "center",
+        },
+    }
+    prompt["11"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["1", 2]}}
+    prompt["12"] = {"class_type": "RebatchLatents", "inputs": {"latents": ["11", 0], "batch_size": 1}}
+    prompt["13"] = {
+        "class_type": "CLIPTextEncode",
+        "inputs": {"clip": ["1", 1], "text": "a photo of a teddy"},
+    }
+    prompt[TRAIN_NODE] = {
+        "class_type": "TrainLoraNode",
+        "inputs": {
+            "model": ["1", 0],
+            "latents": ["12", 0],
+            "positive": ["13", 0],
+            "batch_size": 1,
+            "grad_accumulation_steps": 1,
+            "steps": steps,
+            "learning_rate": 0.0005,
+            "rank": 16,
+            "optimizer": "AdamW",
+            "loss_function": "MSE",
+            "seed": 0,
+            "training_dtype": dtype,
+            "lora_dtype": dtype,
+            "algorithm": "LoRA",
+            "gradient_checkpointing": gradient_checkpointing,
+            "existing_lora": "[None]",
+        },
+    }
+    prompt["14"] = {
+        "class_type": "SaveLoRA",
+        "inputs": {"lora": [TRAIN_NODE, 1], "prefix": "loras/bench_lora"},
+    }
+    return prompt
+
+
+def perfusion_prompt(ckpt: str, steps: int, resolution: int, gradient_checkpointing: bool) -> dict:
+    return train_prompt(
+        ckpt,
+        IMAGES,
+        steps=steps,
+        resolution=resolution,
+        covariance_prompts=128,
+        save_name="bench_trained",
+        extra={"gradient_checkpointing": gradient_checkpointing},
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--base", type=Path, required=True)
+    parser.add_argument("--layout", default="tiny")
+    parser.add_argument("--trainer", choices=("perfusion", "lora"), required=True)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--dtype", default="bf16", help="TrainLoraNode training/lora dtype")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    args = parser.parse_args()
+
+    host = start_host(args.base, (args.layout,))
+    ckpt = host.add_checkpoint(args.layout)
+    if args.trainer == "lora":
+        prompt = lora_prompt(ckpt, args.steps, args.resolution, args.dtype, args.gradient_checkpointing)
+    else:
+        prompt = perfusion_prompt(ckpt, args.steps, args.resolution, args.gradient_checkpointing)
+
+    stamps: list[float] = []
+    memory = PeakRss(interval=0.01)
+
+    def on_message(event, data):
+        if not isinstance(data, dict) or data.get("node") != TRAIN_NODE:
+            return
+        if event == "executing":
+            memory.__enter__()  # peak above what was loaded when the trainer node starts
+        elif event == "progress":
+            stamps.append(time.perf_counter())
+
+    result = host.run(prompt, on_message=on_message)
+    memory.__exit__(None, None, None)
+    result.raise_for_error()
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    print(
+        json.dumps(
+            {
+                "trainer": args.trainer,
+                "layout": args.layout,
+                "resolution": args.resolution,
+                "steps": args.steps,
+                "dtype": "fp32" if args.trainer == "perfusion" else args.dtype,
+                "gradient_checkpointing": args.gradient_checkpointing,
+                "step_s": median(gaps),
+                "step_gaps": len(gaps),
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "train_peak_delta_mb": memory.delta / 2**20,
+                "run_s": result.duration_s,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
