@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from harness.paths import use_cpu  # noqa: E402
 from harness.perfusion_graphs import ConceptUse, generate_prompt, train_prompt  # noqa: E402
 
-IMAGES = REPO / "examples" / "images"
+IMAGES = REPO / "assets" / "demo_images"  # not examples/: ComfyUI serves that folder as templates
 CHECKPOINT_ENV = "PERFUSION_CHECKPOINT"
 FIXTURE_NOTE = (
     "random weights: images are abstract; point PERFUSION_CHECKPOINT or --checkpoint at a real SD1.5 "

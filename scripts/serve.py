@@ -62,7 +62,7 @@ def prepare(comfy_root: Path) -> list[str]:
     layout = prepare_base_dir(BASE, checkpoints=checkpoints, load_pack=True)
     for concept in sorted((REPO / "output" / "concepts").glob("*.safetensors")):
         link_into(layout.perfusion, concept)
-    for image in sorted((REPO / "examples" / "images").glob("*.png")):
+    for image in sorted((REPO / "assets" / "demo_images").glob("*.png")):
         link_into(layout.input, image)
     extra = []
     if folders:

@@ -1,0 +1,376 @@
+"""(Re)writes the shipped workflows: the API graphs authored here, their UI-format twins (what File ->
+Save writes) and the template browser's thumbnails.
+
+    python workflows/build_workflows.py                      # starts ComfyUI (test fixture) for /object_info
+    python workflows/build_workflows.py --server 127.0.0.1:8188   # or asks a running ComfyUI
+    python workflows/build_workflows.py --check              # exit 1 when a file on disk is out of date
+
+Outputs per workflow ``<name>``: ``workflows/<name>.json`` (UI format, listed by ComfyUI's template
+browser), ``workflows/<name>.jpg`` (its thumbnail) and ``workflows/api/<name>.api.json`` (API format,
+for ``POST /prompt``). The API twins live in a subfolder because the host lists every ``*.json`` directly
+in ``workflows/`` as a template, and an API-format file is not loadable from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script
+    sys.path.insert(0, str(REPO))
+
+from workflows.thumbnails import render  # noqa: E402
+from workflows.ui_format import Note, UiNode, Workflow, api_twin, node_specs, to_ui  # noqa: E402
+
+FOLDER = Path(__file__).resolve().parent
+API_FOLDER = FOLDER / "api"
+CKPT = "v1-5-pruned-emaonly.safetensors"
+SEED = 42
+STEPS, CFG, SAMPLER, SCHEDULER = 25, 7.0, "dpmpp_2m", "karras"
+SIZE = 512
+NEGATIVE = "blurry, low quality, deformed"
+SWEEP_BIASES = (0.4, 0.5, 0.6, 0.7, 0.8)
+TRAIN_IMAGES = ("hugsy_1.png", "hugsy_2.png", "hugsy_3.png", "hugsy_4.png")
+
+
+def link(node_id: str, slot: int = 0) -> list:
+    return [node_id, slot]
+
+
+class Builder:
+    """Adds API nodes with ids "1", "2", ... and remembers their layout hints."""
+
+    def __init__(self, name: str, title: str, description: str):
+        self.wf = Workflow(name, title, description, {})
+
+    def add(
+        self,
+        class_type: str,
+        *,
+        title: str | None = None,
+        group: str | None = None,
+        column: int | None = None,
+        **inputs: Any,
+    ) -> str:
+        node_id = str(len(self.wf.prompt) + 1)
+        self.wf.prompt[node_id] = {"class_type": class_type, "inputs": inputs}
+        if title or group or column is not None:
+            self.wf.ui[node_id] = UiNode(title, group, column)
+        return node_id
+
+    def note(self, text: str) -> None:
+        self.wf.notes.append(Note(text))
+
+    def checkpoint(self, **hints: Any) -> str:
+        return self.add("CheckpointLoaderSimple", ckpt_name=CKPT, **hints)
+
+    def loader(
+        self, model: list, clip: list, concept: str, bias: float = 0.7, key_lock: str = "local", **hints
+    ) -> str:
+        return self.add(
+            "PerfusionConceptLoader",
+            model=model,
+            clip=clip,
+            concept_name=concept,
+            bias=bias,
+            temperature=0.15,
+            key_lock=key_lock,
+            **hints,
+        )
+
+    def encode(self, clip: list, text: str, **hints: Any) -> str:
+        return self.add("CLIPTextEncode", text=text, clip=clip, **hints)
+
+    def latent(self, **hints: Any) -> str:
+        return self.add("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1, **hints)
+
+    def sample(self, model: list, positive: str, negative: str, latent: str, vae: list, **hints: Any) -> str:
+        """KSampler -> VAEDecode; returns the decode node."""
+        sampler = self.add(
+            "KSampler",
+            model=model,
+            seed=SEED,
+            steps=STEPS,
+            cfg=CFG,
+            sampler_name=SAMPLER,
+            scheduler=SCHEDULER,
+            positive=link(positive),
+            negative=link(negative),
+            latent_image=link(latent),
+            denoise=1.0,
+            **hints,
+        )
+        return self.add("VAEDecode", samples=link(sampler), vae=vae, **hints)
+
+    def save(self, image: str, prefix: str, **hints: Any) -> str:
+        return self.add("SaveImage", images=link(image), filename_prefix=prefix, **hints)
+
+
+def generate() -> Workflow:
+    b = Builder(
+        "perfusion_generate",
+        "Perfusion: one concept",
+        "Load a trained concept and write its word in the prompt.",
+    )
+    ckpt = b.checkpoint()
+    concept = b.loader(link(ckpt, 0), link(ckpt, 1), "hugsy.safetensors")
+    pos = b.encode(link(concept, 1), "a photo of hugsy sitting on a wooden bench in a park, golden hour")
+    neg = b.encode(link(concept, 1), NEGATIVE)
+    image = b.sample(link(concept, 0), pos, neg, b.latent(), link(ckpt, 2))
+    b.save(image, "perfusion/hugsy")
+    b.note(
+        "hugsy.safetensors: a concept trained with the word 'hugsy' (superclass 'teddy'). Use the word in "
+        "the prompt; encode it with the loader's CLIP.\n\nbias: lower = closer to the training images, "
+        "higher = follows the rest of the prompt more (0.6-0.75 with key_lock local)."
+    )
+    return b.wf
+
+
+def two_concepts() -> Workflow:
+    b = Builder(
+        "perfusion_two_concepts",
+        "Perfusion: two concepts",
+        "Two concepts trained apart, combined at inference in one image.",
+    )
+    ckpt = b.checkpoint()
+    first = b.loader(link(ckpt, 0), link(ckpt, 1), "hugsy.safetensors")
+    second = b.loader(link(first, 0), link(first, 1), "zorbo.safetensors")
+    pos = b.encode(link(second, 1), "a photo of a hugsy sailing in a zorbo on a calm lake, sunny day")
+    neg = b.encode(link(second, 1), NEGATIVE)
+    image = b.sample(link(second, 0), pos, neg, b.latent(), link(ckpt, 2))
+    b.save(image, "perfusion/hugsy_zorbo")
+    b.note(
+        "Words: 'hugsy' = a teddy bear (hugsy.safetensors, superclass 'teddy'); 'zorbo' = a teapot "
+        "(zorbo.safetensors, superclass 'teapot'). Each was trained on its own; chained loaders apply both "
+        "jointly. Encode the prompt with the CLIP of the LAST loader (it knows both words)."
+    )
+    return b.wf
+
+
+def bias_sweep() -> Workflow:
+    b = Builder(
+        "perfusion_bias_sweep",
+        "Perfusion: bias sweep",
+        "One concept at five gate biases, stitched left to right into one grid image.",
+    )
+    ckpt = b.checkpoint()
+    neg = b.encode(link(ckpt, 1), NEGATIVE, column=2)
+    latent = b.latent(column=2)
+    images = []
+    for bias in SWEEP_BIASES:
+        concept = b.loader(link(ckpt, 0), link(ckpt, 1), "hugsy.safetensors", bias, title=f"bias {bias:.2f}")
+        pos = b.encode(link(concept, 1), "a watercolor painting of hugsy reading a book in a library")
+        images.append(b.sample(link(concept, 0), pos, neg, latent, link(ckpt, 2)))
+    grid = images[0]
+    for image in images[1:]:
+        grid = b.add(
+            "ImageStitch",
+            image1=link(grid),
+            direction="right",
+            match_image_size=True,
+            spacing_width=8,
+            spacing_color="white",
+            image2=link(image),
+            column=6,
+        )
+    b.save(grid, "perfusion/bias_sweep", column=7)
+    b.note(
+        "Fidelity vs. text alignment: the same seed at bias "
+        + ", ".join(f"{x:.1f}" for x in SWEEP_BIASES)
+        + " (left to right). Lower bias = closer to the training images; higher = more of the prompt's "
+        "style and context. The negative prompt has no concept word, so the plain CLIP encodes it."
+    )
+    return b.wf
+
+
+def train_and_generate() -> Workflow:
+    b = Builder(
+        "perfusion_train_and_generate",
+        "Perfusion: train and generate",
+        "Train a concept from a few photos, save it (~40 KB) and use it in the same graph.",
+    )
+    train, gen = "Train the concept", "Generate with it"
+    loads = [b.add("LoadImage", image=name, group=train, column=0) for name in TRAIN_IMAGES]
+    batch = loads[0]
+    for load in loads[1:]:
+        batch = b.add("ImageBatch", image1=link(batch), image2=link(load), group=train, column=1)
+    ckpt = b.checkpoint(group=train, column=1)
+    trainer = b.add(
+        "PerfusionTrainConcept",
+        model=link(ckpt, 0),
+        clip=link(ckpt, 1),
+        vae=link(ckpt, 2),
+        images=link(batch),
+        concept_word="hugsy",
+        superclass="teddy",
+        steps=400,
+        batch_size=4,
+        grad_accumulation=4,
+        lr_v=0.03,
+        lr_embedding=0.006,
+        train_bias=0.75,
+        train_temperature=0.1,
+        resolution=SIZE,
+        flip=True,
+        seed=0,
+        templates="a photo of a {}\na rendering of a {}\na close-up photo of the {}\na good photo of a {}",
+        gradient_checkpointing=False,
+        save_every=0,
+        checkpoint_name="",
+        covariance_prompts=2000,
+        group=train,
+        column=2,
+    )
+    b.add(
+        "PerfusionSaveConcept", concept=link(trainer, 0), name="hugsy", overwrite=False, group=train, column=3
+    )
+    b.add("PreviewImage", images=link(trainer, 1), title="Loss curve", group=train, column=3)
+    concept = b.add(
+        "PerfusionApplyConcept",
+        model=link(ckpt, 0),
+        clip=link(ckpt, 1),
+        concept=link(trainer, 0),
+        bias=0.7,
+        temperature=0.15,
+        key_lock="local",
+        group=gen,
+        column=4,
+    )
+    pos = b.encode(link(concept, 1), "a photo of hugsy on the beach", group=gen)
+    neg = b.encode(link(concept, 1), NEGATIVE, group=gen)
+    image = b.sample(link(concept, 0), pos, neg, b.latent(group=gen, column=5), link(ckpt, 2), group=gen)
+    b.save(image, "perfusion/hugsy_trained", group=gen)
+    b.note(
+        "Put 3-10 photos of your object in ComfyUI's input folder and pick them in the Load Image nodes "
+        "(add more with Batch Images). Training runs on ComfyUI's device with a progress bar; Cancel stops "
+        "it. The concept is saved as models/perfusion/hugsy.safetensors (set overwrite to replace it) and "
+        "used right away by Apply Perfusion Concept."
+    )
+    return b.wf
+
+
+def global_key_lock() -> Workflow:
+    b = Builder(
+        "perfusion_global_key_lock",
+        "Perfusion: global key-lock",
+        "Global key-locking for better text alignment in complex prompts.",
+    )
+    ckpt = b.checkpoint()
+    concept = b.loader(link(ckpt, 0), link(ckpt, 1), "hugsy.safetensors", 0.5, key_lock="global")
+    pos = b.encode(link(concept, 1), "an oil painting of hugsy wearing a red scarf, in the style of van gogh")
+    neg = b.encode(link(concept, 1), NEGATIVE)
+    image = b.sample(link(concept, 0), pos, neg, b.latent(), link(ckpt, 2))
+    b.save(image, "perfusion/hugsy_global")
+    b.note(
+        "key_lock = global: every cross-attention key comes from the prompt with 'hugsy' replaced by its "
+        "superclass. Encode BOTH prompts with the loader's CLIP. Typical bias 0.4-0.6 (lower than local)."
+    )
+    return b.wf
+
+
+WORKFLOWS = (generate, two_concepts, bias_sweep, train_and_generate, global_key_lock)
+NAMES = tuple(make().name for make in WORKFLOWS)
+
+
+def workflow(name: str) -> Workflow:
+    """The authored graph of one shipped workflow (a fresh copy)."""
+    for make in WORKFLOWS:
+        wf = make()
+        if wf.name == name:
+            return wf
+    raise KeyError(f"no workflow named {name!r}; the shipped ones are {', '.join(NAMES)}")
+
+
+def build(object_info: Mapping) -> dict[str, tuple[Workflow, dict, dict]]:
+    """name -> (workflow, UI JSON, API JSON) for every shipped workflow."""
+    out = {}
+    for make in WORKFLOWS:
+        wf = make()
+        specs = node_specs(object_info, wf.prompt)
+        out[wf.name] = (wf, to_ui(wf, specs), api_twin(wf, specs))
+    return out
+
+
+def js_numbers(data: Any) -> Any:
+    """Integral floats as ints (7.0 -> 7), as the frontend's JSON.stringify writes them."""
+    if isinstance(data, float) and data.is_integer():
+        return int(data)
+    if isinstance(data, dict):
+        return {k: js_numbers(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [js_numbers(v) for v in data]
+    return data
+
+
+def dump(data: Any) -> str:
+    return json.dumps(js_numbers(data), indent=2, ensure_ascii=False) + "\n"
+
+
+def files_for(built: Mapping[str, tuple[Workflow, dict, dict]]) -> dict[Path, str]:
+    files = {}
+    for name, (_, ui, api) in built.items():
+        files[FOLDER / f"{name}.json"] = dump(ui)
+        files[API_FOLDER / f"{name}.api.json"] = dump(api)
+    return files
+
+
+def stale_files(object_info: Mapping) -> list[Path]:
+    """The JSON files on disk that differ from what this script would write."""
+    return [
+        p for p, text in files_for(build(object_info)).items() if not p.is_file() or p.read_text() != text
+    ]
+
+
+def write_all(object_info: Mapping) -> list[Path]:
+    built = build(object_info)
+    API_FOLDER.mkdir(exist_ok=True)
+    written = []
+    for path, text in files_for(built).items():
+        path.write_text(text)
+        written.append(path)
+    for name, (wf, ui, _) in built.items():
+        path = FOLDER / f"{name}.jpg"
+        render(ui, wf.title, wf.description).save(path, quality=90)
+        written.append(path)
+    return written
+
+
+def fetch_object_info(server: str | None) -> dict:
+    if server:
+        url = server if server.startswith("http") else f"http://{server}"
+        return requests.get(f"{url}/object_info", timeout=60).json()
+    from harness.server import ComfyServer
+
+    with (
+        tempfile.TemporaryDirectory(prefix="build-workflows-") as tmp,
+        ComfyServer(tmp, load_pack=True) as srv,
+    ):
+        return srv.object_info()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--server", help="host:port of a running ComfyUI with this pack (default: start one)")
+    parser.add_argument("--check", action="store_true", help="only report files that are out of date")
+    args = parser.parse_args(argv)
+    object_info = fetch_object_info(args.server)
+    if args.check:
+        stale = stale_files(object_info)
+        for path in stale:
+            print(f"out of date: {path.relative_to(REPO)}")
+        return 1 if stale else 0
+    for path in write_all(object_info):
+        print(f"wrote {path.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
