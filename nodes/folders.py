@@ -32,7 +32,7 @@ def resolve(name: str) -> str:
     """Full path of a concept file named by a widget; only inside the registered folders."""
     if not name or not name.endswith(".safetensors"):
         raise ValueError(f"Perfusion concept '{name}': only .safetensors concept files are loaded")
-    path = folder_paths.get_full_path(FOLDER, name)
+    path = folder_paths.get_full_path(FOLDER, name) or _listed_entry(name)
     if path is None:
         raise FileNotFoundError(
             f"Perfusion concept '{name}' was not found in {folder_paths.get_folder_paths(FOLDER)}"
@@ -42,6 +42,17 @@ def resolve(name: str) -> str:
     if not any(os.path.commonpath([real, root]) == root for root in roots):
         raise ValueError(f"Perfusion concept '{name}' resolves outside the perfusion model folders")
     return path
+
+
+def _listed_entry(name: str) -> str | None:
+    """An entry the dropdown lists that is not a regular file (FIFO, socket, dangling link), so the
+    reader can say what is wrong with it instead of "not found"."""
+    relative = os.path.relpath(os.path.join(os.sep, name), os.sep)
+    for root in folder_paths.get_folder_paths(FOLDER):
+        candidate = os.path.join(root, relative)
+        if os.path.lexists(candidate):
+            return candidate
+    return None
 
 
 def default_directory() -> str:

@@ -229,7 +229,8 @@ def save_concept(
     ~5e-4 relative is far below what training resolves). The write is atomic: the file either appears
     complete or not at all, and an existing file is left untouched on any failure. Raises
     FileExistsError if the file exists and `overwrite` is False, ConceptFileError if the concept would
-    not load back (non-finite values, widths that disagree, malformed words).
+    not load back (non-finite values, widths that disagree, malformed words) or the disk refuses
+    the write (read-only folder, no space): every such error names the target file.
     """
     target = Path(path)
     if not overwrite and os.path.lexists(target):
@@ -238,7 +239,15 @@ def save_concept(
         )
     data = _serialize(concept, target, v_dtype)
     directory = target.parent if str(target.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as e:
+        raise ConceptFileError(
+            target,
+            f"the folder {directory} does not accept new files ({e.strerror or e})",
+            "unwritable",
+            writing=True,
+        ) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -250,9 +259,13 @@ def save_concept(
             os.replace(tmp, target)
         else:
             _commit_no_clobber(tmp, target)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, FileExistsError):
+            raise ConceptFileError(
+                target, f"the file could not be written ({e.strerror or e})", "unwritable", writing=True
+            ) from None
         raise
     _fsync_dir(directory)
     return target

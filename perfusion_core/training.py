@@ -120,13 +120,14 @@ class ConceptTrainingState(torch.nn.Module):
         self.register_buffer("superclass_encoding", superclass_encoding.detach().float().clone())
         start = superclass_encoding if i_star is None else i_star
         self.register_buffer("i_star", start.detach().float().clone())
-        self.register_buffer("c_inv", c_inv.detach().float().clone())
+        # float64: C⁻¹ of a few thousand prompts is ill-conditioned, and u = C⁻¹ i* cancels large terms
+        self.register_buffer("c_inv", c_inv.detach().double().clone())
         self.beta, self.tau = beta, tau
         self._edit: GatedRank1Edit | None = None
 
     @property
     def u(self) -> torch.Tensor:
-        return self.c_inv @ self.i_star
+        return (self.c_inv @ self.i_star.double()).float()
 
     def v_target(self, layer: str) -> torch.Tensor:
         return self.v_targets[self.layer_names.index(layer)]

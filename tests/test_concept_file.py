@@ -181,7 +181,7 @@ def test_failed_rename_leaves_existing_file_intact_and_no_temp(tmp_path: Path, m
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(concept_file.os, "replace", broken_replace)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(ConceptFileError, match="teddy.safetensors.*No space"):
         save_concept(make_sd15_concept(seed=2), path, overwrite=True)
     assert path.read_bytes() == before
     assert _listing(tmp_path) == ["teddy.safetensors"]
@@ -199,7 +199,7 @@ def test_failure_mid_write_leaves_no_partial_file(tmp_path: Path, monkeypatch, w
     else:
         monkeypatch.setattr(concept_file.os, "link", boom)
         monkeypatch.setattr(concept_file.os, "replace", boom)
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises((OSError, ConceptFileError), match="simulated"):
         save_concept(make_sd15_concept(), tmp_path / "teddy.safetensors")
     assert _listing(tmp_path) == []
 

@@ -82,8 +82,8 @@ def test_only_embedding_and_v_targets_train_and_keys_stay_locked(perfusion_pack,
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(not p.requires_grad and p.grad is None for p in model.model.diffusion_model.parameters())
     # u is C⁻¹ i*, stored so inference needs no covariance
-    c_inv = perfusion_pack.nodes.covariance_cache.inverse_covariance(clip, 128).float()
-    torch.testing.assert_close(concept.u, c_inv @ concept.i_star, rtol=1e-4, atol=1e-5)
+    c_inv = perfusion_pack.nodes.covariance_cache.inverse_covariance(clip, 128)
+    torch.testing.assert_close(concept.u, (c_inv @ concept.i_star.double()).float(), rtol=1e-4, atol=1e-5)
     # K is locked: with the gate wide open, to_k(i*) is W_K · superclass encoding for every layer
     applied = perfusion_pack.nodes.apply.apply_concept(model, clip, concept, -50.0, 0.15, "local", "test")[0]
     with torch.inference_mode():
