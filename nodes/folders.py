@@ -55,6 +55,16 @@ def _listed_entry(name: str) -> str | None:
     return None
 
 
+def file_state(name: str) -> str | float:
+    """Cache key of a concept file for IS_CHANGED: re-run when the file changes on disk, not only when
+    the widget does (NaN, never equal to itself, when it cannot be read: the node runs and reports)."""
+    try:
+        stat = os.stat(resolve(name))
+    except (OSError, ValueError):
+        return float("nan")
+    return f"{stat.st_mtime_ns}-{stat.st_size}"
+
+
 def default_directory() -> str:
     """Where new concept files are written: the first registered perfusion folder."""
     return folder_paths.get_folder_paths(FOLDER)[0]

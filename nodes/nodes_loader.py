@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from ..perfusion_core.concept_file import load_concept
 from . import folders
 from .apply import LOCK_MODES, apply_concept
@@ -83,12 +81,7 @@ class PerfusionConceptLoader:
 
     @classmethod
     def IS_CHANGED(cls, concept_name, **_):
-        """Re-run when the file changes on disk, not only when the widget does."""
-        try:
-            stat = os.stat(folders.resolve(concept_name))
-        except (OSError, ValueError):
-            return float("nan")
-        return f"{stat.st_mtime_ns}-{stat.st_size}"
+        return folders.file_state(concept_name)
 
     def load(self, model, clip, concept_name, bias, temperature, key_lock):
         concept = load_concept(folders.resolve(concept_name))
@@ -110,7 +103,9 @@ class PerfusionConceptFile:
     def INPUT_TYPES(cls):
         return {"required": {"concept_name": (folders.concept_names(), _CONCEPT_NAME_TOOLTIP)}}
 
-    IS_CHANGED = PerfusionConceptLoader.IS_CHANGED
+    @classmethod
+    def IS_CHANGED(cls, concept_name):
+        return folders.file_state(concept_name)
 
     def load(self, concept_name):
         return (load_concept(folders.resolve(concept_name)),)

@@ -102,3 +102,15 @@ def test_unknown_or_escaping_file_names_fail_validation(comfy_host, tiny_ckpt_na
     result = comfy_host.run(generate_prompt(tiny_ckpt_name, [ConceptUse(bad)]))
     assert not result.success and result.error_kind == "validation"
     assert "concept_name" in result.error_text
+
+
+def test_an_edited_concept_file_is_reloaded(comfy_host, tiny_ckpt_name, trained_concepts):
+    import os
+
+    prompt = generate_prompt(tiny_ckpt_name, [ConceptUse(trained_concepts["zorbo"])], positive="zorbo")
+    comfy_host.run(prompt).raise_for_error()
+    assert "20" in comfy_host.run(prompt).raise_for_error().cached_nodes
+    path = comfy_host.base_dir / "models" / "perfusion" / trained_concepts["zorbo"]
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert "20" in comfy_host.run(prompt).raise_for_error().executed_nodes
