@@ -104,12 +104,17 @@ class _Checkpointed:
         return torch.utils.checkpoint.checkpoint(self.forward, *args, use_reentrant=False, **kwargs)
 
 
-def _trainable_clip(clip, word: str, embedding: torch.nn.Parameter):
+def _trainable_clip(clip, word: str, embedding: torch.nn.Parameter, checkpointing: bool):
+    """A CLIP clone that maps `word` to the trained embedding; with checkpointing its layers are
+    recomputed in backward, so only one layer's weights are held for the gradient at a time."""
     patched = text_encoder.clip_with_concepts(clip, [text_encoder.ConceptWord(word, embedding)])
     encoder = text_encoder.encoder_module(clip)
     prefix = f"{clip.tokenizer.clip}.transformer.text_model.encoder.layers"
     for i, layer in enumerate(encoder.transformer.text_model.encoder.layers):
-        patched.patcher.add_object_patch(f"{prefix}.{i}.forward", _OutOfPlaceLayer(layer))
+        forward = _OutOfPlaceLayer(layer)
+        patched.patcher.add_object_patch(
+            f"{prefix}.{i}.forward", _Checkpointed(forward) if checkpointing else forward
+        )
     return patched
 
 
@@ -210,7 +215,7 @@ class _Run:
         self.model = model_patch.install_source(model, self.state)
         if checkpointing:
             _checkpoint_blocks(self.model)
-        train_clip = _trainable_clip(clip, word, self.state.token_embedding)
+        train_clip = _trainable_clip(clip, word, self.state.token_embedding, checkpointing)
         comfy.model_management.load_models_gpu([self.model, train_clip.patcher], force_full_load=True)
         _release_inference_weights(self.model.model.diffusion_model)
         _release_inference_weights(train_clip.cond_stage_model)

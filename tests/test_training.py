@@ -35,7 +35,7 @@ def toy_pixels(toy_images, comfy_host):
     return torch.from_numpy(np.stack(arrays))
 
 
-def run_trainer(pack, models, pixels, *, steps=6, seed=0, **config):
+def run_trainer(pack, models, pixels, *, steps=6, seed=0, gradient_checkpointing=False, **config):
     from perfusion_core.training import TrainingConfig
 
     model, clip, vae = models
@@ -49,7 +49,16 @@ def run_trainer(pack, models, pixels, *, steps=6, seed=0, **config):
     }
     cfg = TrainingConfig(templates=("a photo of a {}", "a good photo of the {}"), **settings)
     return pack.nodes.trainer.train_concept(
-        model, clip, vae, pixels, None, "hugsy", "teddy", cfg, covariance_prompts=128
+        model,
+        clip,
+        vae,
+        pixels,
+        None,
+        "hugsy",
+        "teddy",
+        cfg,
+        covariance_prompts=128,
+        gradient_checkpointing=gradient_checkpointing,
     )
 
 
@@ -125,6 +134,18 @@ def test_same_seed_same_concept(perfusion_pack, base_models, toy_pixels):
     assert torch.equal(a.token_embedding, b.token_embedding)
     assert all(torch.equal(a.v_targets[k], b.v_targets[k]) for k in a.v_targets)
     assert not torch.equal(a.token_embedding, c.token_embedding)
+
+
+def test_gradient_checkpointing_trains_the_same_concept(perfusion_pack, base_models, toy_pixels):
+    plain = run_trainer(perfusion_pack, base_models, toy_pixels, steps=2, seed=9).concept
+    recomputed = run_trainer(
+        perfusion_pack, base_models, toy_pixels, steps=2, seed=9, gradient_checkpointing=True
+    )
+    torch.testing.assert_close(
+        recomputed.concept.token_embedding, plain.token_embedding, rtol=1e-4, atol=1e-5
+    )
+    for layer, target in plain.v_targets.items():
+        torch.testing.assert_close(recomputed.concept.v_targets[layer], target, rtol=1e-4, atol=1e-5)
 
 
 def test_gates_of_special_tokens_stay_near_zero(perfusion_pack, base_models, toy_pixels):
