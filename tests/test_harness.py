@@ -113,6 +113,7 @@ def test_fixture_variants(comfy_host):
 
 
 def test_txt2img_in_process(comfy_host, tiny_ckpt_name):
+    comfy_host.reset_cache()  # the session's host is shared: earlier tests may have cached the loader
     result = comfy_host.run(txt2img_prompt(tiny_ckpt_name, seed=11))
     assert result.success, result.error_text
     (img,) = comfy_host.images(result, node_id="7")
