@@ -46,6 +46,12 @@ def machine() -> dict:
     }
 
 
+def step_share(edit_rows: list[dict], step_s: float) -> None:
+    """The edit's cost as sampling pays it (rows once per run) in % of an unpatched step."""
+    for row in edit_rows:
+        row["estimated_step_overhead_pct"] = 100 * row["edit_in_run_min_s"] / step_s
+
+
 class Bench:
     """One benchmark run: the host, the fixtures and the synthetic files, and the results so far."""
 
@@ -107,10 +113,9 @@ class Bench:
         for p in prepared:
             if p.variant.concepts == 0:
                 continue
-            row = {"variant": p.variant.label, **projection_costs(p)}
-            if step_s:
-                row["estimated_step_overhead_pct"] = 100 * row["edit_min_s"] / step_s
-            rows.append(row)
+            rows.append({"variant": p.variant.label, **projection_costs(p)})
+        if step_s:
+            step_share(rows, step_s)
         return rows
 
     def load_patch_times(self, setup, layout: str, repeats: int) -> list[dict]:
@@ -235,8 +240,7 @@ class Bench:
         res["edit_cost_full"] = self.edit_cost(prepared[1:4], None)
         step = median(sampling.step_times(prepared[0], 512, 1)[0])
         res["full_512_unpatched_step_s"] = step
-        for row in res["edit_cost_full"]:
-            row["estimated_step_overhead_pct"] = 100 * row["edit_min_s"] / step
+        step_share(res["edit_cost_full"], step)
         repeats = min(3, int(min(self.left() - 120, 420) // (step * len(full_variants) * 1.2)))
         if repeats >= 1:
             self.log(

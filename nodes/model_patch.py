@@ -12,38 +12,61 @@ from collections.abc import Callable
 
 import torch
 
-from ..perfusion_core.concept_set import AppliedConcept, ConceptSet, PlanSource, Projection
+from ..perfusion_core.concept_set import AppliedConcept, ConceptSet, PlanSource, Projection, ProjectionPlan
 from ..perfusion_core.layers import CrossAttentionLayer, find_cross_attention_layers
-from . import key_lock
+from . import key_lock, sampling_run
+from .sampling_run import SamplingRun
 
 
 class PerfusionProjection:
     """Replacement forward of one K or V projection: previous forward plus the gated edit.
 
-    Never mutated once attached (clones share object patches); chaining builds a new one.
+    Its target never changes once attached (clones share object patches; chaining builds a new
+    one); its only state is the output rows of the current sampling run (see sampling_run).
     """
 
-    def __init__(self, prev_forward: Callable, source: PlanSource, layer: str, kind: Projection) -> None:
+    def __init__(
+        self,
+        prev_forward: Callable,
+        source: PlanSource,
+        layer: str,
+        kind: Projection,
+        run: SamplingRun | None = None,
+    ) -> None:
         self.prev_forward = prev_forward
         self.source = source
         self.layer = layer
         self.kind = kind
+        self.run = run
+        self._rows_key: tuple | None = None
+        self._rows: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         base = self.prev_forward(x, *args, **kwargs)
         plan = self.source.plan(self.layer, self.kind, x.device)
         if plan is None:
             return base
+        return plan.edit.apply(base, x, self.output_rows(plan, x))
+
+    def output_rows(self, plan: ProjectionPlan, x: torch.Tensor) -> torch.Tensor:
+        """−W i* and the targets, through the host's own projection: once per sampling run."""
+        reuse = self.run is not None and self.run.active
+        key = (self.run.generation, x.device, x.dtype) if reuse else None
+        if reuse and key == self._rows_key:
+            return self._rows
         edit = plan.edit
-        rows = [edit.i_star.new_zeros(1, edit.i_star.shape[1]), edit.i_star]
+        inputs = [edit.i_star.new_zeros(1, edit.i_star.shape[1]), edit.i_star]
         if plan.target_inputs is not None:
-            rows.append(plan.target_inputs)
+            inputs.append(plan.target_inputs)
         # One call of the host's projection for the zero row (its bias), W i* and the key-lock inputs.
-        projected = self.prev_forward(torch.cat(rows).to(x.dtype).unsqueeze(0)).squeeze(0).float()
+        projected = self.prev_forward(torch.cat(inputs).to(x.dtype).unsqueeze(0)).squeeze(0).float()
         j = edit.num_concepts
         w_i_star = projected[1 : 1 + j] - projected[0]
         targets = projected[1 + j :] - projected[0] if plan.target_inputs is not None else plan.target_outputs
-        return base + edit.delta(x, w_i_star, targets).to(base.dtype)
+        rows = edit.output_rows(w_i_star, targets)
+        if reuse:
+            self._rows_key, self._rows = key, rows
+        return rows
 
 
 def cross_attention_layers(model) -> list[CrossAttentionLayer]:
@@ -66,8 +89,9 @@ def current_concepts(model) -> tuple[AppliedConcept, ...]:
     return ()
 
 
-def _install(model, source: PlanSource, *, key_edits: bool):
+def _install(model, source: PlanSource, *, key_edits: bool, per_run_rows: bool):
     patched = model.clone()
+    run = sampling_run.install(patched) if per_run_rows else None
     for layer in cross_attention_layers(model):
         for kind in ("k", "v"):
             if kind == "k" and not key_edits:
@@ -75,19 +99,20 @@ def _install(model, source: PlanSource, *, key_edits: bool):
             path = _projection_path(layer, kind)
             current = patched.get_model_object(path)
             prev = current.prev_forward if isinstance(current, PerfusionProjection) else current
-            patched.add_object_patch(path, PerfusionProjection(prev, source, layer.name, kind))
+            patched.add_object_patch(path, PerfusionProjection(prev, source, layer.name, kind, run))
     return patched
 
 
 def apply_concepts(model, applied: tuple[AppliedConcept, ...]):
     """A clone of `model` whose edits cover earlier concepts plus `applied`, jointly (spec §4)."""
     source = ConceptSet(current_concepts(model) + applied)
-    patched = _install(model, source, key_edits=source.has_key_edits)
+    patched = _install(model, source, key_edits=source.has_key_edits, per_run_rows=True)
     if source.has_global_lock:
         key_lock.install_key_context(patched)
     return patched
 
 
 def install_source(model, source: PlanSource):
-    """A clone whose every K and V projection is edited by `source` (training state)."""
-    return _install(model, source, key_edits=True)
+    """A clone whose every K and V projection is edited by `source` (training state: its i*
+    moves every step, so nothing is reused across calls)."""
+    return _install(model, source, key_edits=True, per_run_rows=False)

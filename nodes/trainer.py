@@ -132,11 +132,14 @@ def _checkpoint_blocks(model) -> None:
 def _release_inference_weights(module: torch.nn.Module) -> None:
     """Weights loaded under the executor's inference mode cannot be saved for backward; swap in
     ordinary tensors with the same values (the model's outputs do not change)."""
-    for name, param in list(module.named_parameters()):
+    names = [name for name, _ in module.named_parameters()]  # names only: holding every old
+    for name in names:  # tensor until the loop ends would double the model's memory at its peak
+        param = comfy.utils.get_attr(module, name)
         if param.is_inference():
             comfy.utils.set_attr_param(module, name, param.detach().clone())
         else:
             param.requires_grad_(False)
+        del param
 
 
 def encode_marked(

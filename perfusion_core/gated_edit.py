@@ -9,8 +9,12 @@ For concepts j = 1..J with target inputs i*_j, u_j = C⁻¹ i*_j and target outp
     h(e)   = W e − Σ_j c_j(e) W i*_j + Σ_j g_j(e) o*_j
 
 `W e` and `W i*_j` come from the host's own projection (so weight casting, offloading and
-LoRA stay in force); this module only computes the correction, in float32 whatever the
-model's dtype. For J = 1, c = r and the edit is spec §2's; with g replaced by r it is ROME.
+LoRA stay in force); this module only adds the correction, in float32 whatever the model's
+dtype. For J = 1, c = r and the edit is spec §2's; with g replaced by r it is ROME.
+
+Both c(e) and the gates' pre-activations are linear in e, so one (2J × D) matrix gives all 2J
+of them in a single matmul, and a second one mixes the 2J output rows into the projection's
+output: the edit costs two thin matmuls per call, whatever J.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 
 def gate(r: torch.Tensor, beta: torch.Tensor | float, tau: torch.Tensor | float) -> torch.Tensor:
@@ -28,8 +33,8 @@ def gate(r: torch.Tensor, beta: torch.Tensor | float, tau: torch.Tensor | float)
 class GatedRank1Edit:
     """Joint gated rank-1 edit for J concepts that share one projection.
 
-    Everything that depends only on the concepts (the J×J projection matrix and the energies)
-    is computed once here; a call costs two small matmuls per token batch.
+    Everything that depends only on the concepts and gate settings is folded at construction,
+    in float64, into `mixing` (rows M⁻¹u for c, u / (E τ) for the gates) and `offset` (−β/τ).
     """
 
     def __init__(
@@ -39,60 +44,59 @@ class GatedRank1Edit:
         beta: torch.Tensor | Sequence[float],
         tau: torch.Tensor | Sequence[float],
     ) -> None:
-        i_star = torch.as_tensor(i_star, dtype=torch.float32)
-        u = torch.as_tensor(u, dtype=torch.float32)
+        i_star = torch.as_tensor(i_star).double()
+        u = torch.as_tensor(u).double()
         if i_star.ndim == 1:
             i_star, u = i_star[None], u[None]
         if i_star.shape != u.shape or i_star.ndim != 2:
             raise ValueError(f"i_star {tuple(i_star.shape)} and u {tuple(u.shape)} must both be (J, D)")
-        self.i_star = i_star
-        self.u = u
-        self.beta = torch.as_tensor(beta, dtype=torch.float32).reshape(-1).expand(len(u)).clone()
-        self.tau = torch.as_tensor(tau, dtype=torch.float32).reshape(-1).expand(len(u)).clone()
-        if bool((self.tau <= 0).any()):
+        j = len(u)
+        beta = torch.as_tensor(beta, dtype=torch.float64).reshape(-1).expand(j)
+        tau = torch.as_tensor(tau, dtype=torch.float64).reshape(-1).expand(j)
+        if bool((tau <= 0).any()):
             raise ValueError("temperature must be > 0")
-        # M[k, j] = u_k · i*_j; inverted in float64 because nearly parallel concepts make it ill-conditioned.
-        m = u.double() @ i_star.double().T
-        self.energy = torch.diagonal(m).float().clone()
-        if bool((self.energy <= 0).any()):
+        # M[k, j] = u_k · i*_j, inverted in float64: nearly parallel concepts make it ill-conditioned.
+        m = u @ i_star.T
+        energy = torch.diagonal(m)
+        if bool((energy <= 0).any()):
             raise ValueError("every concept needs i*ᵀ C⁻¹ i* > 0 (is u = C⁻¹ i*?)")
-        self.projection = torch.linalg.inv(m).T.float().contiguous()  # c = s @ projection
+        self.i_star = i_star.float()
+        self.mixing = torch.cat([torch.linalg.inv(m) @ u, u / (energy * tau)[:, None]]).float()
+        self.offset = torch.cat([torch.zeros(j, dtype=torch.float64), -beta / tau]).float()
 
     @property
     def num_concepts(self) -> int:
-        return int(self.u.shape[0])
+        return int(self.i_star.shape[0])
 
     def to(self, device: torch.device) -> GatedRank1Edit:
         """A copy on `device` (the math stays float32)."""
         out = object.__new__(GatedRank1Edit)
-        for name in ("i_star", "u", "beta", "tau", "energy", "projection"):
+        for name in ("i_star", "mixing", "offset"):
             setattr(out, name, getattr(self, name).to(device))
         return out
 
-    def similarity(self, e: torch.Tensor) -> torch.Tensor:
-        """s(e) = eᵀ u_j for every concept: (..., D) -> (..., J), in float32."""
-        return e.float() @ self.u.T
+    def weights(self, e: torch.Tensor) -> torch.Tensor:
+        """[c(e) | g(e)] for encodings e: (..., D) -> (..., 2J), float32, one matmul."""
+        z = F.linear(e.float(), self.mixing, self.offset)
+        z[..., self.num_concepts :].sigmoid_()
+        return z
 
-    def relevance(self, s: torch.Tensor) -> torch.Tensor:
-        """r_j = s_j / E_j."""
-        return s / self.energy
-
-    def gates(self, s: torch.Tensor) -> torch.Tensor:
-        return gate(self.relevance(s), self.beta, self.tau)
-
-    def coefficients(self, s: torch.Tensor) -> torch.Tensor:
+    def coefficients(self, e: torch.Tensor) -> torch.Tensor:
         """c(e) with Π(e) = Σ_j c_j i*_j, the C⁻¹-projection of e onto span{i*_j}."""
-        return s @ self.projection
+        return self.weights(e)[..., : self.num_concepts]
+
+    def gates(self, e: torch.Tensor) -> torch.Tensor:
+        return self.weights(e)[..., self.num_concepts :]
 
     @staticmethod
-    def correction(
-        coefficients: torch.Tensor, gates: torch.Tensor, w_i_star: torch.Tensor, targets: torch.Tensor
-    ) -> torch.Tensor:
-        """−Σ c_j W i*_j + Σ g_j o*_j as one matmul over the 2J stacked rows."""
-        weights = torch.cat([-coefficients, gates], dim=-1)
-        return weights @ torch.cat([w_i_star.float(), targets.float()], dim=0)
+    def output_rows(w_i_star: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The (2J, d) rows that `weights` mix: −W i*_j (taken out) and o*_j (put in)."""
+        return torch.cat([-w_i_star.float(), targets.float()])
 
-    def delta(self, e: torch.Tensor, w_i_star: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """h(e) − W e for encodings e (..., D); w_i_star and targets are (J, d). Returns float32."""
-        s = self.similarity(e)
-        return self.correction(self.coefficients(s), self.gates(s), w_i_star, targets)
+    def apply(self, base: torch.Tensor, e: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """h(e) from the host's W e (`base`, (..., d)) and `output_rows`; in base's dtype."""
+        weights = self.weights(e)
+        out = torch.addmm(
+            base.reshape(-1, base.shape[-1]).float(), weights.reshape(-1, weights.shape[-1]), rows
+        )
+        return out.view(base.shape).to(base.dtype)

@@ -140,7 +140,7 @@ class ConceptTrainingState(torch.nn.Module):
         self._edit = None
 
     def plan(self, layer: str, kind: Projection, device: torch.device) -> ProjectionPlan | None:
-        if self._edit is None or self._edit.u.device != torch.device(device):
+        if self._edit is None or self._edit.i_star.device != torch.device(device):
             edit = GatedRank1Edit(self.i_star, self.u, self.beta, self.tau)
             self._edit = edit.to(device)
         if kind == "k":

@@ -19,6 +19,12 @@ def random_problem(seed: int, d_in: int = 24, d_out: int = 16, concepts: int = 1
     return cov, weight, i_star, o_star, e
 
 
+def correction(edit: GatedRank1Edit, e, w_i_star, o_star) -> torch.Tensor:
+    """h(e) − W e, in float32: the edit applied to a zero base."""
+    zero = torch.zeros(*e.shape[:-1], o_star.shape[-1])
+    return edit.apply(zero, e, GatedRank1Edit.output_rows(w_i_star, o_star))
+
+
 def rome_weight(weight, cov, i_star, o_star):
     """ROME's closed form: W' = W + (o* − W i*) (C⁻¹ i*)ᵀ / (i*ᵀ C⁻¹ i*)."""
     c_inv = torch.linalg.inv(cov)
@@ -30,11 +36,9 @@ def test_gate_replaced_by_relevance_is_rome_exactly():
     cov, weight, i_star, o_star, e = random_problem(0)
     u = torch.linalg.inv(cov) @ i_star[0]
     edit = GatedRank1Edit(i_star[0], u, beta=0.0, tau=1.0)
-    s = edit.similarity(e)
-    relevance = edit.relevance(s)
-    ours = e.float() @ weight.float().T + GatedRank1Edit.correction(
-        edit.coefficients(s), relevance, (weight @ i_star.T).T, o_star
-    )
+    # For one concept the coefficient c is the relevance r: with r in the gate's place, the
+    # correction is r (o* − W i*), and the edit must be ROME's weight update.
+    ours = e @ weight.T + edit.coefficients(e).double() @ (o_star - (weight @ i_star.T).T)
     reference = e @ rome_weight(weight, cov, i_star[0], o_star[0]).T
     torch.testing.assert_close(ours.double(), reference, rtol=1e-4, atol=1e-4)
 
@@ -43,7 +47,9 @@ def test_open_gate_maps_i_star_to_o_star():
     cov, weight, i_star, o_star, _ = random_problem(1)
     u = torch.linalg.inv(cov) @ i_star[0]
     edit = GatedRank1Edit(i_star[0], u, beta=-100.0, tau=0.1)  # g(i*) = 1
-    out = i_star[0] @ weight.T + edit.delta(i_star[0], (weight @ i_star.T).T, o_star)
+    out = edit.apply(
+        i_star[0] @ weight.T, i_star[0], GatedRank1Edit.output_rows((weight @ i_star.T).T, o_star)
+    )
     torch.testing.assert_close(out.double(), o_star[0], rtol=1e-4, atol=1e-4)
 
 
@@ -52,7 +58,7 @@ def test_closed_gate_removes_only_the_concept_direction():
     c_inv = torch.linalg.inv(cov)
     u = c_inv @ i_star[0]
     edit = GatedRank1Edit(i_star[0], u, beta=100.0, tau=0.1)  # g = 0 everywhere
-    out = e @ weight.T + edit.delta(e, (weight @ i_star.T).T, o_star)
+    out = edit.apply(e @ weight.T, e, GatedRank1Edit.output_rows((weight @ i_star.T).T, o_star))
     r = (e @ u) / (i_star[0] @ u)
     reference = (e - r[..., None] * i_star[0]) @ weight.T
     torch.testing.assert_close(out.double(), reference, rtol=1e-4, atol=1e-4)
@@ -83,8 +89,8 @@ def test_two_c_orthogonal_concepts_equal_the_sum_of_single_edits():
     single = [
         GatedRank1Edit(i_star[j], u[j], beta=b, tau=t) for j, (b, t) in enumerate([(0.6, 0.15), (0.7, 0.2)])
     ]
-    total = sum(s.delta(e, w_i[j : j + 1], o_star[j : j + 1]) for j, s in enumerate(single))
-    torch.testing.assert_close(joint.delta(e, w_i, o_star), total, rtol=1e-4, atol=1e-4)
+    total = sum(correction(s, e, w_i[j : j + 1], o_star[j : j + 1]) for j, s in enumerate(single))
+    torch.testing.assert_close(correction(joint, e, w_i, o_star), total, rtol=1e-4, atol=1e-4)
 
 
 def test_joint_projection_is_the_c_inverse_projection():
@@ -93,14 +99,13 @@ def test_joint_projection_is_the_c_inverse_projection():
     c_inv = torch.linalg.inv(cov)
     u = (c_inv @ i_star.T).T
     edit = GatedRank1Edit(i_star, u, beta=0.5, tau=0.1)
-    s = edit.similarity(i_star)
-    coefficients = edit.coefficients(s)
+    coefficients = edit.coefficients(i_star)
     torch.testing.assert_close(coefficients, torch.eye(3), rtol=1e-3, atol=1e-3)
     # Dense reference: P = I* (I*ᵀ C⁻¹ I*)⁻¹ I*ᵀ C⁻¹ (columns of I* are the i*_j)
     istar_cols = i_star.T
     projector = istar_cols @ torch.linalg.inv(istar_cols.T @ c_inv @ istar_cols) @ istar_cols.T @ c_inv
     e = torch.randn(5, cov.shape[0], dtype=cov.dtype, generator=torch.Generator().manual_seed(9))
-    ours = edit.coefficients(edit.similarity(e)).double() @ i_star
+    ours = edit.coefficients(e).double() @ i_star
     torch.testing.assert_close(ours, e @ projector.T, rtol=1e-3, atol=1e-3)
 
 
@@ -125,8 +130,12 @@ def test_matches_dense_reference_for_random_shapes_and_dtypes(d_in, d_out, conce
     tau = torch.linspace(0.1, 0.3, concepts)
     edit = GatedRank1Edit(i_star, u, beta, tau)
     e_low = e.to(dtype)
-    out = edit.delta(e_low, (weight @ i_star.T).T, o_star)
+    out = correction(edit, e_low, (weight @ i_star.T).T, o_star)
     assert out.dtype == torch.float32
+    assert (
+        edit.apply(torch.zeros(2, d_out, dtype=dtype), e_low[0, :2], torch.zeros(2 * concepts, d_out)).dtype
+        == dtype
+    )
     # Dense reference in float64 from the rounded inputs.
     e64 = e_low.double()
     s = e64 @ u.T

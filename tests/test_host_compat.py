@@ -200,3 +200,27 @@ def test_inputs_are_never_modified(perfusion_pack, loaded, hugsy):
     assert model.object_patches == patches_before and not model.wrappers.get("diffusion_model")
     assert clip.tokenizer is tokenizer_before
     assert clip.tokenize("a photo of hugsy") == tokens_before
+
+
+def test_rows_kept_for_a_sampling_run_are_renewed_for_the_next(perfusion_pack, loaded, hugsy, lora_name):
+    """W i* is computed once per sampling run: a LoRA added after the concept (same projection
+    objects, other weights) must be in force in its run and gone in the next run without it."""
+    import comfy.sd
+
+    host_nodes = sys.modules["nodes"]
+    apply = perfusion_pack.nodes.apply.apply_concept
+    with torch.inference_mode():
+        model, clip = comfy.sd.load_checkpoint_guess_config(str(loaded))[:2]
+    patched, pclip = apply(model, clip, hugsy, 0.5, 0.15, "local", "test")
+    lora_after = host_nodes.LoraLoader().load_lora(patched, pclip, lora_name, 1.0, 0.0)[0]
+    lora_model = host_nodes.LoraLoader().load_lora(model, clip, lora_name, 1.0, 0.0)[0]
+    lora_before = apply(lora_model, clip, hugsy, 0.5, 0.15, "local", "test")[0]
+    text = "hugsy on a beach"
+    first = sample_latent(patched, pclip, text)
+    projections = [p for p in patched.object_patches.values() if hasattr(p, "output_rows")]
+    assert projections and all(p._rows is not None for p in projections)  # reused within the run
+    with_lora = sample_latent(lora_after, pclip, text)
+    again = sample_latent(patched, pclip, text)
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    torch.testing.assert_close(with_lora, sample_latent(lora_before, pclip, text), rtol=1e-4, atol=1e-4)
+    assert (with_lora - first).abs().mean() > 1e-3

@@ -167,7 +167,7 @@ def test_gates_of_special_tokens_stay_near_zero(perfusion_pack, base_models, toy
     sequence = tokens[te.tokenizer_key(clip)][0]
     position = next(i for i, t in enumerate(sequence) if t[0] is concept.token_embedding)
     edit = GatedRank1Edit(concept.i_star, concept.u, beta=0.7, tau=0.15)
-    gates = edit.gates(edit.similarity(cond))[:, 0]
+    gates = edit.gates(cond)[:, 0]
     after = gates[position + 1 :]  # the end token and the padding
     print(
         f"gates: start {float(gates[0]):.4f}, concept {float(gates[position]):.3f}, end/padding max {float(after.max()):.4f}"
