@@ -196,7 +196,7 @@ class Bench:
 
         tiny = self.load("tiny", max(SCALING_COUNTS))
         prepared, rows = self.sampling(
-            "sampling tiny 64px", tiny, variants, 64, 6, 5, 0.15 * self.args.budget
+            "sampling tiny 64px", tiny, variants, 64, 6, 15, 0.15 * self.args.budget
         )
         res["sampling_tiny"] = {
             "model": "tiny",
@@ -267,6 +267,7 @@ class Bench:
             jobs = [
                 TrainJob("perfusion", "full", 256, 3, True),
                 TrainJob("lora", "full", 256, 3, True, "bf16"),
+                TrainJob("lora", "full", 256, 3, True, "fp32"),
             ]
             res["training"] += run_interleaved(jobs, 1, self.base, self.deadline)
         else:

@@ -93,28 +93,30 @@ def lora_name(comfy_host, tiny_ckpt_name, perfusion_pack, tmp_path_factory):
     return comfy_host.add_file("loras", path)
 
 
-def with_lora(prompt: dict, lora: str, after_concepts: bool) -> dict:
-    """Inserts a LoraLoader before or after the concept loaders."""
+def with_node(prompt: dict, class_type: str, inputs: dict, after_concepts: bool) -> dict:
+    """Inserts a MODEL (and, if it takes one, CLIP) patching node before or after the concept loaders."""
     prompt = {k: dict(v, inputs=dict(v["inputs"])) for k, v in prompt.items()}
     loaders = sorted((k for k, v in prompt.items() if v["class_type"] == "PerfusionConceptLoader"), key=int)
-    source = loaders[-1] if after_concepts else "1"
-    prompt["60"] = {
-        "class_type": "LoraLoader",
-        "inputs": {
-            "model": [source, 0],
-            "clip": [source, 1],
-            "lora_name": lora,
-            "strength_model": 1.0,
-            "strength_clip": 1.0,
-        },
-    }
+    after_concepts = after_concepts or not loaders
+    source = loaders[-1] if loaders and after_concepts else "1"
+    patches_clip = "clip" in inputs
+    wired = {"model": [source, 0], **({"clip": [source, 1]} if patches_clip else {})}
+    prompt["60"] = {"class_type": class_type, "inputs": {**inputs, **wired}}
     if after_concepts:
-        for node in ("4", "5"):
-            prompt[node]["inputs"]["clip"] = ["60", 1]
         prompt["7"]["inputs"]["model"] = ["60", 0]
+        if patches_clip:
+            for node in ("4", "5"):
+                prompt[node]["inputs"]["clip"] = ["60", 1]
     else:
-        prompt[loaders[0]]["inputs"].update({"model": ["60", 0], "clip": ["60", 1]})
+        prompt[loaders[0]]["inputs"].update(
+            {"model": ["60", 0], **({"clip": ["60", 1]} if patches_clip else {})}
+        )
     return prompt
+
+
+def with_lora(prompt: dict, lora: str, after_concepts: bool) -> dict:
+    inputs = {"clip": None, "lora_name": lora, "strength_model": 1.0, "strength_clip": 1.0}
+    return with_node(prompt, "LoraLoader", inputs, after_concepts)
 
 
 def test_lora_before_or_after_the_concept_gives_the_same_image(
@@ -128,6 +130,43 @@ def test_lora_before_or_after_the_concept_gives_the_same_image(
     concept_only = image(comfy_host, prompt)
     np.testing.assert_allclose(before, after, atol=2 / 255)
     assert np.abs(before - concept_only).mean() > 1e-3  # the LoRA is in force under the concept
+
+
+def test_cross_attention_weight_patches_before_or_after_the_concept_give_the_same_image(
+    comfy_host, tiny_ckpt_name, trained_concepts
+):
+    """Another node's weight patches on the same to_k/to_v (UNetCrossAttentionMultiply) are in force
+    under the edit whichever comes first: the edit reads W through the host's own projection."""
+    prompt = generate_prompt(
+        tiny_ckpt_name, [ConceptUse(trained_concepts["hugsy"])], positive="hugsy in a field"
+    )
+    scales = {"q": 1.0, "k": 1.4, "v": 0.6, "out": 1.0}
+    before = image(comfy_host, with_node(prompt, "UNetCrossAttentionMultiply", scales, after_concepts=False))
+    after = image(comfy_host, with_node(prompt, "UNetCrossAttentionMultiply", scales, after_concepts=True))
+    np.testing.assert_allclose(before, after, atol=2 / 255)
+    assert np.abs(before - image(comfy_host, prompt)).mean() > 1e-3
+
+
+@pytest.mark.parametrize("lock", ["local", "global"])
+def test_other_attention_patches_run_with_the_concept(comfy_host, tiny_ckpt_name, trained_concepts, lock):
+    """Token merging (TomePatchModel) patches every self-attention's input and output; it and the
+    concept (with global lock's own attn2 patch) both act in one run."""
+    prompt = generate_prompt(
+        tiny_ckpt_name, [ConceptUse(trained_concepts["hugsy"], key_lock=lock)], positive="hugsy in a field"
+    )
+    guided = image(comfy_host, with_node(prompt, "TomePatchModel", {"ratio": 0.5}, after_concepts=True))
+    plain_guided = image(
+        comfy_host,
+        with_node(
+            generate_prompt(tiny_ckpt_name, positive="hugsy in a field"),
+            "TomePatchModel",
+            {"ratio": 0.5},
+            after_concepts=True,
+        ),
+    )
+    assert np.isfinite(guided).all()
+    assert np.abs(guided - image(comfy_host, prompt)).mean() > 1e-3  # token merging acts
+    assert np.abs(guided - plain_guided).mean() > 1e-3  # and so does the concept
 
 
 @pytest.fixture(scope="module")
