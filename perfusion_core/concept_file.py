@@ -12,11 +12,13 @@ leaves a half-written concept where a good one used to be.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import re
 import stat
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -268,7 +270,22 @@ def save_concept(
             ) from None
         raise
     _fsync_dir(directory)
+    _remove_stale_temporaries(target)
     return target
+
+
+STALE_TEMPORARY_S = 3600.0
+
+
+def _remove_stale_temporaries(target: Path) -> None:
+    """Deletes this file's leftover temporaries from writers killed mid-save (SIGKILL, power loss).
+
+    Only those untouched for an hour: a live writer's temporary is seconds old."""
+    cutoff = time.time() - STALE_TEMPORARY_S
+    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if leftover.is_file() and leftover.stat().st_mtime < cutoff:
+                leftover.unlink()
 
 
 # --------------------------------------------------------------------------------------------- reading

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -234,6 +235,19 @@ def test_saved_file_is_readable_by_others(tmp_path: Path) -> None:
     path = save_concept(make_sd15_concept(), tmp_path / "teddy.safetensors")
     if os.name == "posix":
         assert path.stat().st_mode & 0o044 == 0o044
+
+
+def test_a_save_removes_stale_temporaries_of_killed_writers_only(tmp_path: Path) -> None:
+    stale = tmp_path / ".teddy.safetensors.abc123.tmp"
+    fresh = tmp_path / ".teddy.safetensors.def456.tmp"  # a writer still at work
+    other = tmp_path / ".mug.safetensors.abc123.tmp"  # another file's: not ours to judge
+    for leftover in (stale, fresh, other):
+        leftover.write_bytes(b"partial")
+    old = time.time() - concept_file.STALE_TEMPORARY_S - 60
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    save_concept(make_sd15_concept(), tmp_path / "teddy.safetensors")
+    assert _listing(tmp_path) == sorted([fresh.name, other.name, "teddy.safetensors"])
 
 
 # --------------------------------------------------------------------------------------------- size
