@@ -133,6 +133,8 @@ def main() -> None:
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "train_peak_delta_mb": memory.delta / 2**20,
                 "run_s": result.duration_s,
+                # ours: the objective on a fixed batch of the training images before and after training
+                "eval_before_after": result.outputs.get(TRAIN_NODE, {}).get("perfusion_eval"),
             }
         )
     )

@@ -209,7 +209,7 @@ def test_mixed_batch_matches_each_prompt_run_alone(comfy_server, tiny_ckpt_name,
 
 
 def test_bias_sweep_script_against_the_server(comfy_server, tiny_ckpt_name, server_concepts, tmp_path):
-    script = repo_root() / "scripts" / "bias_sweep_http.py"
+    script = repo_root() / "workflows" / "bias_sweep_http.py"
     cmd = [
         sys.executable,
         str(script),

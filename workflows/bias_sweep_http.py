@@ -1,6 +1,6 @@
 """Render one concept at several gate biases on your own ComfyUI, over its HTTP API.
 
-    python scripts/bias_sweep_http.py --server 127.0.0.1:8188 --concept hugsy.safetensors \\
+    python workflows/bias_sweep_http.py --server 127.0.0.1:8188 --concept hugsy.safetensors \\
         --biases 0.4,0.5,0.6,0.7,0.8 --out bias_sweep
 
 Loads the shipped ``workflows/api/perfusion_generate.api.json``, sets the concept and the bias, queues
@@ -21,7 +21,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-WORKFLOW = Path(__file__).resolve().parents[1] / "workflows" / "api" / "perfusion_generate.api.json"
+WORKFLOW = Path(__file__).resolve().parent / "api" / "perfusion_generate.api.json"
 
 
 class ComfyClient:
