@@ -51,6 +51,17 @@ def table(results: dict) -> str:
                 f"{row['variant']:<22}{row['unpatched_min_s'] * 1e3:>14.2f}{row['edit_min_s'] * 1e3:>25.2f}"
                 f"{row['edit_in_run_min_s'] * 1e3:>19.2f}{_fmt(row.get('estimated_step_overhead_pct'), 15, 3)}%"
             )
+    by_prompt = results.get("scaling", {}).get("by_prompt", {})
+    if by_prompt:
+        section(
+            "Scaling (tiny, 64 px, local lock): whole step vs unpatched (noisy) and the edit at the projections",
+            f"{'prompt':<36}{'concepts':>9}{'step %':>9}{'edit %':>9}",
+        )
+        for prompt, rows in by_prompt.items():
+            for row in sorted(rows, key=lambda r: r["concepts"])[1:]:
+                lines.append(
+                    f"{prompt:<36}{row['concepts']:>9}{row['overhead_pct']:>+9.1f}{_fmt(row.get('edit_pct'), 9, 2)}"
+                )
     if results.get("training"):
         section(
             "Training (batch 1, grad accumulation 1, each run in its own process)",
@@ -86,8 +97,16 @@ def plot(results: dict, out_dir: Path) -> Path:
     ax = axes[0]
     for tokens, rows in scaling.get("by_prompt", {}).items():
         rows = sorted(rows, key=lambda r: r["concepts"])
-        ax.plot(
+        line = ax.plot(
             [r["concepts"] for r in rows], [r["overhead_pct"] for r in rows], marker="o", label=f"{tokens}"
+        )[0]
+        edits = [r for r in rows if "edit_pct" in r]
+        ax.plot(
+            [r["concepts"] for r in edits],
+            [r["edit_pct"] for r in edits],
+            ls="--",
+            color=line.get_color(),
+            label=f"{tokens}, edit at the projections",
         )
     for key, style in (("sampling_tiny", "s"), ("sampling_full", "^")):
         block = results.get(key)
@@ -98,7 +117,7 @@ def plot(results: dict, out_dir: Path) -> Path:
     ax.axhline(2, color="grey", ls=":", lw=1)
     ax.axhline(5, color="grey", ls="--", lw=1)
     ax.set_xlabel("concepts applied (local lock)")
-    ax.set_ylabel("step time vs unpatched (%)")
+    ax.set_ylabel("vs unpatched step (%): solid whole step, dashed edit cost")
     ax.set_title("Sampling overhead (tiny, 64 px)")
     ax.legend(fontsize=7)
 

@@ -156,9 +156,13 @@ class Bench:
         for label, tokens in PROMPT_LENGTHS.items():
             counts = SCALING_COUNTS if label == "short prompt" else (0, 1, 4, 16)
             variants = [Variant(concepts=n) for n in counts]
-            _, rows = self.sampling(
+            prepared, rows = self.sampling(
                 f"scaling, {label}", setup, variants, 64, 4, 3, 0.04 * self.args.budget, tokens
             )
+            edit_rows = {r["variant"]: r for r in self.edit_cost(prepared, rows[0]["step_s"])}
+            for row in rows:
+                if row["variant"] in edit_rows:
+                    row["edit_pct"] = edit_rows[row["variant"]]["estimated_step_overhead_pct"]
             by_prompt[f"{label} ({rows[0]['context_tokens']} context tokens)"] = rows
         return {"size": 64, "steps": 4, "repeats": rows[0]["repeats"], "by_prompt": by_prompt}
 
