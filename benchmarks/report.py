@@ -31,11 +31,12 @@ def table(results: dict) -> str:
             continue
         section(
             f"Sampling ({title}, euler cfg 7, {block['steps']} steps x {block['repeats']} repeats, interleaved)",
-            f"{'variant':<22}{'s/step':>10}{'vs unpatched':>14}{'peak RSS +MB':>14}",
+            f"{'variant':<22}{'s/step':>10}{'vs unpatched':>14}{'fastest steps':>15}{'peak RSS +MB':>14}",
         )
         for row in block["rows"]:
             lines.append(
-                f"{row['variant']:<22}{row['step_s']:>10.4f}{row['overhead_pct']:>+13.1f}%{row['peak_rss_delta_mb']:>14.1f}"
+                f"{row['variant']:<22}{row['step_s']:>10.4f}{row['overhead_pct']:>+13.1f}%"
+                f"{row.get('overhead_fastest_pct', float('nan')):>+14.1f}%{row['peak_rss_delta_mb']:>14.1f}"
             )
     for key, title in (("edit_cost_tiny", "tiny"), ("edit_cost_full", "full SD1.5 layout")):
         block = results.get(key)

@@ -131,6 +131,8 @@ class Series:
     step_s: list[float] = field(default_factory=list)
     ratio: list[float] = field(default_factory=list)  # step time / unpatched step time of the same repeat
     peak_rss_delta: list[int] = field(default_factory=list)
+    every_step_s: list[float] = field(default_factory=list)
+    fastest_vs_baseline: float = float("nan")  # min over all steps / the baseline's: noise only adds time
 
     def summary(self) -> dict:
         return {
@@ -142,6 +144,7 @@ class Series:
             "step_s": median(self.step_s),
             "ratio": median(self.ratio),
             "overhead_pct": (median(self.ratio) - 1.0) * 100.0,
+            "overhead_fastest_pct": (self.fastest_vs_baseline - 1.0) * 100.0,
             "peak_rss_delta_mb": median(self.peak_rss_delta) / 2**20,
             "repeats": len(self.step_s),
         }
@@ -178,9 +181,12 @@ def interleaved(
             kept = times[1:] if skip_first and len(times) > 1 else times
             per_rep[i] = median(kept)
             series[i].step_s.append(per_rep[i])
+            series[i].every_step_s.extend(kept)
             series[i].peak_rss_delta.append(delta)
         for i in order:
             series[i].ratio.append(per_rep[i] / per_rep[0])
         last_rep_s = time.monotonic() - rep_start
         print(f"  repeat {rep + 1}: {last_rep_s:.1f}s, baseline {per_rep[0]:.3f} s/step", flush=True)
+    for s in series:
+        s.fastest_vs_baseline = min(s.every_step_s) / min(series[0].every_step_s)
     return series
