@@ -33,14 +33,16 @@ class SamplingRun:
 
     @contextlib.contextmanager
     def marked(self) -> Iterator[None]:
-        """One run: weight-only results computed inside are valid until it ends."""
-        if self._depth == 0:
-            self.generation += 1
+        """One run: weight-only results computed inside are valid until it ends. Entering and
+        leaving both start a new generation, so a run nested in another (another model sharing
+        these projections, say) never sees the outer run's results, nor the outer run its own."""
+        self.generation += 1
         self._depth += 1
         try:
             yield
         finally:
             self._depth -= 1
+            self.generation += 1
 
     def wrap(self, executor, *args, **kwargs):
         """The OUTER_SAMPLE wrapper: marks the run unless weight hooks may change weights in it."""

@@ -25,11 +25,6 @@ import torch
 import torch.nn.functional as F
 
 
-def gate(r: torch.Tensor, beta: torch.Tensor | float, tau: torch.Tensor | float) -> torch.Tensor:
-    """The sigmoid gate: near 0 for unrelated tokens, near 1 at the concept (spec §2)."""
-    return torch.sigmoid((r - beta) / tau)
-
-
 class GatedRank1Edit:
     """Joint gated rank-1 edit for J concepts that share one projection.
 

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from perfusion_core.gated_edit import GatedRank1Edit, gate
+from perfusion_core.gated_edit import GatedRank1Edit
 
 
 def random_problem(seed: int, d_in: int = 24, d_out: int = 16, concepts: int = 1, dtype=torch.float64):
@@ -64,10 +64,17 @@ def test_closed_gate_removes_only_the_concept_direction():
     torch.testing.assert_close(out.double(), reference, rtol=1e-4, atol=1e-4)
 
 
-def test_sigmoid_gate_formula():
-    r = torch.tensor([0.0, 0.7, 1.0])
-    torch.testing.assert_close(gate(r, 0.7, 0.15), torch.sigmoid((r - 0.7) / 0.15))
-    assert gate(torch.tensor(0.0), 0.7, 0.15) < 0.01
+def test_gates_follow_the_sigmoid_formula_per_concept():
+    """g_j(e) = sigmoid((r_j(e) − β_j) / τ_j), r_j = eᵀu_j / i*_jᵀu_j: near 0 where r = 0 (spec §2)."""
+    cov, _, i_star, _, e = random_problem(5, concepts=2)
+    u = (torch.linalg.inv(cov) @ i_star.T).T
+    beta, tau = torch.tensor([0.6, 0.7], dtype=cov.dtype), torch.tensor([0.15, 0.2], dtype=cov.dtype)
+    edit = GatedRank1Edit(i_star, u, beta, tau)
+    r = (e @ u.T) / (i_star * u).sum(-1)
+    torch.testing.assert_close(edit.gates(e).double(), torch.sigmoid((r - beta) / tau), rtol=1e-4, atol=1e-5)
+    unrelated = e[0, 0] - (e[0, 0] @ u[0]) / (i_star[0] @ u[0]) * i_star[0]  # r_1 = 0
+    floor = float(torch.sigmoid(-beta[0] / tau[0]))  # sigmoid(−4) ≈ 0.018
+    assert abs(float(edit.gates(unrelated)[0]) - floor) < 1e-4 and floor < 0.02
 
 
 def c_orthogonal_pair(cov: torch.Tensor, seed: int):

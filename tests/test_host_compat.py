@@ -263,3 +263,18 @@ def test_rows_kept_for_a_sampling_run_are_renewed_for_the_next(perfusion_pack, l
     torch.testing.assert_close(again, first, rtol=0, atol=0)
     torch.testing.assert_close(with_lora, sample_latent(lora_before, pclip, text), rtol=1e-4, atol=1e-4)
     assert (with_lora - first).abs().mean() > 1e-3
+
+
+def test_run_marker_generations_never_span_a_nested_run_or_autograd(perfusion_pack):
+    run = perfusion_pack.nodes.sampling_run.SamplingRun()
+    assert not run.active
+    with torch.inference_mode(), run.marked():
+        outer = run.generation
+        assert run.active
+        with run.marked():
+            inner = run.generation
+            assert inner != outer
+        assert run.active and run.generation not in (outer, inner)  # the outer run recomputes
+    assert not run.active
+    with torch.enable_grad(), run.marked():
+        assert not run.active  # a training loop: weights may move every step
