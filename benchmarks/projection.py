@@ -34,13 +34,17 @@ def projection_costs(prepared, repeats: int = 30) -> dict:
     x = _context(prepared)
     totals: dict[str, list[float]] = {"unpatched": [], "patched": [], "patched_in_run": []}
 
+    def unpatched() -> None:
+        for p in patches:
+            p.prev_forward(x)
+
     def patched() -> None:
         for p in patches:
             p(x)
 
     with torch.inference_mode():
         for _ in range(repeats):
-            totals["unpatched"].append(_seconds(lambda: [p.prev_forward(x) for p in patches]))
+            totals["unpatched"].append(_seconds(unpatched))
             totals["patched"].append(_seconds(patched))
             with run.marked():
                 patched()  # the run's first evaluation computes the rows

@@ -93,13 +93,14 @@ def lora_name(comfy_host, tiny_ckpt_name, perfusion_pack, tmp_path_factory):
     return comfy_host.add_file("loras", path)
 
 
-def with_node(prompt: dict, class_type: str, inputs: dict, after_concepts: bool) -> dict:
-    """Inserts a MODEL (and, if it takes one, CLIP) patching node before or after the concept loaders."""
+def with_node(
+    prompt: dict, class_type: str, inputs: dict, after_concepts: bool, patches_clip: bool = False
+) -> dict:
+    """Inserts a MODEL (and with `patches_clip` CLIP) patching node before or after the concept loaders."""
     prompt = {k: dict(v, inputs=dict(v["inputs"])) for k, v in prompt.items()}
     loaders = sorted((k for k, v in prompt.items() if v["class_type"] == "PerfusionConceptLoader"), key=int)
     after_concepts = after_concepts or not loaders
     source = loaders[-1] if loaders and after_concepts else "1"
-    patches_clip = "clip" in inputs
     wired = {"model": [source, 0], **({"clip": [source, 1]} if patches_clip else {})}
     prompt["60"] = {"class_type": class_type, "inputs": {**inputs, **wired}}
     if after_concepts:
@@ -115,8 +116,8 @@ def with_node(prompt: dict, class_type: str, inputs: dict, after_concepts: bool)
 
 
 def with_lora(prompt: dict, lora: str, after_concepts: bool) -> dict:
-    inputs = {"clip": None, "lora_name": lora, "strength_model": 1.0, "strength_clip": 1.0}
-    return with_node(prompt, "LoraLoader", inputs, after_concepts)
+    inputs = {"lora_name": lora, "strength_model": 1.0, "strength_clip": 1.0}
+    return with_node(prompt, "LoraLoader", inputs, after_concepts, patches_clip=True)
 
 
 def test_lora_before_or_after_the_concept_gives_the_same_image(
@@ -174,10 +175,14 @@ def loaded(comfy_host, tiny_ckpt_name):
     return fixture_checkpoint("tiny")
 
 
-def sample_latent(model, clip, text: str) -> torch.Tensor:
+def sample_latent(model, clip, text: str, hooks=None) -> torch.Tensor:
+    """A short sampling run; `hooks` (HOOKS) go on the positive prompt, as 'Cond Set Props' puts them."""
     host_nodes = sys.modules["nodes"]
     with torch.inference_mode():
         (pos,) = host_nodes.CLIPTextEncode().encode(clip, text)
+        if hooks is not None:
+            set_props = host_nodes.NODE_CLASS_MAPPINGS["ConditioningSetProperties"]()
+            (pos,) = set_props.set_properties(pos, 1.0, "default", hooks=hooks)
         (neg,) = host_nodes.CLIPTextEncode().encode(clip, "")
         (latent,) = host_nodes.EmptyLatentImage().generate(64, 64, 1)
         return host_nodes.common_ksampler(model, 3, 2, 7.0, "euler", "normal", pos, neg, latent)[0]["samples"]
@@ -278,3 +283,23 @@ def test_run_marker_generations_never_span_a_nested_run_or_autograd(perfusion_pa
     assert not run.active
     with torch.enable_grad(), run.marked():
         assert not run.active  # a training loop: weights may move every step
+
+
+def test_runs_with_weight_hooks_reuse_nothing(perfusion_pack, loaded, hugsy, lora_name, monkeypatch):
+    """A LoRA hook on the positive prompt gives cond and uncond different weights within one run:
+    rows kept from one would be wrong for the other, so such runs are not marked."""
+    import comfy.sd
+
+    host_nodes = sys.modules["nodes"]
+    with torch.inference_mode():
+        model, clip = comfy.sd.load_checkpoint_guess_config(str(loaded))[:2]
+    patched, pclip = perfusion_pack.nodes.apply.apply_concept(model, clip, hugsy, 0.5, 0.15, "local", "test")
+    make_hook = host_nodes.NODE_CLASS_MAPPINGS["CreateHookLoraModelOnly"]()
+    (hooks,) = make_hook.create_hook_model_only(lora_name, 1.0)
+    hooked = sample_latent(patched, pclip, "hugsy on a beach", hooks)
+    assert (hooked - sample_latent(patched, pclip, "hugsy on a beach")).abs().mean() > 1e-3  # the hook acts
+    run_class = perfusion_pack.nodes.sampling_run.SamplingRun
+    monkeypatch.setattr(run_class, "active", property(lambda self: False))  # every call recomputes
+    torch.testing.assert_close(
+        hooked, sample_latent(patched, pclip, "hugsy on a beach", hooks), rtol=0, atol=0
+    )
