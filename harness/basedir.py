@@ -4,7 +4,8 @@ Layout (everything ComfyUI derives from ``--base-directory``)::
 
     BASE/
       models/checkpoints/   fixture checkpoints (symlinks; copies where links are impossible)
-      models/perfusion/     concept files for the pack
+      models/perfusion/     concept files for the pack: NOT created here, as on a stock ComfyUI
+                            (the pack's first save creates it)
       custom_nodes/
         comfyui-perfusion -> <repo root>   (when load_pack=True)
         <name>            -> extra custom nodes (a .py file or a package folder)
@@ -128,7 +129,7 @@ def prepare_base_dir(
     ``custom_nodes``: extra ``{name: path}`` entries for ``custom_nodes/`` (a ``.py`` file or a folder).
     """
     root = Path(base_dir).resolve()
-    for sub in ("models/checkpoints", "models/perfusion", "custom_nodes", "input", "output", "temp", "user"):
+    for sub in ("models/checkpoints", "custom_nodes", "input", "output", "temp", "user"):
         (root / sub).mkdir(parents=True, exist_ok=True)
 
     names = []

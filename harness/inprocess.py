@@ -359,9 +359,14 @@ class ComfyHost:
         )
 
     def _install_progress_hook(self, comfy_utils) -> None:
-        """The hook main.py's ``hijack_progress`` installs, sending to our transport."""
+        """The hook main.py's ``hijack_progress`` installs, sending to our transport. A preview image
+        (``("JPEG", PIL image, max size)``) is recorded as a ``BinaryEventTypes.UNENCODED_PREVIEW_IMAGE``
+        event when the client did not announce ``supports_preview_metadata``, as main.py sends it; the
+        executor's progress handler sends ``PREVIEW_IMAGE_WITH_METADATA`` to clients that did."""
+        from comfy_api import feature_flags
         from comfy_execution.progress import get_progress_state
         from comfy_execution.utils import get_executing_context
+        from protocol import BinaryEventTypes
 
         transport = self._transport
         mm = self._mm
@@ -381,6 +386,12 @@ class ComfyHost:
                 {"value": value, "max": total, "prompt_id": prompt_id, "node": node_id},
                 transport.client_id,
             )
+            if preview_image is not None and not feature_flags.supports_feature(
+                transport.sockets_metadata, transport.client_id, "supports_preview_metadata"
+            ):
+                transport.send_sync(
+                    BinaryEventTypes.UNENCODED_PREVIEW_IMAGE, preview_image, transport.client_id
+                )
 
         comfy_utils.set_progress_bar_global_hook(hook)
 

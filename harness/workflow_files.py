@@ -81,6 +81,8 @@ class FixtureValues:
                 "batch_size": 1,
                 "grad_accumulation": 1,
                 "covariance_prompts": 128,
+                "preview_size": self.size,
+                "preview_steps": self.steps,
             },
         }.get(class_type, {})
         return {**fixed, **self.overrides.get(class_type, {})}

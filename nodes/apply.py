@@ -24,15 +24,20 @@ def model_signature(model, clip) -> ModelSignature:
 
 
 def apply_concept(model, clip, concept: Concept, bias: float, temperature: float, key_lock: str, source: str):
-    """(patched MODEL clone, patched CLIP clone); refuses a concept made for another model."""
+    """(patched MODEL clone, patched CLIP clone); refuses a concept made for another model, or for
+    encodings of another text-encoder layer than this CLIP's (CLIP Set Last Layer)."""
     if key_lock not in LOCK_MODES:
         raise ValueError(f"key_lock must be one of {LOCK_MODES}, got '{key_lock}'")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 (got {temperature})")
     for warning in check_compatible(concept, model_signature(model, clip), source=source):
         log.warning(warning)
+    layer = concept.info.clip_layer
+    mismatch = text_encoder.layer_mismatch(concept.word, layer, text_encoder.encoder_layer(clip))
+    if mismatch:
+        raise ValueError(mismatch)
     global_lock = key_lock == "global"
     superclass = text_encoder.input_embedding(clip, concept.info.superclass) if global_lock else None
     applied = AppliedConcept(concept, beta=float(bias), tau=float(temperature), global_lock=global_lock)
-    word = text_encoder.ConceptWord(concept.word, concept.token_embedding, superclass)
+    word = text_encoder.ConceptWord(concept.word, concept.token_embedding, superclass, layer)
     return model_patch.apply_concepts(model, (applied,)), text_encoder.clip_with_concepts(clip, [word])

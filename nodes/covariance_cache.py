@@ -34,7 +34,8 @@ def encode_batch(clip, prompts: list[str]) -> torch.Tensor:
 def inverse_covariance(clip, n_prompts: int) -> torch.Tensor:
     """C⁻¹ (D×D, float64 on the CPU) for this CLIP, from the cache when it has it."""
     fingerprint = text_encoder.encoder_fingerprint(clip)
-    key = cache_key(f"{fingerprint}-layer{clip.layer_idx}", CORPUS_VERSION, n_prompts)
+    # The effective layer: CLIP Set Last Layer -1 and the default encode alike, so they share C.
+    key = cache_key(f"{fingerprint}-layer{text_encoder.encoder_layer(clip)}", CORPUS_VERSION, n_prompts)
     cache = CovarianceCache(cache_directory())
     width = text_encoder.encoder_width(clip)
     cached = cache.get(key, expected_dim=width)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 
 from ..perfusion_core.concept_file import save_concept
 from ..perfusion_core.training import DEFAULT_TEMPLATES, TrainingConfig, parse_templates
-from . import folders, trainer
+from . import folders, previews, trainer
 from .loss_plot import loss_curve_image
 from .nodes_loader import CONCEPT_TYPE
+from .precision import PRECISIONS
 
 log = logging.getLogger("comfyui-perfusion")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,100}$")
@@ -31,17 +33,21 @@ class PerfusionTrainConcept:
         "Trains a Perfusion concept from a few images of one object: a learned word embedding plus one "
         "V target per cross-attention layer, with keys locked to the superclass word. Runs on ComfyUI's "
         "device with a progress bar; Cancel stops it within one step. Connect 'concept' to 'Apply "
-        "Perfusion Concept' to generate in the same graph, or to 'Save Perfusion Concept'."
+        "Perfusion Concept' to generate in the same graph, or to 'Save Perfusion Concept'. With "
+        "preview_every > 0 it samples the validation prompts at step 0 and every N steps, shows them on "
+        "the node while it trains and returns them as 'previews'."
     )
     CATEGORY = "perfusion/training"
     FUNCTION = "train"
     OUTPUT_NODE = True  # shows the before/after loss summary; runs even when only previewed
-    RETURN_TYPES = (CONCEPT_TYPE, "IMAGE", "LOSS_MAP")
-    RETURN_NAMES = ("concept", "loss_curve", "loss_map")
+    RETURN_TYPES = (CONCEPT_TYPE, "IMAGE", "LOSS_MAP", "IMAGE")
+    RETURN_NAMES = ("concept", "loss_curve", "loss_map", "previews")
     OUTPUT_TOOLTIPS = (
         "The trained concept (in memory).",
         "The loss per optimizer step as an image (connect a Preview Image).",
         "The loss values, for ComfyUI's 'Plot Loss Graph' node.",
+        "The preview images: one per (preview step, validation prompt), step by step (one black 64x64 "
+        "image when preview_every is 0).",
     )
 
     @classmethod
@@ -170,6 +176,15 @@ class PerfusionTrainConcept:
                         "tooltip": "Checkpoint file in models/perfusion, replaced at each save (default: <concept word>_checkpoint).",
                     },
                 ),
+                "precision": (
+                    list(PRECISIONS),
+                    {
+                        "default": "auto",
+                        "tooltip": "Dtype the denoiser trains in (trained values stay fp32). auto: the dtype "
+                        "ComfyUI samples this model in on this device (fp16 on most GPUs, fp32 on a CPU); fp16 "
+                        "uses dynamic loss scaling. bf16 is faster on recent GPUs and CPUs with AMX.",
+                    },
+                ),
                 "covariance_prompts": (
                     "INT",
                     {
@@ -177,6 +192,47 @@ class PerfusionTrainConcept:
                         "min": 64,
                         "max": 100000,
                         "tooltip": "Prompts for the text-encoding covariance (cached per model).",
+                    },
+                ),
+                "preview_every": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 100000,
+                        "tooltip": "Sample the validation prompts at step 0 and every N steps (and the last), "
+                        f"shown on this node and returned as 'previews' (0 = off; at most {previews.MAX_POINTS} "
+                        "preview steps: a smaller N is widened).",
+                    },
+                ),
+                "validation_prompts": (
+                    "STRING",
+                    {
+                        "multiline": True,
+                        "default": previews.DEFAULT_VALIDATION_PROMPTS,
+                        "tooltip": "Preview prompts, one per line; '{}' is the concept word. Prompt k uses "
+                        f"seed k at every preview step. At most {previews.MAX_PROMPTS}.",
+                    },
+                ),
+                "preview_size": (
+                    "INT",
+                    {
+                        "default": 512,
+                        "min": 64,
+                        "max": 768,
+                        "step": 64,
+                        "tooltip": "Preview image size in pixels (square).",
+                    },
+                ),
+                "preview_steps": (
+                    "INT",
+                    {
+                        "default": 15,
+                        "min": 1,
+                        "max": 50,
+                        "tooltip": f"Sampler steps per preview ({previews.SAMPLER}, {previews.SCHEDULER} "
+                        f"scheduler, cfg {previews.CFG:g}, empty negative, the concept at bias 0.70 / "
+                        "temperature 0.15 as Apply Perfusion Concept uses it).",
                     },
                 ),
             },
@@ -207,6 +263,11 @@ class PerfusionTrainConcept:
         save_every=0,
         checkpoint_name="",
         covariance_prompts=2000,
+        precision="auto",
+        preview_every=0,
+        validation_prompts=previews.DEFAULT_VALIDATION_PROMPTS,
+        preview_size=512,
+        preview_steps=15,
     ):
         concept_word, superclass = concept_word.strip(), superclass.strip()
         config = TrainingConfig(
@@ -227,16 +288,38 @@ class PerfusionTrainConcept:
                 f"resume: the concept is '{resume.word}' ({resume.info.superclass}), not "
                 f"'{concept_word}' ({superclass})"
             )
-        on_step = None
+        callbacks = []
         if save_every > 0:
             target = concept_path(checkpoint_name.strip() or f"{concept_word}_checkpoint", "checkpoint_name")
 
-            def on_step(step, _loss, state):
-                if step % save_every == 0 and step < config.steps:
-                    info = trainer.concept_info(model, clip, concept_word, superclass, config, resume, step)
-                    save_concept(state.to_concept(info), target, overwrite=True)
+            def on_step(step, _loss, run):
+                if step > 0 and step % save_every == 0 and step < config.steps:
+                    info = trainer.concept_info(
+                        model, clip, concept_word, superclass, run.config, resume, step
+                    )
+                    save_concept(run.state.to_concept(info), target, overwrite=True)
                     log.info("Perfusion: checkpoint at step %d written to %s", step, target)
 
+            callbacks.append(on_step)
+        preview = None
+        if preview_every > 0:
+            beta, tau = previews.inference_gate(resume)
+            settings = previews.PreviewSettings(
+                previews.validation_prompts(validation_prompts, concept_word),
+                preview_every,
+                preview_size,
+                preview_steps,
+                beta,
+                tau,
+            )
+            preview = previews.TrainingPreviews(vae, settings, config.steps)
+            callbacks.append(preview)
+
+        def each_step(step, loss, run):
+            for callback in callbacks:
+                callback(step, loss, run)
+
+        started = time.perf_counter()
         result = trainer.train_concept(
             model,
             clip,
@@ -248,17 +331,32 @@ class PerfusionTrainConcept:
             config,
             covariance_prompts=covariance_prompts,
             gradient_checkpointing=gradient_checkpointing,
+            precision=precision,
             resume=resume,
-            on_step=on_step,
+            on_step=each_step if callbacks else None,
         )
         summary = (
             f"{concept_word} ({superclass}): {len(result.losses)} steps; loss on the training images "
             f"{result.eval_before:.5f} -> {result.eval_after:.5f}"
         )
+        if preview is not None:
+            summary += f"; {preview.describe()}"
+            total = time.perf_counter() - started
+            log.info(
+                "Perfusion: previews took %.1f s (%d images at %d px, %d sampler steps each), the rest of "
+                "training %.1f s (%.0f%% of the time on previews)",
+                preview.seconds,
+                preview.samplings,
+                preview_size,
+                preview_steps,
+                total - preview.seconds,
+                100 * preview.seconds / max(total, 1e-9),
+            )
         log.info("Perfusion: %s", summary)
+        images = preview.output() if preview is not None else previews.placeholder()
         return {
             "ui": {"text": [summary], "perfusion_eval": [result.eval_before, result.eval_after]},
-            "result": (result.concept, loss_curve_image(result.losses), {"loss": result.losses}),
+            "result": (result.concept, loss_curve_image(result.losses), {"loss": result.losses}, images),
         }
 
 

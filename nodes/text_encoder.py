@@ -6,6 +6,9 @@ ComfyUI's textual-inversion path: a CLIP clone gets its own copy of the tokenize
 For global key-locking the clone's encoder also encodes the prompt a second time with each
 concept word's embedding swapped for its superclass word's embedding (positions stay aligned)
 and attaches that encoding as a model cond for the K projections (spec §5).
+
+The gate recognises a concept word by its encoding at the text-encoder layer it was trained on, so
+a prompt with the word encoded at another layer (CLIP Set Last Layer) is refused, not mis-applied.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class ConceptWord:
     word: str
     embedding: torch.Tensor  # (D,) spliced in at the word's position
     superclass_embedding: torch.Tensor | None = None  # (D,) set when the concept is globally key-locked
+    clip_layer: int | None = None  # the layer it was trained on; prompts at another layer are refused
 
 
 def _inner_tokenizer(tokenizer):
@@ -48,6 +52,48 @@ def tokenizer_key(clip) -> str:
 def encoder_module(clip) -> torch.nn.Module:
     """The SDClipModel that encodes this CLIP's prompts."""
     return getattr(clip.cond_stage_model, clip.tokenizer.clip)
+
+
+def _layer_number(module, layer, layer_idx) -> int | None:
+    """SDClipModel's (layer, layer_idx) as CLIP Set Last Layer counts: -1 last, -2 penultimate, ...
+
+    None when the module returns several layers ("all", a list). "last" is -1: with the final layer
+    norm on hidden states (SD1.5, SD2) the two give the same encodings.
+    """
+    if layer == "last":
+        return -1
+    if layer == "hidden" and isinstance(layer_idx, int):
+        return layer_idx - module.num_layers if layer_idx >= 0 else layer_idx
+    return None
+
+
+def encoder_layer(clip) -> int | None:
+    """The layer this CLIP's prompts are encoded from: its `layer_idx` (set by CLIP Set Last Layer)
+    applied over the encoder's default, as `CLIP.encode_from_tokens` applies it."""
+    module = encoder_module(clip)
+    layer, layer_idx = module.options_default[:2]
+    if clip.layer_idx is not None and layer in ("last", "hidden"):
+        if abs(clip.layer_idx) > module.num_layers:
+            layer = "last"
+        else:
+            layer, layer_idx = "hidden", clip.layer_idx
+    return _layer_number(module, layer, layer_idx)
+
+
+def layer_mismatch(word: str, trained: int | None, used: int | None) -> str | None:
+    """Why a concept trained on layer `trained` cannot read encodings of layer `used`, else None.
+
+    Unknown layers (None: a file from before layers were recorded, an encoder returning several
+    layers) are not refused: nothing says they differ.
+    """
+    if trained is None or used is None or trained == used:
+        return None
+    return (
+        f"concept '{word}' was trained with the text encoder's layer {trained} (CLIP Set Last Layer "
+        f"{trained}) but this CLIP uses layer {used}: the gate reads encodings of the trained layer "
+        f"only. Set CLIP Set Last Layer to {trained} (before the loader, and no other value after it) "
+        f"or retrain the concept at {used}"
+    )
 
 
 def encoder_width(clip) -> int:
@@ -117,16 +163,33 @@ def concept_words(clip) -> dict[str, ConceptWord]:
     return dict(getattr(_inner_tokenizer(clip.tokenizer), "_perfusion_words", {}))
 
 
-class KeyLockedEncoder:
-    """Replacement `encode_token_weights`: adds the superclass prompt's encoding for K (spec §5).
+class ConceptEncoder:
+    """Replacement `encode_token_weights` of a CLIP that knows concept words.
 
-    Prompts without a globally locked concept carry their own encoding, so a negative prompt
-    encoded by the same CLIP still batches with the positive one.
+    Refuses a prompt holding a concept word when the encoder is set to another layer than the
+    concept's: `CLIP.encode_from_tokens` has applied the encoding CLIP's layer to the shared module
+    just before, so this also catches a CLIP Set Last Layer placed after the loader. With globally
+    key-locked concepts it adds the superclass prompt's encoding for K (spec §5); prompts without a
+    globally locked concept then carry their own, so a negative prompt encoded by the same CLIP still
+    batches with the positive one.
     """
 
-    def __init__(self, original, swaps: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def __init__(self, original, module: torch.nn.Module, words: Sequence[ConceptWord]) -> None:
         self.original = original
-        self.swaps = tuple(swaps)
+        self.module = module
+        self.layered = tuple(w for w in words if w.clip_layer is not None)
+        self.swaps = tuple(
+            (w.embedding, w.superclass_embedding) for w in words if w.superclass_embedding is not None
+        )
+
+    def _check_layer(self, token_weight_pairs) -> None:
+        used = _layer_number(self.module, self.module.layer, self.module.layer_idx)
+        for w in self.layered:
+            problem = layer_mismatch(w.word, w.clip_layer, used)
+            if problem and any(
+                t[0] is w.embedding for seqs in token_weight_pairs.values() for seq in seqs for t in seq
+            ):
+                raise ValueError(problem)
 
     def _swap(self, token):
         for embedding, superclass in self.swaps:
@@ -135,7 +198,10 @@ class KeyLockedEncoder:
         return token
 
     def __call__(self, token_weight_pairs):
+        self._check_layer(token_weight_pairs)
         out = self.original(token_weight_pairs)
+        if not self.swaps:
+            return out
         swapped = {
             key: [[(self._swap(t[0]), *t[1:]) for t in seq] for seq in sequences]
             for key, sequences in token_weight_pairs.items()
@@ -164,11 +230,9 @@ def clip_with_concepts(clip, words: Sequence[ConceptWord]):
         known[w.word.lower()] = w
     patched = clip.clone()
     patched.tokenizer = _concept_tokenizer(clip.tokenizer, known)
-    swaps = [
-        (w.embedding, w.superclass_embedding) for w in known.values() if w.superclass_embedding is not None
-    ]
-    if swaps:
+    if any(w.clip_layer is not None or w.superclass_embedding is not None for w in known.values()):
         current = patched.patcher.get_model_object(_ENCODE)
-        original = current.original if isinstance(current, KeyLockedEncoder) else current
-        patched.patcher.add_object_patch(_ENCODE, KeyLockedEncoder(original, swaps))
+        original = current.original if isinstance(current, ConceptEncoder) else current
+        encoder = ConceptEncoder(original, encoder_module(clip), list(known.values()))
+        patched.patcher.add_object_patch(_ENCODE, encoder)
     return patched

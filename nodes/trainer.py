@@ -8,9 +8,10 @@ encoder, out-of-place layer forwards so gradients reach the word embedding).
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import comfy.model_management
 import comfy.patcher_extension
@@ -29,7 +30,9 @@ from ..perfusion_core.training import (
     square_resize,
 )
 from . import covariance_cache, model_patch, text_encoder
+from . import precision as precision_module
 
+log = logging.getLogger("comfyui-perfusion")
 _WORD = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
@@ -188,14 +191,33 @@ def encode_latents(model, vae, pixels: torch.Tensor) -> torch.Tensor:
     return model.model.process_latent_in(latents.float().clone()).cpu()
 
 
-class _Run:
-    """One training run: models, data and the state being optimised, set up once."""
+class TrainingRun:
+    """One training run: models, data and the state being optimised, set up once.
+
+    `model` and `clip` are the training clones (projection edits from `state`, trainable word);
+    `precision` is the dtype the denoiser computes in and its loss scaler.
+    """
 
     def __init__(
-        self, model, clip, vae, pixels, weights, word, superclass, config, c_inv, resume, checkpointing
+        self,
+        model,
+        clip,
+        vae,
+        pixels,
+        weights,
+        word,
+        superclass,
+        config: TrainingConfig,
+        c_inv,
+        resume,
+        checkpointing: bool,
+        precision: str = "auto",
     ):
-        self.config = config
         self.device = comfy.model_management.get_torch_device()
+        dtype, why = precision_module.resolve(precision, model, self.device)
+        self.precision = precision_module.Precision(dtype, self.device)
+        self.config = replace(config, extra={**config.extra, "precision": self.precision.name})
+        log.info("Perfusion: training computes the denoiser in %s (%s)", self.precision.name, why)
         pixels_both = torch.cat([pixels, pixels.flip(-1)])
         self.latents = encode_latents(model, vae, pixels_both)
         self.masks = None
@@ -216,16 +238,18 @@ class _Run:
                 config.tau,
             )
         self.model = model_patch.install_source(model, self.state)
+        if dtype != precision_module.model_compute_dtype(model):
+            self.model.set_model_compute_dtype(dtype)  # ComfyUI casts each weight as it is used
         if checkpointing:
             _checkpoint_blocks(self.model)
-        train_clip = _trainable_clip(clip, word, self.state.token_embedding, checkpointing)
-        comfy.model_management.load_models_gpu([self.model, train_clip.patcher], force_full_load=True)
+        self.clip = _trainable_clip(clip, word, self.state.token_embedding, checkpointing)
+        comfy.model_management.load_models_gpu([self.model, self.clip.patcher], force_full_load=True)
         _release_inference_weights(self.model.model.diffusion_model)
-        _release_inference_weights(train_clip.cond_stage_model)
+        _release_inference_weights(self.clip.cond_stage_model)
         self.state.to(self.device)
         if resume is None:
             self._init_v_targets(layers)
-        self.encoder = PromptEncoder(train_clip, word, self.state.token_embedding)
+        self.encoder = PromptEncoder(self.clip, word, self.state.token_embedding)
         self.sampling = self.model.model.model_sampling
         self.transformer_options = comfy.patcher_extension.copy_nested_dicts(
             self.model.model_options.get("transformer_options", {})
@@ -253,7 +277,10 @@ class _Run:
         )
         mask = self.masks[rows].to(self.device) if self.masks is not None else None
         concept = torch.stack([cond[k, p] for k, p in enumerate(positions)]).detach()
-        return masked_noise_loss(denoised, x0, sigma, mask), concept
+        return masked_noise_loss(denoised, x0, sigma, mask) * self.config.loss_weight, concept
+
+    def noise(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn((batch_size, *self.latents.shape[1:]), generator=generator)
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -262,18 +289,34 @@ class _Run:
         batch = BatchPlan(
             list(range(n)), [False] * n, [self.config.templates[0]] * n, torch.linspace(0.2, 0.8, n)
         )
-        noise = torch.randn(
-            self.latents[:n].shape, generator=torch.Generator().manual_seed(self.config.seed + 1)
-        )
+        noise = self.noise(n, torch.Generator().manual_seed(self.config.seed + 1))
         return float(self.loss(batch, noise)[0])
 
-    def train(self, on_step) -> list[float]:
+    def gradients(self, batch: BatchPlan, noise: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Unscaled gradients of one micro-batch's loss: 'token_embedding' and each layer's V target
+        (what the precision comparison of the GPU check and the tests read). Leaves no .grad behind."""
+        params = {"token_embedding": self.state.token_embedding}
+        params.update(zip(self.state.layer_names, self.state.v_targets))
+        for p in params.values():
+            p.grad = None
+        self.precision.backward(self.loss(batch, noise)[0])
+        scale = self.precision.gradient_scale()
+        out = {name: p.grad.detach().float().cpu() / scale for name, p in params.items()}
+        for p in params.values():
+            p.grad = None
+        return out
+
+    def train(self, on_step: Callable[[int, float | None, TrainingRun], None] | None) -> list[float]:
+        """Runs `config.steps` optimizer steps; `on_step(step, loss, run)` is called before the first
+        (step 0, loss None) and after each."""
         config = self.config
         optimizer = self.state.optimizer(config)
         generator = torch.Generator().manual_seed(config.seed)
         progress = comfy.utils.ProgressBar(config.steps)
         losses: list[float] = []
-        for step in range(config.steps):
+        if on_step is not None:
+            on_step(0, None, self)
+        for step in range(1, config.steps + 1):
             optimizer.zero_grad(set_to_none=True)
             step_loss, concept_encodings = 0.0, []
             for _ in range(config.grad_accumulation):
@@ -281,19 +324,70 @@ class _Run:
                 batch = plan_batch(
                     generator, self.n_images, config.templates, config.batch_size, config.flip_probability
                 )
-                noise = torch.randn(self.latents[: config.batch_size].shape, generator=generator)
-                loss, concept = self.loss(batch, noise)
-                (loss / config.grad_accumulation).backward()
+                loss, concept = self.loss(batch, self.noise(config.batch_size, generator))
+                self.precision.backward(loss / config.grad_accumulation)
                 step_loss += float(loss.detach()) / config.grad_accumulation
-                concept_encodings.append(concept)
-            optimizer.step()
-            self.state.update_i_star(torch.cat(concept_encodings), config.i_star_momentum)
+                if config.i_star_per_micro_batch:
+                    self.state.update_i_star(concept, config.i_star_momentum)
+                else:
+                    concept_encodings.append(concept)
+            if self.precision.step(optimizer, step) and concept_encodings:
+                self.state.update_i_star(torch.cat(concept_encodings), config.i_star_momentum)
             losses.append(step_loss)
             progress.update(1)
             if on_step is not None:
-                on_step(step + 1, step_loss, self.state)
+                on_step(step, step_loss, self)
         optimizer.zero_grad(set_to_none=True)
+        if self.precision.skipped_steps:
+            log.warning(
+                "Perfusion: %d of %d steps skipped for fp16 overflow",
+                self.precision.skipped_steps,
+                config.steps,
+            )
         return losses
+
+
+def open_run(
+    model,
+    clip,
+    vae,
+    images: torch.Tensor,
+    masks: torch.Tensor | None,
+    word: str,
+    superclass: str,
+    config: TrainingConfig,
+    *,
+    covariance_prompts: int,
+    gradient_checkpointing: bool = False,
+    precision: str = "auto",
+    resume: Concept | None = None,
+) -> TrainingRun:
+    """Checks the inputs and sets up a run; use it under `torch.inference_mode(False)` and
+    `torch.enable_grad()` (the executor runs nodes in inference mode)."""
+    check_words(clip, word, superclass)
+    if config.steps < 1:
+        raise ValueError("steps must be at least 1")
+    if resume is not None:
+        mismatch = text_encoder.layer_mismatch(word, resume.info.clip_layer, text_encoder.encoder_layer(clip))
+        if mismatch:
+            raise ValueError(f"resume: {mismatch}")
+    pixels, weights = prepare_images(images, masks, config.resolution)
+    with torch.no_grad():
+        c_inv = covariance_cache.inverse_covariance(clip, covariance_prompts)
+    return TrainingRun(
+        model,
+        clip,
+        vae,
+        pixels,
+        weights,
+        word,
+        superclass,
+        config,
+        c_inv,
+        resume,
+        gradient_checkpointing,
+        precision,
+    )
 
 
 def train_concept(
@@ -308,23 +402,30 @@ def train_concept(
     *,
     covariance_prompts: int,
     gradient_checkpointing: bool = False,
+    precision: str = "auto",
     resume: Concept | None = None,
-    on_step: Callable[[int, float, ConceptTrainingState], None] | None = None,
+    on_step: Callable[[int, float | None, TrainingRun], None] | None = None,
 ) -> TrainingResult:
     """Optimises the word embedding and V targets; K stays locked to W_K ī_super (spec §3, §6)."""
-    check_words(clip, word, superclass)
-    if config.steps < 1:
-        raise ValueError("steps must be at least 1")
-    pixels, weights = prepare_images(images, masks, config.resolution)
-    c_inv = covariance_cache.inverse_covariance(clip, covariance_prompts)
     with torch.inference_mode(False), torch.enable_grad():
-        run = _Run(
-            model, clip, vae, pixels, weights, word, superclass, config, c_inv, resume, gradient_checkpointing
+        run = open_run(
+            model,
+            clip,
+            vae,
+            images,
+            masks,
+            word,
+            superclass,
+            config,
+            covariance_prompts=covariance_prompts,
+            gradient_checkpointing=gradient_checkpointing,
+            precision=precision,
+            resume=resume,
         )
         before = run.evaluate()
         losses = run.train(on_step)
         after = run.evaluate()
-    info = concept_info(model, clip, word, superclass, config, resume, config.steps)
+    info = concept_info(model, clip, word, superclass, run.config, resume, config.steps)
     return TrainingResult(run.state.to_concept(info), losses, before, after)
 
 
@@ -342,4 +443,5 @@ def concept_info(
         train_tau=config.tau,
         steps=done,
         training_settings=config.as_metadata(),
+        clip_layer=text_encoder.encoder_layer(clip),
     )

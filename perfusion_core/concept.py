@@ -24,6 +24,10 @@ class ConceptInfo:
     suggested_tau: float = 0.15
     steps: int = 0
     training_settings: dict[str, str] = field(default_factory=dict)
+    # The text-encoder layer the concept was trained on, counted as CLIP Set Last Layer counts
+    # (-1 = last, -2 = penultimate). None = unknown (files written before it was recorded): the
+    # gate only recognises encodings of the trained layer, but guessing would refuse good files.
+    clip_layer: int | None = None
 
 
 @dataclass(frozen=True)

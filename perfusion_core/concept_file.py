@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import logging
 import os
 import re
 import stat
@@ -26,6 +27,7 @@ import safetensors.torch
 import torch
 
 from .concept import FORMAT_VERSION, Concept, ConceptInfo
+from .concept_integrity import CHECKSUM_KEY, checksum_format_defect, content_checksum, gate_defect
 from .safetensors_header import (
     HEADER_LENGTH_BYTES,
     MAX_HEADER_BYTES,
@@ -60,7 +62,9 @@ MAX_LAYERS = 1024
 MAX_WORD_CHARS = 100
 MAX_TEXT_CHARS = 256
 MAX_STEPS = 10**9
+MIN_CLIP_LAYER = -1024  # CLIP Set Last Layer counts from -1 (last) down; no text encoder is deeper
 ALLOWED_V_DTYPES = (torch.float16, torch.float32, torch.bfloat16)
+log = logging.getLogger("comfyui-perfusion")
 
 _FLOAT_FIELDS = ("train_beta", "train_tau", "suggested_beta_local", "suggested_beta_global", "suggested_tau")
 _TAU_FIELDS = ("train_tau", "suggested_tau")
@@ -84,7 +88,9 @@ class ConceptFileError(ValueError):
     """A concept file that cannot be read (or a concept that cannot be written), with the reason.
 
     `kind` is a short machine-readable defect class, e.g. "truncated", "header_length", "shape",
-    "missing_tensor", "nonfinite", "metadata", "version", "pickle", "too_large".
+    "missing_tensor", "nonfinite", "metadata", "version", "pickle", "too_large", "checksum" (the
+    content is not what was written: the file is damaged), "inconsistent" (the values cannot form a
+    concept's gate).
     """
 
     def __init__(
@@ -151,6 +157,7 @@ def _build_metadata(concept: Concept) -> dict[str, str]:
         "suggested_tau": _fmt_float(info.suggested_tau),
         "steps": str(int(info.steps)),
         "training_settings": json.dumps(info.training_settings, ensure_ascii=False, separators=(",", ":")),
+        **({} if info.clip_layer is None else {"clip_layer": str(int(info.clip_layer))}),
     }
 
 
@@ -174,9 +181,12 @@ def _serialize(concept: Concept, path: str | os.PathLike[str], v_dtype: torch.dt
         metadata = _build_metadata(concept)
     except (TypeError, ValueError) as e:
         raise fail("metadata", f"concept metadata cannot be encoded ({e})") from None
-    data = safetensors.torch.save(tensors, metadata=metadata)
-    # Refuse to write anything load_concept would reject (NaN, fp16 overflow, bad words, ...).
     try:
+        # Hash the bytes exactly as safetensors lays them out, then write them again, sealed.
+        unsealed = safetensors.torch.save(tensors, metadata=metadata)
+        metadata[CHECKSUM_KEY] = _checksum(_parse(unsealed, len(unsealed), path), unsealed)
+        data = safetensors.torch.save(tensors, metadata=metadata)
+        # Refuse to write anything load_concept would reject (NaN, fp16 overflow, bad words, ...).
         _decode(data, len(data), path)
     except ConceptFileError as e:
         raise fail(e.kind, e.defect) from None
@@ -242,6 +252,7 @@ def save_concept(
     data = _serialize(concept, target, v_dtype)
     directory = target.parent if str(target.parent) else Path(".")
     try:
+        directory.mkdir(parents=True, exist_ok=True)  # a fresh install has no models/perfusion yet
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
     except OSError as e:
         raise ConceptFileError(
@@ -427,6 +438,11 @@ def _validate_metadata(header: ParsedHeader) -> tuple[str, ConceptInfo, int, dic
     settings = _json_field(metadata, "training_settings")
     if not isinstance(settings, dict) or not all(isinstance(v, str) for v in settings.values()):
         raise HeaderError("metadata", "metadata 'training_settings' must be a JSON object of strings")
+    clip_layer = _int_field(metadata, "clip_layer", MIN_CLIP_LAYER, -1) if "clip_layer" in metadata else None
+    if CHECKSUM_KEY in metadata:
+        malformed = checksum_format_defect(metadata[CHECKSUM_KEY])
+        if malformed:
+            raise HeaderError("checksum", malformed)
 
     names = _json_field(metadata, "layer_names")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
@@ -487,8 +503,42 @@ def _validate_metadata(header: ParsedHeader) -> tuple[str, ConceptInfo, int, dic
         suggested_tau=floats["suggested_tau"],
         steps=steps,
         training_settings=dict(settings),
+        clip_layer=clip_layer,
     )
     return version, info, encoder_width, layers
+
+
+def _checksum(header: ParsedHeader, data: bytes) -> str:
+    """The canonical checksum of a parsed file's tensors (raw bytes) and metadata."""
+    start = HEADER_LENGTH_BYTES + header.header_length
+    tensors = (
+        (e.name, e.dtype, (e.length,), data[start + e.begin : start + e.end]) for e in header.entries.values()
+    )
+    return content_checksum(tensors, header.metadata or {})
+
+
+def _verify_integrity(
+    header: ParsedHeader, data: bytes, concept: Concept, path: str | os.PathLike[str]
+) -> None:
+    """Refuse content that differs from what was written, or that cannot form the concept's gate."""
+    recorded = (header.metadata or {}).get(CHECKSUM_KEY)
+    if recorded is None:
+        log.warning(
+            "Perfusion concept file '%s' has no checksum (written by an older version of the pack): "
+            "damage to it cannot be detected. Load it with 'Load Perfusion Concept File' and save it "
+            "again with 'Save Perfusion Concept' to add one.",
+            os.path.basename(os.fspath(path)) or os.fspath(path),
+        )
+    elif _checksum(header, data) != recorded:
+        raise ConceptFileError(
+            path,
+            "the file is damaged: its contents do not match the checksum written with it "
+            "(a changed bit in the tensors or metadata); get a fresh copy or retrain",
+            "checksum",
+        )
+    defect = gate_defect(concept.i_star, concept.u)
+    if defect:
+        raise ConceptFileError(path, defect, "inconsistent")
 
 
 def _decode(data: bytes, file_size: int, path: str | os.PathLike[str]) -> Concept:
@@ -513,7 +563,7 @@ def _decode(data: bytes, file_size: int, path: str | os.PathLike[str]) -> Concep
                 path, f"tensor {name[:200]!r} contains {bad} NaN or infinite values", "nonfinite"
             )
         tensors[name] = t
-    return Concept(
+    concept = Concept(
         info=info,
         token_embedding=tensors["token_embedding"],
         i_star=tensors["i_star"],
@@ -521,6 +571,8 @@ def _decode(data: bytes, file_size: int, path: str | os.PathLike[str]) -> Concep
         superclass_encoding=tensors["superclass_encoding"],
         v_targets={layer: tensors[_tensor_name(layer)] for layer in layers},
     )
+    _verify_integrity(header, data, concept, path)
+    return concept
 
 
 def load_concept(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES) -> Concept:
@@ -528,7 +580,9 @@ def load_concept(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_B
 
     Sizes are checked against the real file size and fixed caps before anything is allocated, the
     header is validated by our own code before safetensors sees the bytes, and tensors come back as
-    float32 with NaN/Inf refused. V targets are returned in the file's layer order (model order).
+    float32 with NaN/Inf refused. Then the content must match the checksum written with it (a file
+    without one, from before checksums, loads with a warning) and must form a valid gate (i*ᵀu > 0).
+    V targets are returned in the file's layer order (model order).
     """
     data, size = _read_bounded(path, max_bytes, header_only=False)
     return _decode(data, size, path)
@@ -539,8 +593,8 @@ def read_concept_metadata(
 ) -> ConceptFileInfo:
     """Read and validate only the header (a few KB): word, model, layers, suggested settings.
 
-    Cheap enough to call for every file in a folder when building a UI list; tensor values (NaN
-    checks) are only verified by load_concept.
+    Cheap enough to call for every file in a folder when building a UI list; tensor values (NaN,
+    the checksum, the gate) are only verified by load_concept.
     """
     data, size = _read_bounded(path, max_bytes, header_only=True)
     header = _parse(data, size, path)

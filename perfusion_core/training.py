@@ -6,9 +6,10 @@ owns what is trained, how i* follows the concept, and the loss.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +61,10 @@ class TrainingConfig:
     beta: float = 0.75
     tau: float = 0.10
     i_star_momentum: float = 0.99
+    i_star_per_micro_batch: bool = False  # EMA after every micro-batch (reference code) or every step
+    # Multiplies the objective. AdamW makes the result independent of it, fp16's range does not: with
+    # 1/64 a 64 px run has a 512 px run's per-element gradients (tests of fp16 loss scaling use that).
+    loss_weight: float = 1.0
     flip_probability: float = 0.5
     resolution: int = 512
     seed: int = 0
@@ -75,6 +80,7 @@ class TrainingConfig:
             "lr_embedding": str(self.lr_embedding),
             "beta": str(self.beta),
             "tau": str(self.tau),
+            "i_star_update": "micro_batch" if self.i_star_per_micro_batch else "step",
             "flip_probability": str(self.flip_probability),
             "resolution": str(self.resolution),
             "seed": str(self.seed),
@@ -138,6 +144,17 @@ class ConceptTrainingState(torch.nn.Module):
         mean = concept_encodings.detach().float().reshape(-1, self.i_star.shape[0]).mean(0)
         self.i_star.mul_(momentum).add_(mean.to(self.i_star.device), alpha=1 - momentum)
         self._edit = None
+
+    @contextlib.contextmanager
+    def gated_at(self, beta: float, tau: float) -> Iterator[None]:
+        """The edits at another gate for a while (previews show the inference gate mid-training)."""
+        saved = self.beta, self.tau
+        self.beta, self.tau, self._edit = beta, tau, None
+        try:
+            yield
+        finally:
+            self.beta, self.tau = saved
+            self._edit = None
 
     def plan(self, layer: str, kind: Projection, device: torch.device) -> ProjectionPlan | None:
         if self._edit is None or self._edit.i_star.device != torch.device(device):
@@ -230,13 +247,23 @@ def plan_batch(
     batch_size: int,
     flip_probability: float,
 ) -> BatchPlan:
-    """Draws one micro-batch from `generator` (CPU, seeded: the run is reproducible)."""
-    idx = torch.randint(n_images, (batch_size,), generator=generator).tolist()
-    flips = (torch.rand(batch_size, generator=generator) < flip_probability).tolist()
+    """Draws one micro-batch from `generator` (CPU, seeded: the run is reproducible).
+
+    Samples of a batch are distinct while they can be: distinct images (flipped with
+    `flip_probability`) while the batch fits the images, distinct (image, flip) pairs while it fits
+    those, and only then images drawn with replacement (one photo trains at any batch size).
+    """
+    flips_allowed = flip_probability > 0
+    pairs = n_images * (2 if flips_allowed else 1)
+    if batch_size <= n_images:
+        idx = torch.randperm(n_images, generator=generator)[:batch_size].tolist()
+        flips = (torch.rand(batch_size, generator=generator) < flip_probability).tolist()
+    elif batch_size <= pairs:
+        chosen = torch.randperm(pairs, generator=generator)[:batch_size].tolist()
+        idx, flips = [c % n_images for c in chosen], [c >= n_images for c in chosen]
+    else:
+        idx = torch.randint(n_images, (batch_size,), generator=generator).tolist()
+        flips = (torch.rand(batch_size, generator=generator) < flip_probability).tolist()
     tpl = torch.randint(len(templates), (batch_size,), generator=generator).tolist()
     t = torch.rand(batch_size, generator=generator)
     return BatchPlan(idx, flips, [templates[i] for i in tpl], t)
-
-
-def with_steps(info: ConceptInfo, steps: int) -> ConceptInfo:
-    return replace(info, steps=steps)

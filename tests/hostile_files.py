@@ -29,6 +29,10 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
+from perfusion_core.concept_integrity import CHECKSUM_KEY, content_checksum  # noqa: E402
+
+_OPTIONAL_METADATA = (CHECKSUM_KEY, "clip_layer")  # absent in older files; their absence is no defect
+
 
 @dataclass(frozen=True)
 class HostileCase:
@@ -81,12 +85,15 @@ def make_sd15_concept(seed: int = 0, word: str = "teddy", superclass: str = "bea
         encoder_fingerprint="sha256:" + "3f1a9c" * 10 + "beef",
         steps=400,
         training_settings={"lr_embedding": "0.006", "lr_v": "0.03", "batch": "4x4", "resolution": "512"},
+        clip_layer=-1,
     )
+    token_embedding = torch.randn(d, generator=g) * 0.02
+    i_star = torch.randn(d, generator=g)
     return Concept(
         info=info,
-        token_embedding=torch.randn(d, generator=g) * 0.02,
-        i_star=torch.randn(d, generator=g),
-        u=torch.randn(d, generator=g) * 1e-2,
+        token_embedding=token_embedding,
+        i_star=i_star,
+        u=i_star * (0.5 + torch.rand(d, generator=g)) * 1e-2,  # C⁻¹ i* for a diagonal C: i*ᵀu > 0
         superclass_encoding=torch.randn(d, generator=g),
         v_targets={name: torch.randn(w, generator=g) for name, w in SD15_LAYER_WIDTHS.items()},
     )
@@ -125,10 +132,19 @@ def _header_bytes(header: dict) -> bytes:
     return text + b" " * (-len(text) % 8)
 
 
-def _pack(tensors: Tensors, metadata: dict | None, *, metadata_raw: object = None) -> bytes:
-    """Assemble a file with consistent offsets (for semantic defects: names, widths, metadata)."""
+def _pack(
+    tensors: Tensors, metadata: dict | None, *, metadata_raw: object = None, seal: bool = True
+) -> bytes:
+    """Assemble a file with consistent offsets (for semantic defects: names, widths, metadata).
+
+    With `seal`, a checksum in `metadata` is recomputed for the new content, so the file is refused
+    for its own defect and not just because it differs from what was first written.
+    """
     header: dict = {}
     if metadata is not None:
+        if seal and CHECKSUM_KEY in metadata:
+            items = ((name, dtype, shape, payload) for name, (dtype, shape, payload) in tensors.items())
+            metadata = {**metadata, CHECKSUM_KEY: content_checksum(items, metadata)}
         header["__metadata__"] = metadata
     if metadata_raw is not None:
         header["__metadata__"] = metadata_raw
@@ -526,7 +542,7 @@ def generate_hostile_files(
         add(f"version-{label}", meta(format_version=version), "version", {"version"})
     add("version-missing", meta(format_version=None), "version", {"version"})
     for key in sorted(metadata):
-        if key in ("format", "format_version"):
+        if key in ("format", "format_version", *_OPTIONAL_METADATA):
             continue
         add(f"meta-missing-{key}", meta(**{key: None}), "metadata", {"metadata"})
     bad_values: list[tuple[str, str]] = [
@@ -567,9 +583,69 @@ def generate_hostile_files(
         ("layer_widths", "{}"),
         ("layer_widths", json.dumps([0] * len(widths))),
         ("layer_widths", json.dumps([2**40] * len(widths))),
+        ("clip_layer", "0"),
+        ("clip_layer", "2"),
+        ("clip_layer", "-99999"),
+        ("clip_layer", "last"),
+        ("clip_layer", ""),
     ]
     for i, (key, value) in enumerate(bad_values):
         add(f"meta-bad-{key}-{i}", meta(**{key: value}), "metadata", {"metadata"})
+
+    # Damage the format checks cannot see: only the checksum tells ----------------------------------
+    def flipped(position: int, bit: int) -> bytes:
+        out = bytearray(valid)
+        out[position] ^= 1 << bit
+        return bytes(out)
+
+    data_start = 8 + n_header
+    for name, bit in [
+        ("u", 0),
+        ("u", 31),
+        ("i_star", 22),
+        ("token_embedding", 7),
+        (picks[1], 15),
+        (picks[2], 3),
+    ]:
+        itemsize = _ITEMSIZE[header[name]["dtype"]]
+        begin, end = header[name]["data_offsets"]
+        element = begin + rng.randrange((end - begin) // itemsize) * itemsize
+        add(
+            f"bitflip-{name[:40]}-bit{bit}",
+            flipped(data_start + element + bit // 8, bit % 8),
+            "checksum",
+            {"checksum"},
+        )
+    for key in ("word", "train_beta", "steps"):  # bit 0 keeps a digit a digit, a letter printable
+        pair = f"{json.dumps(key)}:{json.dumps(metadata[key])}".encode()
+        first_char = valid.index(pair, 8, data_start) + len(json.dumps(key)) + 2
+        add(f"bitflip-meta-{key}", flipped(first_char, 0), "checksum", {"checksum"})
+    stale = {**metadata, "superclass": "bears"}
+    add("checksum-stale-metadata", _pack(tensors, stale, seal=False), "checksum", {"checksum"})
+    nudged = _poke_float(tensors, "superclass_encoding", 5, 0.25)
+    add("checksum-stale-tensor", _pack(nudged, metadata, seal=False), "checksum", {"checksum"})
+    for label, value in [
+        ("zeros", "sha256:" + "0" * 64),
+        ("md5", "md5:0123456789abcdef0123456789abcdef"),
+        ("uppercase", metadata[CHECKSUM_KEY].upper()),
+        ("empty", ""),
+        ("truncated", metadata[CHECKSUM_KEY][:-1]),
+    ]:
+        content = _pack(tensors, {**metadata, CHECKSUM_KEY: value}, seal=False)
+        add(f"checksum-{label}", content, "checksum", {"checksum"})
+
+    # Values that no trained concept has (sealed: the checksum is right, the content is not) ---------
+    def vector(*values: float) -> tuple[str, list, bytes]:
+        return ("F32", [d], struct.pack(f"<{d}f", *values, *[0.0] * (d - len(values))))
+
+    u_values = struct.unpack(f"<{d}f", tensors["u"][2])
+    for label, changes in [
+        ("negated-u", {"u": vector(*(-x for x in u_values))}),
+        ("zero-u", {"u": vector()}),
+        ("zero-i-star", {"i_star": vector()}),
+        ("overflowing-gate", {"u": vector(1.0), "i_star": vector(1e-45)}),  # u / i*ᵀu > float32 max
+    ]:
+        add(f"gate-{label}", _pack({**tensors, **changes}, metadata), "inconsistent", {"inconsistent"})
 
     # Pickles and zips renamed to .safetensors (written, never loaded) ------------------------------
     payload = {"token_embedding": [0.0] * 8, "note": "harmless"}

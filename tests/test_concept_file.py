@@ -87,16 +87,18 @@ def concepts(draw: st.DrawFn) -> Concept:
         suggested_tau=draw(_positive),
         steps=draw(st.integers(0, 10**6)),
         training_settings=draw(st.dictionaries(st.text(max_size=10), st.text(max_size=20), max_size=4)),
+        clip_layer=draw(st.one_of(st.none(), st.integers(-24, -1))),
     )
 
     def vec(n: int) -> torch.Tensor:
         return torch.randn(n, generator=g) * scale
 
+    i_star = vec(d)
     return Concept(
         info=info,
         token_embedding=vec(d),
-        i_star=vec(d),
-        u=vec(d),
+        i_star=i_star,
+        u=i_star * (0.1 + torch.rand(d, generator=g)),  # C⁻¹ i* for a diagonal C: i*ᵀu > 0
         superclass_encoding=vec(d),
         v_targets={name: vec(w) for name, w in zip(names, widths, strict=True)},
     )

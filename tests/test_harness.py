@@ -49,8 +49,9 @@ def test_prepare_base_dir_layout(tmp_path):
     assert (bd.checkpoints / bd.checkpoint_names[0]).is_file()
     assert (bd.custom_nodes / PACK_DIR_NAME).resolve() == repo_root()
     assert (bd.custom_nodes / "x.py").read_text() == node.read_text()
-    for d in (bd.perfusion, bd.input, bd.output, bd.temp, bd.user):
+    for d in (bd.input, bd.output, bd.temp, bd.user):
         assert d.is_dir()
+    assert not bd.perfusion.exists()  # a stock layout: the pack must create its folder when it saves
     bd = prepare_base_dir(tmp_path / "base", checkpoints=[], load_pack=False)  # idempotent; unlinks pack
     assert not (bd.custom_nodes / PACK_DIR_NAME).exists()
 

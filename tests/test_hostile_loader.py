@@ -93,3 +93,24 @@ def test_every_hostile_file_fails_clearly_through_the_executor(
     assert rss_after - rss_before < RSS_LIMIT
     after = comfy_host.images(comfy_host.run(valid).raise_for_error())[0]
     np.testing.assert_array_equal(after, reference)
+
+
+def test_a_concept_with_one_flipped_bit_is_named_as_damaged_by_the_loader_node(
+    comfy_host, tiny_ckpt_name, trained_concepts
+):
+    """A flip that leaves the file well formed (a V target's mantissa) would load as another concept
+    but for the checksum: the loader node's error names the file and says it is damaged."""
+    folder = comfy_host.base_dir / "models" / "perfusion"
+    blob = bytearray((folder / trained_concepts["hugsy"]).read_bytes())
+    blob[-1] ^= 0x01  # the last V target's last element, lowest bit of its high byte: still finite
+    damaged = folder / "bitflip_hugsy.safetensors"
+    damaged.write_bytes(bytes(blob))
+    comfy_host.folder_paths.filename_list_cache.pop("perfusion", None)
+    try:
+        result = comfy_host.run(generate_prompt(tiny_ckpt_name, [ConceptUse(damaged.name)], steps=1))
+    finally:
+        damaged.unlink()
+        comfy_host.folder_paths.filename_list_cache.pop("perfusion", None)
+    assert result.error_kind == "execution" and result.error["node_type"] == "PerfusionConceptLoader"
+    message = result.error["exception_message"]
+    assert f"Perfusion concept file '{damaged.name}' is not usable: the file is damaged" in message

@@ -66,6 +66,7 @@ def soak_sequence(specs: list[dict], n: int, seed: int = 0) -> tuple[list[dict],
 @pytest.mark.slow
 def test_soak_hundreds_of_queued_prompts(comfy_server, comfy_host, tiny_ckpt_name, trained_concepts):
     srv = comfy_server
+    srv.layout.perfusion.mkdir(parents=True, exist_ok=True)
     for name in trained_concepts.values():
         shutil.copy(
             comfy_host.base_dir / "models" / "perfusion" / name, srv.base_dir / "models" / "perfusion"

@@ -286,3 +286,30 @@ def test_load_images_helper_builds_batches():
     prompt: dict = {}
     images, masks = load_images(prompt, ["a.png", "b.png"])
     assert prompt[images[0]]["class_type"] == "ImageBatch" and prompt[masks[0]]["class_type"] == "ImageToMask"
+
+
+@pytest.mark.parametrize("n_images", [1, 2, 3])
+@pytest.mark.parametrize("batch_size", [1, 4, 8])
+def test_any_number_of_images_trains_at_any_batch_size(
+    comfy_host, tiny_ckpt_name, toy_images, n_images, batch_size
+):
+    """Batches larger than the images (and their flips) draw with replacement: one photo trains too."""
+    prompt = train_prompt(tiny_ckpt_name, toy_images["hugsy"][:n_images], steps=1, batch_size=batch_size)
+    result = comfy_host.run(prompt).raise_for_error()
+    before, after = result.outputs["3"]["perfusion_eval"]
+    assert np.isfinite([before, after]).all()
+
+
+def test_batches_hold_distinct_samples_while_they_can():
+    from perfusion_core.training import plan_batch
+
+    generator = torch.Generator().manual_seed(0)
+    for n, batch, flip in [(3, 3, 0.5), (3, 6, 0.5), (3, 2, 0.0), (1, 2, 0.5)]:
+        for _ in range(20):
+            plan = plan_batch(generator, n, ["{}"], batch, flip)
+            pairs = list(zip(plan.image_indices, plan.flips))
+            assert len(set(pairs)) == batch, (n, batch, pairs)
+            if batch <= n:
+                assert len(set(plan.image_indices)) == batch
+    plan = plan_batch(generator, 1, ["{}"], 8, 0.5)  # more than one photo and its flip: with replacement
+    assert plan.image_indices == [0] * 8

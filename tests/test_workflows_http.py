@@ -59,11 +59,15 @@ def test_object_info_describes_the_four_nodes(comfy_server, server_concepts):
         info["PerfusionConceptLoader"]["input"]["required"]["concept_name"][0]
     )
     train = info["PerfusionTrainConcept"]
-    assert train["output"] == ["PERFUSION_CONCEPT", "IMAGE", "LOSS_MAP"]
+    assert train["output"] == ["PERFUSION_CONCEPT", "IMAGE", "LOSS_MAP", "IMAGE"]
+    assert train["output_name"][3] == "previews"
     assert {"images", "concept_word", "superclass", "steps", "seed", "templates"} <= set(
         train["input"]["required"]
     )
-    assert {"mask", "resume", "covariance_prompts"} <= set(train["input"]["optional"])
+    assert {"mask", "resume", "covariance_prompts", "preview_every", "validation_prompts"} <= set(
+        train["input"]["optional"]
+    )
+    assert train["input"]["optional"]["preview_every"][1]["default"] == 0
     save = info["PerfusionSaveConcept"]
     assert save["output_node"] is True
     assert set(save["input"]["required"]) == {"concept", "name", "overwrite"}
@@ -117,6 +121,30 @@ def test_api_workflow_runs_over_http(comfy_server, tiny_ckpt_name, server_concep
         loss_node = next(nid for nid, node in prompt.items() if node["class_type"] == "PreviewImage")
         assert comfy_server.images(result, loss_node), "the loss curve preview"
         assert (comfy_server.layout.perfusion / f"http_{name}.safetensors").is_file()
+
+
+def test_train_and_generate_workflow_trains_from_one_photo(comfy_server, tiny_ckpt_name, server_concepts):
+    """A new user's first try: one Load Image straight into the trainer, the default batch of 4."""
+    values = FixtureValues(
+        tiny_ckpt_name,
+        images=["hugsy_0.png"],
+        size=SIZE,
+        steps=STEPS,
+        train_steps=2,
+        overrides={
+            "PerfusionTrainConcept": {"batch_size": 4},
+            "PerfusionSaveConcept": {"name": "http_one_photo", "overwrite": True},
+        },
+    )
+    prompt = for_fixture(api_workflow("perfusion_train_and_generate"), values)
+    loads = sorted((nid for nid, node in prompt.items() if node["class_type"] == "LoadImage"), key=int)
+    for nid in [n for n, node in prompt.items() if node["class_type"] == "ImageBatch"] + loads[1:]:
+        del prompt[nid]
+    (train,) = [node for node in prompt.values() if node["class_type"] == "PerfusionTrainConcept"]
+    train["inputs"]["images"] = [loads[0], 0]
+    result = comfy_server.run(prompt)
+    assert result.success, result.error_text
+    assert (comfy_server.layout.perfusion / "http_one_photo.safetensors").is_file()
 
 
 def bypass_concepts(prompt: dict) -> dict:

@@ -225,7 +225,12 @@ def train_and_generate() -> Workflow:
         gradient_checkpointing=False,
         save_every=0,
         checkpoint_name="",
+        precision="auto",
         covariance_prompts=2000,
+        preview_every=100,
+        validation_prompts="a photo of {}\n{} on the beach",
+        preview_size=SIZE,
+        preview_steps=15,
         group=train,
         column=2,
     )
@@ -233,6 +238,7 @@ def train_and_generate() -> Workflow:
         "PerfusionSaveConcept", concept=link(trainer, 0), name="hugsy", overwrite=False, group=train, column=3
     )
     b.add("PreviewImage", images=link(trainer, 1), title="Loss curve", group=train, column=3)
+    b.add("PreviewImage", images=link(trainer, 3), title="Training previews", group=train, column=3)
     concept = b.add(
         "PerfusionApplyConcept",
         model=link(ckpt, 0),
@@ -252,7 +258,10 @@ def train_and_generate() -> Workflow:
         "Put 3-10 photos of your object in ComfyUI's input folder and pick them in the Load Image nodes "
         "(add more with Batch Images). Training runs on ComfyUI's device with a progress bar; Cancel stops "
         "it. The concept is saved as models/perfusion/hugsy.safetensors (set overwrite to replace it) and "
-        "used right away by Apply Perfusion Concept."
+        "used right away by Apply Perfusion Concept.\n\nPreviews: the validation prompts are sampled at step "
+        "0 and every 100 steps (preview_every; 0 = off) as generation will show the concept (bias 0.70), one "
+        "fixed seed per prompt; they show on the training node while it runs and in 'Training previews' "
+        "after. Training again with steps = N and the same seed gives the concept of the step-N preview."
     )
     return b.wf
 

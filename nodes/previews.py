@@ -1,0 +1,221 @@
+"""Preview images while a concept trains: validation prompts sampled at step 0 and every N steps.
+
+Each preview is sampled the way generation will see the concept: ComfyUI's own sampler
+(`comfy.sample.sample`, the path of KSampler) on the training model clone, with the concept gated at
+the inference bias and temperature (not the training ones), the concept word mapped to the current
+embedding, an empty negative prompt, and one fixed seed per prompt (prompt k uses seed k at every
+preview step and in every run, so images compare across steps and across runs). So the last preview
+of a prompt is what Apply Perfusion Concept + KSampler (euler, normal, same cfg, steps, size and seed)
+gives with the trained concept, and a preview at step k is what a run of k steps with the same seed
+would give (the learning rates are constant).
+
+Previews must not change training: they run without gradients, leave torch's global random state as
+they found it, restore the training gate in `finally`, and re-assert the training models' full load.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, fields
+
+import comfy.model_management
+import comfy.sample
+import comfy.utils
+import numpy as np
+import torch
+from PIL import Image
+
+from ..perfusion_core.concept import Concept, ConceptInfo
+
+log = logging.getLogger("comfyui-perfusion")
+
+DEFAULT_VALIDATION_PROMPTS = "a photo of {}\n{} on the beach"
+SAMPLER, SCHEDULER, CFG = "euler", "normal", 6.0
+MAX_PROMPTS = 8  # validation prompts per preview step
+MAX_POINTS = 16  # preview steps per run (step 0 and the last included); a smaller interval is widened
+STRIP_GAP = 4  # pixels between the prompts of one step in the image shown on the node
+PLACEHOLDER_SIZE = 64  # the `previews` output when previews are off: one black image of this size
+
+
+@dataclass(frozen=True)
+class PreviewSettings:
+    prompts: tuple[str, ...]  # with the concept word in place of '{}'
+    every: int  # the interval asked for
+    size: int  # pixels (square)
+    steps: int  # sampler steps
+    beta: float  # the inference gate the previews show
+    tau: float
+    cfg: float = CFG
+    sampler: str = SAMPLER
+    scheduler: str = SCHEDULER
+
+    def seed(self, index: int) -> int:
+        return index
+
+
+def validation_prompts(text: str, word: str) -> tuple[str, ...]:
+    """One prompt per non-empty line; '{}' stands for the concept word (any number of times)."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(
+            "validation_prompts: give at least one prompt, one per line with '{}' where the concept word "
+            "goes (e.g. 'a photo of {}'), or set preview_every to 0"
+        )
+    if len(lines) > MAX_PROMPTS:
+        raise ValueError(f"validation_prompts: {len(lines)} prompts; at most {MAX_PROMPTS} (one per line)")
+    return tuple(line.replace("{}", word) for line in lines)
+
+
+def _points(steps: int, interval: int) -> int:
+    return steps // interval + 1 + (1 if steps % interval else 0)
+
+
+def preview_schedule(steps: int, every: int) -> tuple[list[int], int]:
+    """(the steps previews are sampled at, the interval used): step 0, every multiple of the interval
+    and the last step; at most MAX_POINTS steps, widening the interval to a multiple of `every` when
+    `steps / every` asks for more. `every` <= 0: no previews."""
+    if every <= 0 or steps < 1:
+        return [], 0
+    interval = every
+    while _points(steps, interval) > MAX_POINTS:
+        interval += every
+    points = list(range(0, steps + 1, interval))
+    if points[-1] != steps:
+        points.append(steps)
+    return points, interval
+
+
+def inference_gate(resume: Concept | None) -> tuple[float, float]:
+    """(β, τ) a concept is generated with: its suggested local-lock bias and temperature."""
+    if resume is not None:
+        return resume.info.suggested_beta_local, resume.info.suggested_tau
+    defaults = {f.name: f.default for f in fields(ConceptInfo)}
+    return defaults["suggested_beta_local"], defaults["suggested_tau"]
+
+
+def placeholder() -> torch.Tensor:
+    """What `previews` holds when previews are off: ComfyUI outputs must be tensors, and an empty batch
+    breaks many image nodes, so one black image."""
+    return torch.zeros(1, PLACEHOLDER_SIZE, PLACEHOLDER_SIZE, 3)
+
+
+def strip(images: torch.Tensor) -> Image.Image:
+    """(N, H, W, 3) images side by side, for the node's progress preview."""
+    array = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    n, h, w, _ = array.shape
+    canvas = np.full((h, n * w + (n - 1) * STRIP_GAP, 3), 24, dtype=np.uint8)
+    for i in range(n):
+        canvas[:, i * (w + STRIP_GAP) : i * (w + STRIP_GAP) + w] = array[i]
+    return Image.fromarray(canvas)
+
+
+def encode(clip, text: str):
+    """CLIPTextEncode's conditioning."""
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+
+def sample_image(model, vae, positive, negative, seed: int, settings: PreviewSettings) -> torch.Tensor:
+    """One image as KSampler + VAEDecode make it from an empty latent: (1, S, S, 3) on the CPU."""
+    size = settings.size
+    latent = torch.zeros([1, 4, size // 8, size // 8], device=comfy.model_management.intermediate_device())
+    latent = comfy.sample.fix_empty_latent_channels(model, latent)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    samples = comfy.sample.sample(
+        model,
+        noise,
+        settings.steps,
+        settings.cfg,
+        settings.sampler,
+        settings.scheduler,
+        positive,
+        negative,
+        latent,
+        denoise=1.0,
+        disable_pbar=True,
+        seed=seed,
+    )
+    images = vae.decode(samples)
+    if images.ndim == 5:  # as VAEDecode does for video VAEs
+        images = images.reshape(-1, *images.shape[-3:])
+    return images.float().cpu()
+
+
+class TrainingPreviews:
+    """An `on_step(step, loss, run)` callback for `trainer.train_concept` that samples the validation
+    prompts at the scheduled steps, shows them on the node and keeps them for the `previews` output."""
+
+    def __init__(self, vae, settings: PreviewSettings, total_steps: int) -> None:
+        self.vae = vae
+        self.settings = settings
+        self.points, self.interval = preview_schedule(total_steps, settings.every)
+        self.total_steps = total_steps
+        self.images: list[torch.Tensor] = []  # (P, S, S, 3) per preview step, in order
+        self.steps_done: list[int] = []
+        self.seconds = 0.0
+        self.samplings = 0
+        self._negative = None
+        self._progress = comfy.utils.ProgressBar(total_steps)
+        if self.interval != settings.every:
+            log.warning(
+                "Perfusion: preview_every %d would give %d previews over %d steps; previewing every %d "
+                "steps instead (at most %d preview steps)",
+                settings.every,
+                _points(total_steps, settings.every),
+                total_steps,
+                self.interval,
+                MAX_POINTS,
+            )
+
+    def __call__(self, step: int, _loss, run) -> None:
+        if step not in self.points:
+            return
+        start = time.perf_counter()
+        images = self.sample(run)
+        self.images.append(images)
+        self.steps_done.append(step)
+        self.seconds += time.perf_counter() - start
+        preview = ("JPEG", strip(images), _max_preview_size())
+        self._progress.update_absolute(step, self.total_steps, preview)
+
+    def sample(self, run) -> torch.Tensor:
+        """The validation prompts on the run's current concept at the inference gate: (P, S, S, 3)."""
+        settings = self.settings
+        out = []
+        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+        with (
+            torch.no_grad(),
+            torch.random.fork_rng(devices=cuda),  # prepare_noise seeds torch's global generators
+            run.state.gated_at(settings.beta, settings.tau),
+        ):
+            if self._negative is None:
+                self._negative = encode(run.clip, "")
+            for index, prompt in enumerate(settings.prompts):
+                positive = encode(run.clip, prompt)
+                out.append(
+                    sample_image(
+                        run.model, self.vae, positive, self._negative, settings.seed(index), settings
+                    )
+                )
+                self.samplings += 1
+            # Sampling and decoding load models through ComfyUI's manager, which may offload others when
+            # memory is short: training goes on with its models fully loaded, as it started.
+            comfy.model_management.load_models_gpu([run.model, run.clip.patcher], force_full_load=True)
+        return torch.cat(out)
+
+    def output(self) -> torch.Tensor:
+        """One image per (preview step, prompt), step-major."""
+        return torch.cat(self.images) if self.images else placeholder()
+
+    def describe(self) -> str:
+        steps = ", ".join(str(s) for s in self.steps_done)
+        return f"previews at steps {steps} ({len(self.settings.prompts)} prompts each)"
+
+
+def _max_preview_size() -> int | None:
+    try:
+        from comfy.cli_args import args
+
+        return args.preview_size
+    except (ImportError, AttributeError):  # pragma: no cover - every supported host has it
+        return 512
