@@ -16,6 +16,7 @@ Random weights: the figures are about speed, memory and numerics, not image qual
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import tempfile
 import time
@@ -87,10 +88,10 @@ def train(trainer, models, pixels, config, covariance_prompts: int, device: torc
     }
 
 
-def sampling_overhead(host, the_pack, layout: str, size: int, steps: int, repeats: int) -> list[dict]:
+def sampling_overhead(host, the_pack, models, size: int, steps: int, repeats: int) -> list[dict]:
     from . import sampling, synth
 
-    model, clip, _ = load_checkpoint(host, layout)
+    model, clip, _ = models
     files = synth.write_concepts(the_pack, model, clip, host.layout.root / "models" / "perfusion", 4)
     variants = [sampling.Variant(0), sampling.Variant(1), sampling.Variant(4)]
     prepared = [sampling.prepare(host, model, clip, v, files, "", 8) for v in variants]
@@ -145,9 +146,10 @@ def main() -> None:
         f"objective {t['eval_before']:.5f} -> {t['eval_after']:.5f}",
         flush=True,
     )
-    del models
+    comfy.model_management.unload_all_models()  # the training clones go; the loaded weights stay
+    gc.collect()
     report["sampling"] = sampling_overhead(
-        host, the_pack, layout, size, steps=3 if args.quick else 20, repeats=2 if args.quick else 3
+        host, the_pack, models, size, steps=2 if args.quick else 20, repeats=1 if args.quick else 3
     )
     for row in report["sampling"][1:]:
         print(
