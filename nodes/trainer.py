@@ -394,38 +394,23 @@ def train_concept(
     model,
     clip,
     vae,
-    images: torch.Tensor,
-    masks: torch.Tensor | None,
+    images,
+    masks,
     word: str,
     superclass: str,
     config: TrainingConfig,
     *,
-    covariance_prompts: int,
-    gradient_checkpointing: bool = False,
-    precision: str = "auto",
-    resume: Concept | None = None,
     on_step: Callable[[int, float | None, TrainingRun], None] | None = None,
+    **options,
 ) -> TrainingResult:
-    """Optimises the word embedding and V targets; K stays locked to W_K ī_super (spec §3, §6)."""
+    """Optimises the word embedding and V targets; K stays locked to W_K ī_super (spec §3, §6).
+    `options` are `open_run`'s (covariance_prompts, gradient_checkpointing, precision, resume)."""
     with torch.inference_mode(False), torch.enable_grad():
-        run = open_run(
-            model,
-            clip,
-            vae,
-            images,
-            masks,
-            word,
-            superclass,
-            config,
-            covariance_prompts=covariance_prompts,
-            gradient_checkpointing=gradient_checkpointing,
-            precision=precision,
-            resume=resume,
-        )
+        run = open_run(model, clip, vae, images, masks, word, superclass, config, **options)
         before = run.evaluate()
         losses = run.train(on_step)
         after = run.evaluate()
-    info = concept_info(model, clip, word, superclass, run.config, resume, config.steps)
+    info = concept_info(model, clip, word, superclass, run.config, options.get("resume"), config.steps)
     return TrainingResult(run.state.to_concept(info), losses, before, after)
 
 

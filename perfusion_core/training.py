@@ -61,7 +61,9 @@ class TrainingConfig:
     beta: float = 0.75
     tau: float = 0.10
     i_star_momentum: float = 0.99
-    i_star_per_micro_batch: bool = False  # EMA after every micro-batch (reference code) or every step
+    # EMA of i* after every micro-batch (as the reference code does; ~25-step window at 4 micro-batches)
+    # rather than every optimizer step (~100): measured better, benchmarks/README.md "i* and C".
+    i_star_per_micro_batch: bool = True
     # Multiplies the objective. AdamW makes the result independent of it, fp16's range does not: with
     # 1/64 a 64 px run has a 512 px run's per-element gradients (tests of fp16 loss scaling use that).
     loss_weight: float = 1.0

@@ -60,3 +60,17 @@ def trained_concepts(comfy_host, tiny_ckpt_name, toy_images) -> dict[str, str]:
         comfy_host.run(prompt).raise_for_error()
         out[word] = file
     return out
+
+
+@pytest.fixture(scope="session")
+def toy_pixels(toy_images, comfy_host):
+    """The hugsy toy images as an IMAGE batch (N, H, W, 3), as LoadImage + ImageBatch give them."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    folder = comfy_host.base_dir / "input"
+    arrays = [
+        np.asarray(Image.open(folder / n).convert("RGB"), dtype=np.float32) / 255 for n in toy_images["hugsy"]
+    ]
+    return torch.from_numpy(np.stack(arrays))

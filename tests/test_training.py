@@ -24,17 +24,6 @@ def base_models(comfy_host, tiny_ckpt_name):
         return host_nodes.CheckpointLoaderSimple().load_checkpoint(tiny_ckpt_name)[:3]
 
 
-@pytest.fixture(scope="module")
-def toy_pixels(toy_images, comfy_host):
-    from PIL import Image
-
-    folder = comfy_host.base_dir / "input"
-    arrays = [
-        np.asarray(Image.open(folder / n).convert("RGB"), dtype=np.float32) / 255 for n in toy_images["hugsy"]
-    ]
-    return torch.from_numpy(np.stack(arrays))
-
-
 def run_trainer(pack, models, pixels, *, steps=6, seed=0, gradient_checkpointing=False, **config):
     from perfusion_core.training import TrainingConfig
 
