@@ -57,7 +57,7 @@ def gradient_comparison(trainer, models, pixels, config, covariance_prompts: int
             batch = plan_batch(generator, run.n_images, config.templates, config.batch_size, 0.5)
             grads[precision] = run.gradients(batch, run.noise(config.batch_size, generator))
             dtypes[precision] = run.precision.name
-            del run
+            run.close()
     rows = {}
     for name, ref in grads["fp32"].items():
         got = grads["auto"][name]

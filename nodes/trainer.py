@@ -255,6 +255,22 @@ class TrainingRun:
             self.model.model_options.get("transformer_options", {})
         )
 
+    def __enter__(self) -> TrainingRun:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Unloads the training clones, which restores every attribute they patched on the model they
+        share with the user's (projection edits, compute dtype, checkpointed blocks): nothing of the
+        run stays in force for the next node, or for the next run reading the model's dtype."""
+        loaded = comfy.model_management.current_loaded_models
+        for patcher in (self.model, self.clip.patcher):
+            for i in reversed(range(len(loaded))):
+                if loaded[i].model is patcher:
+                    loaded.pop(i).model_unload()
+
     @torch.no_grad()
     def _init_v_targets(self, layers) -> None:
         """o*_V starts at W_V ī_super, through the host's own (cast, LoRA-aware) projection."""
@@ -363,7 +379,8 @@ def open_run(
     resume: Concept | None = None,
 ) -> TrainingRun:
     """Checks the inputs and sets up a run; use it under `torch.inference_mode(False)` and
-    `torch.enable_grad()` (the executor runs nodes in inference mode)."""
+    `torch.enable_grad()` (the executor runs nodes in inference mode), as a context manager (or call
+    `close()`) so the training clones are unloaded when it ends."""
     check_words(clip, word, superclass)
     if config.steps < 1:
         raise ValueError("steps must be at least 1")
@@ -406,10 +423,10 @@ def train_concept(
     """Optimises the word embedding and V targets; K stays locked to W_K ī_super (spec §3, §6).
     `options` are `open_run`'s (covariance_prompts, gradient_checkpointing, precision, resume)."""
     with torch.inference_mode(False), torch.enable_grad():
-        run = open_run(model, clip, vae, images, masks, word, superclass, config, **options)
-        before = run.evaluate()
-        losses = run.train(on_step)
-        after = run.evaluate()
+        with open_run(model, clip, vae, images, masks, word, superclass, config, **options) as run:
+            before = run.evaluate()
+            losses = run.train(on_step)
+            after = run.evaluate()
     info = concept_info(model, clip, word, superclass, run.config, options.get("resume"), config.steps)
     return TrainingResult(run.state.to_concept(info), losses, before, after)
 

@@ -28,7 +28,7 @@ def test_a_stock_layout_trains_saves_lists_and_loads(comfy_host, tiny_ckpt_name,
         server.run(prompt, check=True)
         assert sorted(p.name for p in folder.iterdir()) == ["fresh.safetensors", "fresh_ckpt.safetensors"]
         assert load_concept(folder / "fresh.safetensors").info.steps == 2
-        listed = server.object_info("PerfusionConceptLoader")["PerfusionConceptLoader"]["input"]["required"]
+        listed = server.object_info("PerfusionConceptLoader")["input"]["required"]
         assert "fresh.safetensors" in listed["concept_name"][0]
         result = server.run(generate_prompt(tiny_ckpt_name, [ConceptUse("fresh.safetensors")], steps=1))
         assert result.success, result.error_text

@@ -77,6 +77,7 @@ def test_fp8_stored_weights_train_in_their_compute_dtype(
         n = run.n_images
         batch = BatchPlan(list(range(n)), [False] * n, [TEMPLATES[0]] * n, torch.linspace(0.1, 0.9, n))
         grads = run.gradients(batch, run.noise(n, torch.Generator().manual_seed(0)))
+        run.close()
     for name, ref in reference.items():
         print(f"fp8 storage {name[-48:]}: cosine {cosine(grads[name], ref):.5f}")
         assert torch.isfinite(grads[name]).all() and cosine(grads[name], ref) >= 0.95, name
@@ -132,6 +133,7 @@ def first_gradients(perfusion_pack, models, pixels):
                 run.precision.scaler = torch.amp.GradScaler("cpu", enabled=False)
                 grads = run.gradients(batch, noise)
                 out["fp16-unscaled", "4096px-scale"] = {k: g / weight for k, g in grads.items()}
+            run.close()
     return out
 
 
@@ -181,6 +183,7 @@ def test_precision_input_overrides_the_model_dtype(perfusion_pack, models, pixel
             n = run.n_images
             batch = BatchPlan(list(range(n)), [False] * n, [TEMPLATES[0]] * n, torch.linspace(0.1, 0.9, n))
             grads = run.gradients(batch, run.noise(n, torch.Generator().manual_seed(0)))
+            run.close()
         assert all(cosine(grads[k], reference[k]) >= 0.99 for k in reference)
 
 

@@ -238,7 +238,7 @@ def train_and_generate() -> Workflow:
         "PerfusionSaveConcept", concept=link(trainer, 0), name="hugsy", overwrite=False, group=train, column=3
     )
     b.add("PreviewImage", images=link(trainer, 1), title="Loss curve", group=train, column=3)
-    b.add("PreviewImage", images=link(trainer, 3), title="Training previews", group=train, column=3)
+    b.add("PreviewImage", images=link(trainer, 3), title="Previews", group=train, column=3)
     concept = b.add(
         "PerfusionApplyConcept",
         model=link(ckpt, 0),
@@ -260,7 +260,7 @@ def train_and_generate() -> Workflow:
         "it. The concept is saved as models/perfusion/hugsy.safetensors (set overwrite to replace it) and "
         "used right away by Apply Perfusion Concept.\n\nPreviews: the validation prompts are sampled at step "
         "0 and every 100 steps (preview_every; 0 = off) as generation will show the concept (bias 0.70), one "
-        "fixed seed per prompt; they show on the training node while it runs and in 'Training previews' "
+        "fixed seed per prompt; they show on the training node while it runs and in 'Previews' "
         "after. Training again with steps = N and the same seed gives the concept of the step-N preview."
     )
     return b.wf
