@@ -9,6 +9,8 @@ import torch
 from harness.perfusion_graphs import ConceptUse, generate_prompt, train_prompt
 from perfusion_core.concept_file import load_concept
 
+pytestmark = pytest.mark.slow  # its fixture trains two concepts and a covariance at a second layer
+
 LAYERS = (-1, -2)
 TEMPLATES = ("a photo of a {}", "a good photo of the {}", "a close-up photo of a {}")  # train_prompt's
 
