@@ -182,7 +182,7 @@ class PerfusionTrainConcept:
                         "default": "auto",
                         "tooltip": "Dtype the denoiser trains in (trained values stay fp32). auto: the dtype "
                         "ComfyUI samples this model in on this device (fp16 on most GPUs, fp32 on a CPU); fp16 "
-                        "uses dynamic loss scaling. bf16 is faster on recent GPUs and CPUs with AMX.",
+                        "uses dynamic loss scaling. On a CPU keep fp32: half-precision compute was several times slower there.",
                     },
                 ),
                 "covariance_prompts": (
