@@ -9,7 +9,6 @@ overflow and lowers the scale; bf16 has fp32's range and needs none.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -51,7 +50,7 @@ def _name(dtype: torch.dtype) -> str:
 
 @dataclass
 class Precision:
-    """Compute dtype of one training run, its autocast context and its loss scaler."""
+    """Compute dtype of one training run and its loss scaler."""
 
     dtype: torch.dtype
     device: torch.device
@@ -63,12 +62,6 @@ class Precision:
     @property
     def name(self) -> str:
         return _name(self.dtype)
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """Half-precision matmuls and convolutions for the text encoder and the denoiser."""
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
 
     def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
@@ -93,5 +86,5 @@ class Precision:
         return False
 
     def gradient_scale(self) -> float:
-        """What the current gradients are multiplied by (1 unless fp16 scales the loss)."""
-        return self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+        """What the current gradients are multiplied by (GradScaler says 1.0 when it is disabled)."""
+        return self.scaler.get_scale()

@@ -24,6 +24,7 @@ import comfy.sample
 import comfy.utils
 import numpy as np
 import torch
+from comfy.cli_args import args
 from PIL import Image
 
 from ..perfusion_core.concept import Concept, ConceptInfo
@@ -175,7 +176,7 @@ class TrainingPreviews:
         self.images.append(images)
         self.steps_done.append(step)
         self.seconds += time.perf_counter() - start
-        preview = ("JPEG", strip(images), _max_preview_size())
+        preview = ("JPEG", strip(images), getattr(args, "preview_size", 512))  # older hosts lack the flag
         self._progress.update_absolute(step, self.total_steps, preview)
 
     def sample(self, run) -> torch.Tensor:
@@ -210,12 +211,3 @@ class TrainingPreviews:
     def describe(self) -> str:
         steps = ", ".join(str(s) for s in self.steps_done)
         return f"previews at steps {steps} ({len(self.settings.prompts)} prompts each)"
-
-
-def _max_preview_size() -> int | None:
-    try:
-        from comfy.cli_args import args
-
-        return args.preview_size
-    except (ImportError, AttributeError):  # pragma: no cover - every supported host has it
-        return 512

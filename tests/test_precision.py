@@ -7,6 +7,7 @@ half precision and the denoiser computes in it, with no manual cast. The run the
 `precision = auto` to that dtype, as it would on the GPU.
 """
 
+import contextlib
 import dataclasses
 import sys
 
@@ -61,33 +62,6 @@ def models(comfy_host, tiny_ckpt_name):
     return {p: load_models(tiny_ckpt_name, None if p == "fp32" else p) for p in ("fp32", "fp16", "bf16")}
 
 
-def test_fp8_stored_weights_train_in_their_compute_dtype(
-    perfusion_pack, comfy_host, tiny_ckpt_name, pixels, first_gradients
-):
-    """fp8 storage is only storage: auto trains in the dtype ComfyUI casts the weights to (fp32 on a
-    CPU). fp8 e4m3 keeps 3 mantissa bits, so these weights differ from the fp32 ones by up to ~6 %:
-    the gradients keep the fp32 direction within cosine 0.95."""
-    model, clip, vae = load_fp8_models(tiny_ckpt_name)
-    reference = first_gradients["fp32", "64px"]
-    with torch.inference_mode(False), torch.enable_grad():
-        run = perfusion_pack.nodes.trainer.open_run(
-            model, clip, vae, pixels, None, "hugsy", "teddy", config(), covariance_prompts=128
-        )
-        assert run.precision.dtype == model.model.manual_cast_dtype
-        n = run.n_images
-        batch = BatchPlan(list(range(n)), [False] * n, [TEMPLATES[0]] * n, torch.linspace(0.1, 0.9, n))
-        grads = run.gradients(batch, run.noise(n, torch.Generator().manual_seed(0)))
-        run.close()
-    for name, ref in reference.items():
-        print(f"fp8 storage {name[-48:]}: cosine {cosine(grads[name], ref):.5f}")
-        assert torch.isfinite(grads[name]).all() and cosine(grads[name], ref) >= 0.95, name
-
-
-@pytest.fixture(scope="module")
-def pixels(toy_pixels):
-    return toy_pixels
-
-
 def config(steps: int = 1, loss_weight: float = 1.0) -> TrainingConfig:
     return TrainingConfig(
         templates=TEMPLATES,
@@ -110,21 +84,42 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
 
 
+@contextlib.contextmanager
+def opened_run(pack, model_set, pixels, precision: str = "auto"):
+    """A training run on `model_set`, with autograd on, unloaded when the block ends."""
+    model, clip, vae = model_set
+    with torch.inference_mode(False), torch.enable_grad():
+        with pack.nodes.trainer.open_run(
+            model,
+            clip,
+            vae,
+            pixels,
+            None,
+            "hugsy",
+            "teddy",
+            config(),
+            covariance_prompts=128,
+            precision=precision,
+        ) as run:
+            yield run
+
+
+def fixed_batch(run) -> tuple[BatchPlan, torch.Tensor]:
+    """Every image once, unflipped, the first template, spread noise levels, seeded noise."""
+    n = run.n_images
+    batch = BatchPlan(list(range(n)), [False] * n, [TEMPLATES[0]] * n, torch.linspace(0.1, 0.9, n))
+    return batch, run.noise(n, torch.Generator().manual_seed(0))
+
+
 @pytest.fixture(scope="module")
-def first_gradients(perfusion_pack, models, pixels):
+def first_gradients(perfusion_pack, models, toy_pixels):
     """{(model dtype, scale): gradients of one fixed micro-batch / the loss weight}, plus fp16 at the
     smallest scale without loss scaling ("fp16-unscaled"), the failure that scaling prevents."""
     out = {}
-    with torch.inference_mode(False), torch.enable_grad():
-        for precision, model_set in models.items():
-            model, clip, vae = model_set
-            run = perfusion_pack.nodes.trainer.open_run(
-                model, clip, vae, pixels, None, "hugsy", "teddy", config(), covariance_prompts=128
-            )
+    for precision, model_set in models.items():
+        with opened_run(perfusion_pack, model_set, toy_pixels) as run:
             assert run.precision.dtype == {"fp32": torch.float32, **HALF}[precision]  # auto = model dtype
-            n = run.n_images
-            batch = BatchPlan(list(range(n)), [False] * n, [TEMPLATES[0]] * n, torch.linspace(0.1, 0.9, n))
-            noise = run.noise(n, torch.Generator().manual_seed(0))
+            batch, noise = fixed_batch(run)
             for scale, weight in SCALES.items():
                 run.config = dataclasses.replace(run.config, loss_weight=weight)
                 grads = run.gradients(batch, noise)
@@ -133,7 +128,6 @@ def first_gradients(perfusion_pack, models, pixels):
                 run.precision.scaler = torch.amp.GradScaler("cpu", enabled=False)
                 grads = run.gradients(batch, noise)
                 out["fp16-unscaled", "4096px-scale"] = {k: g / weight for k, g in grads.items()}
-            run.close()
     return out
 
 
@@ -161,30 +155,30 @@ def test_without_loss_scaling_fp16_gradients_underflow(first_gradients):
     assert lost > 0 or worst < 0.99
 
 
-def test_precision_input_overrides_the_model_dtype(perfusion_pack, models, pixels, first_gradients):
+def test_precision_input_overrides_the_model_dtype(perfusion_pack, models, toy_pixels, first_gradients):
     """fp32 on a half model computes in fp32 (ComfyUI casts each weight); fp16 on an fp32 model in fp16."""
     reference = first_gradients["fp32", "64px"]
     for model_dtype, precision in (("fp16", "fp32"), ("fp32", "fp16")):
-        model, clip, vae = models[model_dtype]
-        with torch.inference_mode(False), torch.enable_grad():
-            run = perfusion_pack.nodes.trainer.open_run(
-                model,
-                clip,
-                vae,
-                pixels,
-                None,
-                "hugsy",
-                "teddy",
-                config(),
-                covariance_prompts=128,
-                precision=precision,
-            )
+        with opened_run(perfusion_pack, models[model_dtype], toy_pixels, precision) as run:
             assert run.precision.name == precision
-            n = run.n_images
-            batch = BatchPlan(list(range(n)), [False] * n, [TEMPLATES[0]] * n, torch.linspace(0.1, 0.9, n))
-            grads = run.gradients(batch, run.noise(n, torch.Generator().manual_seed(0)))
-            run.close()
+            grads = run.gradients(*fixed_batch(run))
         assert all(cosine(grads[k], reference[k]) >= 0.99 for k in reference)
+
+
+def test_fp8_stored_weights_train_in_their_compute_dtype(
+    perfusion_pack, tiny_ckpt_name, toy_pixels, first_gradients
+):
+    """fp8 storage is only storage: auto trains in the dtype ComfyUI casts the weights to (fp32 on a
+    CPU). fp8 e4m3 keeps 3 mantissa bits, so these weights differ from the fp32 ones by up to ~6 %:
+    the gradients keep the fp32 direction within cosine 0.95."""
+    model_set = load_fp8_models(tiny_ckpt_name)
+    reference = first_gradients["fp32", "64px"]
+    with opened_run(perfusion_pack, model_set, toy_pixels) as run:
+        assert run.precision.dtype == model_set[0].model.manual_cast_dtype
+        grads = run.gradients(*fixed_batch(run))
+    for name, ref in reference.items():
+        print(f"fp8 storage {name[-48:]}: cosine {cosine(grads[name], ref):.5f}")
+        assert torch.isfinite(grads[name]).all() and cosine(grads[name], ref) >= 0.95, name
 
 
 def movement(pack, models, embedding: torch.Tensor, v_targets: dict) -> torch.Tensor:
@@ -222,11 +216,11 @@ def train(pack, model_set, pixels, cfg, snapshot_at: int):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scale", ["64px", "512px-scale"])
-def test_half_precision_training_moves_and_learns_like_fp32(perfusion_pack, models, pixels, scale):
+def test_half_precision_training_moves_and_learns_like_fp32(perfusion_pack, models, toy_pixels, scale):
     """8 steps move the embedding and V targets in the fp32 run's direction (cosine >= 0.9); at 64 px,
     30 steps lower the objective as much as fp32 does (within 20 % of fp32's drop)."""
     steps = 30 if scale == "64px" else 8
-    runs = {p: train(perfusion_pack, models[p], pixels, config(steps, SCALES[scale]), 8) for p in models}
+    runs = {p: train(perfusion_pack, models[p], toy_pixels, config(steps, SCALES[scale]), 8) for p in models}
     moved = {p: movement(perfusion_pack, models[p], *snapshot) for p, (_, snapshot) in runs.items()}
     drops = {p: result.eval_before - result.eval_after for p, (result, _) in runs.items()}
     for half in HALF:
