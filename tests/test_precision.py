@@ -234,3 +234,53 @@ def test_half_precision_training_moves_and_learns_like_fp32(perfusion_pack, mode
         if scale == "64px":
             assert drops["fp32"] > 0
             assert abs(drops[half] - drops["fp32"]) <= 0.2 * drops["fp32"]
+
+
+def test_fp16_overflow_skips_the_step_and_says_so(perfusion_pack, models, toy_pixels, caplog):
+    """Gradients that overflow fp16 (here: the loss weighted 1e30) skip the step: the trained values
+    stay where they started, and the log names each skipped step and the count."""
+    model, clip, vae = models["fp16"]
+    with caplog.at_level("WARNING", logger="comfyui-perfusion"):
+        result = perfusion_pack.nodes.trainer.train_concept(
+            model, clip, vae, toy_pixels, None, "hugsy", "teddy", config(2, 1e30), covariance_prompts=128
+        )
+    assert "step 1 skipped: fp16 gradients overflowed" in caplog.text
+    assert "2 of 2 steps skipped for fp16 overflow" in caplog.text
+    concept = result.concept
+    assert torch.equal(
+        concept.token_embedding, perfusion_pack.nodes.text_encoder.input_embedding(clip, "teddy")
+    )
+    assert (
+        float(
+            movement(perfusion_pack, models["fp16"], concept.token_embedding, concept.v_targets).abs().max()
+        )
+        == 0
+    )
+
+
+def test_a_run_leaves_no_patch_on_the_shared_model(perfusion_pack, models, toy_pixels):
+    """fp16 training of an fp32 model sets a compute dtype on its clone; once the run ends the model
+    the user holds computes as before (the clones are unloaded, so their patches are undone)."""
+    model, clip, vae = models["fp32"]
+    before = model.model.manual_cast_dtype
+    result = perfusion_pack.nodes.trainer.train_concept(
+        model,
+        clip,
+        vae,
+        toy_pixels,
+        None,
+        "hugsy",
+        "teddy",
+        config(1),
+        covariance_prompts=128,
+        precision="fp16",
+    )
+    assert result.concept.info.training_settings["precision"] == "fp16"
+    assert model.model.manual_cast_dtype is before
+    import comfy.model_management
+
+    assert not any(
+        "manual_cast_dtype" in loaded.model.object_patches
+        for loaded in comfy.model_management.current_loaded_models
+        if loaded.model is not None
+    )

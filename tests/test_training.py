@@ -92,11 +92,25 @@ def test_only_embedding_and_v_targets_train_and_keys_stay_locked(perfusion_pack,
             torch.testing.assert_close(out, w_k @ concept.superclass_encoding, rtol=1e-3, atol=1e-3)
 
 
-def test_i_star_follows_the_ema_of_the_concept_encoding(perfusion_pack, base_models, toy_pixels):
-    """With nothing trained (lr 0), the concept encoding e is constant: i*_N = m^N ī + (1 − m^N) e."""
+@pytest.mark.parametrize(
+    ("grad_accumulation", "per_micro_batch", "updates"), [(1, True, 5), (2, True, 10), (2, False, 5)]
+)
+def test_i_star_follows_the_ema_of_the_concept_encoding(
+    perfusion_pack, base_models, toy_pixels, grad_accumulation, per_micro_batch, updates
+):
+    """With nothing trained (lr 0), the concept encoding e is constant: after N EMA updates
+    i* = m^N ī + (1 − m^N) e, with one update per micro-batch (the default) or per optimizer step."""
     model, clip, _ = base_models
-    steps = 5
-    result = run_trainer(perfusion_pack, base_models, toy_pixels, steps=steps, lr_v=0.0, lr_embedding=0.0)
+    result = run_trainer(
+        perfusion_pack,
+        base_models,
+        toy_pixels,
+        steps=5,
+        lr_v=0.0,
+        lr_embedding=0.0,
+        grad_accumulation=grad_accumulation,
+        i_star_per_micro_batch=per_micro_batch,
+    )
     trainer, te = perfusion_pack.nodes.trainer, perfusion_pack.nodes.text_encoder
     templates = ("a photo of a {}", "a good photo of the {}")
     superclass = trainer.superclass_encoding(clip, "teddy", templates)
@@ -107,13 +121,13 @@ def test_i_star_follows_the_ema_of_the_concept_encoding(perfusion_pack, base_mod
     with torch.inference_mode():
         cond, positions = encoder(list(templates))
     per_template = [cond[k, p].float() for k, p in enumerate(positions)]
-    # each step used one template; i* is a convex mix of ī and the two template encodings
+    # each micro-batch used one template; i* is a convex mix of ī and the two template encodings
     m = 0.99
-    mix = result.concept.i_star - m**steps * superclass
+    mix = result.concept.i_star - m**updates * superclass
     basis = torch.stack(per_template).T  # (D, 2)
     weights = torch.linalg.lstsq(basis, mix[:, None]).solution[:, 0]
     torch.testing.assert_close(basis @ weights, mix, rtol=1e-3, atol=1e-4)
-    assert abs(float(weights.sum()) - (1 - m**steps)) < 1e-3
+    assert abs(float(weights.sum()) - (1 - m**updates)) < 1e-3
 
 
 def test_same_seed_same_concept(perfusion_pack, base_models, toy_pixels):
