@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export COMFYUI_PATH ?=
 
-.PHONY: setup test test-fast demo serve bench lint format clean
+.PHONY: setup test test-fast demo serve bench bench-quality toyworld toyworld-eval lint format clean
 
 setup:
 	@bash scripts/setup_env.sh
@@ -31,6 +31,16 @@ serve: setup
 
 bench: setup
 	$(PY) benchmarks/run.py
+
+bench-quality: setup
+	$(PY) benchmarks/quality.py $(BENCH_ARGS)
+
+# Retrains the toy world's UNet (~55 min on 2 CPU cores; resumable) into toyworld/weights/.
+toyworld: setup
+	$(PY) -m toyworld.build $(TOYWORLD_ARGS)
+
+toyworld-eval: setup
+	$(PY) -m toyworld.evaluate
 
 clean:
 	rm -rf tests/.cache output .pytest_cache .ruff_cache

@@ -13,6 +13,7 @@ import argparse
 import json
 import resource
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from harness.perfusion_graphs import load_images, train_prompt
@@ -23,13 +24,24 @@ TRAIN_NODE = "3"
 IMAGES = [f"bench_{i}.png" for i in range(3)]
 
 
-def lora_prompt(ckpt: str, steps: int, resolution: int, dtype: str, gradient_checkpointing: bool) -> dict:
+def lora_prompt(
+    ckpt: str,
+    steps: int,
+    resolution: int,
+    dtype: str,
+    gradient_checkpointing: bool,
+    *,
+    images: Sequence[str] = IMAGES,
+    text: str = "a photo of a teddy",
+    rank: int = 16,
+    learning_rate: float = 0.0005,
+) -> dict:
     """Checkpoint -> images -> ImageScale -> VAEEncode -> RebatchLatents(1) -> TrainLoraNode(rank 16) -> SaveLoRA.
 
     RebatchLatents gives TrainLoraNode a list of latents: in ComfyUI 0.3.75 one batch fails
     (UnboundLocalError: multi_res)."""
     prompt: dict = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}}}
-    images, _ = load_images(prompt, IMAGES)
+    images, _ = load_images(prompt, images)
     prompt["10"] = {
         "class_type": "ImageScale",
         "inputs": {
@@ -44,7 +56,7 @@ def lora_prompt(ckpt: str, steps: int, resolution: int, dtype: str, gradient_che
     prompt["12"] = {"class_type": "RebatchLatents", "inputs": {"latents": ["11", 0], "batch_size": 1}}
     prompt["13"] = {
         "class_type": "CLIPTextEncode",
-        "inputs": {"clip": ["1", 1], "text": "a photo of a teddy"},
+        "inputs": {"clip": ["1", 1], "text": text},
     }
     prompt[TRAIN_NODE] = {
         "class_type": "TrainLoraNode",
@@ -55,8 +67,8 @@ def lora_prompt(ckpt: str, steps: int, resolution: int, dtype: str, gradient_che
             "batch_size": 1,
             "grad_accumulation_steps": 1,
             "steps": steps,
-            "learning_rate": 0.0005,
-            "rank": 16,
+            "learning_rate": learning_rate,
+            "rank": rank,
             "optimizer": "AdamW",
             "loss_function": "MSE",
             "seed": 0,

@@ -112,6 +112,7 @@ def generate_prompt(
     steps: int = 2,
     cfg: float = 7.0,
     size: int = 64,
+    batch_size: int = 1,
     filename_prefix: str = "perfusion",
 ) -> dict:
     """Checkpoint -> concept loaders (chained) -> CLIPTextEncode x2 -> KSampler -> VAEDecode -> SaveImage.
@@ -139,7 +140,7 @@ def generate_prompt(
     prompt["5"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": negative}}
     prompt["6"] = {
         "class_type": "EmptyLatentImage",
-        "inputs": {"width": size, "height": size, "batch_size": 1},
+        "inputs": {"width": size, "height": size, "batch_size": batch_size},
     }
     prompt["7"] = {
         "class_type": "KSampler",

@@ -9,7 +9,7 @@ from ..perfusion_core.concept import Concept
 from ..perfusion_core.concept_set import AppliedConcept
 from . import model_patch, text_encoder
 
-LOCK_MODES = ("local", "global")
+LOCK_MODES = ("local", "global", "off")
 log = logging.getLogger("comfyui-perfusion")
 
 
@@ -38,6 +38,8 @@ def apply_concept(model, clip, concept: Concept, bias: float, temperature: float
         raise ValueError(mismatch)
     global_lock = key_lock == "global"
     superclass = text_encoder.input_embedding(clip, concept.info.superclass) if global_lock else None
-    applied = AppliedConcept(concept, beta=float(bias), tau=float(temperature), global_lock=global_lock)
+    applied = AppliedConcept(
+        concept, beta=float(bias), tau=float(temperature), global_lock=global_lock, key_edit=key_lock != "off"
+    )
     word = text_encoder.ConceptWord(concept.word, concept.token_embedding, superclass, layer)
     return model_patch.apply_concepts(model, (applied,)), text_encoder.clip_with_concepts(clip, [word])

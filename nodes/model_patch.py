@@ -112,7 +112,7 @@ def apply_concepts(model, applied: tuple[AppliedConcept, ...]):
     return patched
 
 
-def install_source(model, source: PlanSource):
-    """A clone whose every K and V projection is edited by `source` (training state: its i*
-    moves every step, so nothing is reused across calls)."""
-    return _install(model, source, key_edits=True, per_run_rows=False)
+def install_source(model, source: PlanSource, *, key_edits: bool = True):
+    """A clone whose V (and, with `key_edits`, K) projections are edited by `source` (training
+    state: its i* moves every step, so nothing is reused across calls)."""
+    return _install(model, source, key_edits=key_edits, per_run_rows=False)

@@ -38,7 +38,8 @@ _GATE_INPUTS = {
             "default": "local",
             "tooltip": "local: each cross-attention key of the concept word is locked to its superclass "
             "(the trained behaviour). global: every key is computed from the prompt with the concept word "
-            "replaced by its superclass word, for better text alignment.",
+            "replaced by its superclass word, for better text alignment. off: K unedited (only for "
+            "concepts trained with key_lock off, an ablation; benchmarks/README.md).",
         },
     ),
 }

@@ -235,6 +235,15 @@ class PerfusionTrainConcept:
                         "temperature 0.15 as Apply Perfusion Concept uses it).",
                     },
                 ),
+                "key_lock": (
+                    "BOOLEAN",
+                    {
+                        "default": True,
+                        "tooltip": "Lock the concept word's keys to the superclass (Perfusion). Off trains "
+                        "with K unedited, the ablation the lock is measured against; load such a concept "
+                        "with key_lock 'off'.",
+                    },
+                ),
             },
         }
 
@@ -268,6 +277,7 @@ class PerfusionTrainConcept:
         validation_prompts=previews.DEFAULT_VALIDATION_PROMPTS,
         preview_size=512,
         preview_steps=15,
+        key_lock=True,
     ):
         concept_word, superclass = concept_word.strip(), superclass.strip()
         config = TrainingConfig(
@@ -282,6 +292,7 @@ class PerfusionTrainConcept:
             resolution=resolution,
             seed=seed,
             templates=parse_templates(templates),
+            key_lock=bool(key_lock),
         )
         if resume is not None and (resume.word != concept_word or resume.info.superclass != superclass):
             raise ValueError(

@@ -237,7 +237,7 @@ class TrainingRun:
                 config.beta,
                 config.tau,
             )
-        self.model = model_patch.install_source(model, self.state)
+        self.model = model_patch.install_source(model, self.state, key_edits=config.key_lock)
         if dtype != precision_module.model_compute_dtype(model):
             self.model.set_model_compute_dtype(dtype)  # ComfyUI casts each weight as it is used
         if checkpointing:

@@ -26,6 +26,7 @@ class AppliedConcept:
     beta: float
     tau: float
     global_lock: bool = False  # K sees the superclass prompt instead of a K edit (spec §5)
+    key_edit: bool = True  # False: K unedited (only for concepts trained without the lock, an ablation)
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,10 @@ class ConceptSet:
         return ConceptSet(self.applied + more)
 
     def members(self, kind: Projection) -> tuple[AppliedConcept, ...]:
-        """Concepts that edit this projection: all for V; K only where the lock is local."""
-        return self.applied if kind == "v" else tuple(a for a in self.applied if not a.global_lock)
+        """Concepts that edit this projection: all for V; K only where the lock is local and on."""
+        if kind == "v":
+            return self.applied
+        return tuple(a for a in self.applied if a.key_edit and not a.global_lock)
 
     @property
     def has_key_edits(self) -> bool:

@@ -67,6 +67,9 @@ class TrainingConfig:
     # Multiplies the objective. AdamW makes the result independent of it, fp16's range does not: with
     # 1/64 a 64 px run has a 512 px run's per-element gradients (tests of fp16 loss scaling use that).
     loss_weight: float = 1.0
+    # False trains with K unedited (the concept word's keys come from its learned embedding): the
+    # ablation the paper's key lock is measured against, not a setting for users.
+    key_lock: bool = True
     flip_probability: float = 0.5
     resolution: int = 512
     seed: int = 0
@@ -87,6 +90,7 @@ class TrainingConfig:
             "resolution": str(self.resolution),
             "seed": str(self.seed),
             "templates": str(len(self.templates)),
+            "key_lock": "superclass" if self.key_lock else "off",
             **self.extra,
         }
 

@@ -1,7 +1,10 @@
-"""`make demo`: train two Perfusion concepts from the bundled images, sweep the gate bias and combine
-both concepts in one image, all through ComfyUI's real executor (headless, in this process).
+"""`make demo`: train two Perfusion concepts, generate them where prompts put them, sweep the gate
+bias and combine both in one image, all through ComfyUI's real executor (headless, in this process).
 
-Writes into the output folder (default ``<repo>/output``):
+By default on the toy world (:mod:`toyworld.demo`: a tiny SD1.5-layout model trained on scenes of
+coloured blocks, shipped with the repository), where the result can be seen on a CPU. With
+``--checkpoint`` (or ``$PERFUSION_CHECKPOINT``) on a real SD1.5 and the bundled photos, writing into
+the output folder (default ``<repo>/output``):
 
 * ``hugsy_bias_<b>.png`` - one image per bias, ``hugsy_bias_sweep.png`` - them side by side, labelled;
 * ``hugsy_and_zorbo.png`` - both concepts in one prompt;
@@ -28,17 +31,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # `harness` and `perfusion_core` as top-level packages
 
-from PIL import Image, ImageDraw, ImageFont  # noqa: E402
-
+from harness.demo_steps import Progress, copy_image, labelled_row, run  # noqa: E402
 from harness.paths import use_cpu  # noqa: E402
 from harness.perfusion_graphs import ConceptUse, generate_prompt, train_prompt  # noqa: E402
 
 IMAGES = REPO / "assets" / "demo_images"  # not examples/: ComfyUI serves that folder as templates
 CHECKPOINT_ENV = "PERFUSION_CHECKPOINT"
-FIXTURE_NOTE = (
-    "random weights: images are abstract; point PERFUSION_CHECKPOINT or --checkpoint at a real SD1.5 "
-    ".safetensors to see real results"
-)
 
 
 @dataclass(frozen=True)
@@ -53,7 +51,7 @@ ZORBO = ConceptSpec("zorbo", "cat")
 
 @dataclass(frozen=True)
 class Settings:
-    """How hard to work: tiny for the random-weight fixture, the paper's recipe for a real model."""
+    """How hard to work on a real model: the paper's recipe, or minimal (--quick)."""
 
     train_steps: int
     batch_size: int
@@ -67,13 +65,11 @@ class Settings:
     biases: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8)
 
 
-def choose_settings(real: bool, quick: bool, steps: int | None) -> Settings:
+def choose_settings(quick: bool, steps: int | None) -> Settings:
     if quick:
         s = Settings(4, 1, 1, 0.3, 0.02, 64, 64, 2, 64, biases=(0.4, 0.8))
-    elif real:
+    else:
         s = Settings(400, 4, 4, 0.03, 0.006, 512, 2000, 30, 512)
-    else:  # the fixture: higher learning rates so 20 steps visibly move the concept
-        s = Settings(20, 1, 1, 0.3, 0.02, 64, 128, 6, 96)
     if steps is not None:
         s = dataclasses.replace(s, train_steps=steps)
     return s
@@ -85,7 +81,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--checkpoint",
         type=Path,
         default=os.environ.get(CHECKPOINT_ENV) or None,
-        help=f"an SD1.5 checkpoint (.safetensors); default ${CHECKPOINT_ENV}, else the random-weight fixture",
+        help=f"an SD1.5 checkpoint (.safetensors); default ${CHECKPOINT_ENV}, else the toy world",
     )
     ap.add_argument(
         "--output", type=Path, default=REPO / "output", help="where results go (default: output/)"
@@ -98,55 +94,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.checkpoint is not None and not args.checkpoint.expanduser().is_file():
         ap.error(f"checkpoint {args.checkpoint} does not exist (from --checkpoint or ${CHECKPOINT_ENV})")
     return args
-
-
-class Progress:
-    """Prints one line per progress event of the host (training steps, sampling steps)."""
-
-    def __init__(self) -> None:
-        self.label = ""
-        self.t0 = time.perf_counter()
-
-    def stage(self, label: str) -> None:
-        self.label = label
-        print(f"[{time.perf_counter() - self.t0:6.1f}s] {label} ...", flush=True)
-
-    def __call__(self, event, data) -> None:
-        if event == "progress":
-            print(f"  {self.label} {data['value']}/{data['max']}", flush=True)
-
-
-def run(host, prompt: dict, progress: Progress, label: str):
-    progress.stage(label)
-    result = host.run(prompt, on_message=progress)
-    if not result.success:
-        raise RuntimeError(f"{label} failed:\n{result.error_text}")
-    return result
-
-
-def copy_image(host, result, node_id: str, dest: Path) -> Path:
-    (source,) = host.image_paths(result, node_id)
-    shutil.copyfile(source, dest)
-    return dest
-
-
-def bias_grid(tiles: Sequence[tuple[str, Path]], title: str, dest: Path, min_tile: int = 256) -> Path:
-    """The sweep as one labelled row (small images are scaled up with nearest-neighbour)."""
-    images = [Image.open(p).convert("RGB") for _, p in tiles]
-    side = max(min_tile, max(im.width for im in images))
-    font = ImageFont.load_default()
-    pad, label_h, title_h = 8, 22, 26
-    grid = Image.new(
-        "RGB", (pad + len(images) * (side + pad), title_h + side + label_h + pad), (255, 255, 255)
-    )
-    draw = ImageDraw.Draw(grid)
-    draw.text((pad, 6), title, fill=(0, 0, 0), font=font)
-    for i, ((label, _), im) in enumerate(zip(tiles, images)):
-        x = pad + i * (side + pad)
-        grid.paste(im.resize((side, side), Image.NEAREST), (x, title_h))
-        draw.text((x + 4, title_h + side + 4), label, fill=(0, 0, 0), font=font)
-    grid.save(dest)
-    return dest
 
 
 def train(host, ckpt: str, spec: ConceptSpec, s: Settings, out: Path, progress: Progress) -> str:
@@ -212,33 +159,56 @@ def configure_logging() -> _StartupFilter:
     return startup
 
 
+def start_host(args: argparse.Namespace, out: Path):
+    """The in-process host with the checkpoint; its ckpt_name."""
+    from harness.inprocess import ComfyHost
+
+    if args.checkpoint is not None:
+        source = args.checkpoint.expanduser().resolve()
+    else:
+        from toyworld.checkpoint import toyworld_checkpoint
+
+        source = toyworld_checkpoint()
+    host = ComfyHost.get(out / "demo-run", checkpoints=[source], load_pack=True)
+    print(f"ComfyUI started in {host.startup_s:.1f}s (base dir {host.base_dir})", flush=True)
+    return host, source.name
+
+
 def demo(args: argparse.Namespace) -> list[Path]:
     os.environ.setdefault("TQDM_DISABLE", "1")  # ComfyUI's sampler bars would interleave with ours
     startup = configure_logging()
-    from harness.inprocess import ComfyHost
-
-    real = args.checkpoint is not None
-    s = choose_settings(real, args.quick, args.steps)
     out = args.output.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    source = args.checkpoint.expanduser().resolve() if real else "tiny"
-    print(f"checkpoint: {source}" if real else f"checkpoint: the small test fixture ({FIXTURE_NOTE})")
+    if args.checkpoint is None:
+        from toyworld.demo import NOTE, run_demo
+
+        print(f"checkpoint: {NOTE}; output: {out}", flush=True)
+        host, ckpt = start_host(args, out)
+        startup.starting = False
+        progress = Progress()
+        written = run_demo(host, ckpt, out, quick=args.quick, steps=args.steps, progress=progress)
+        print(f"[{time.perf_counter() - progress.t0:6.1f}s] done", flush=True)
+        return written
+    return real_checkpoint_demo(args, out, startup)
+
+
+def real_checkpoint_demo(args: argparse.Namespace, out: Path, startup: _StartupFilter) -> list[Path]:
+    s = choose_settings(args.quick, args.steps)
+    print(f"checkpoint: {args.checkpoint}")
     print(
         f"settings: {s.train_steps} training steps (batch {s.batch_size} x {s.grad_accumulation}) at "
         f"{s.train_resolution} px, {s.sample_steps} sampling steps at {s.size} px; output: {out}",
         flush=True,
     )
-    if real and use_cpu():
+    if use_cpu():
         print(
             "note: no GPU found, so ComfyUI runs on the CPU: the full recipe on a real SD1.5 takes hours "
             "there; try --steps 20 for a first look, or run it on a GPU machine",
             flush=True,
         )
-    host = ComfyHost.get(out / "demo-run", checkpoints=[source], load_pack=True)
+    host, ckpt = start_host(args, out)
     startup.starting = False
-    ckpt = host.layout.checkpoint_names[0]
     progress = Progress()
-    print(f"ComfyUI started in {host.startup_s:.1f}s (base dir {host.base_dir})", flush=True)
     if not covariance_cached(host):
         print(
             f"first run: the text-encoding covariance is computed over {s.covariance_prompts} prompts "
@@ -261,7 +231,7 @@ def demo(args: argparse.Namespace) -> list[Path]:
         tiles.append((f"bias {bias:.2f}", copy_image(host, result, "9", out / f"hugsy_bias_{bias:.2f}.png")))
     written += [p for _, p in tiles]
     written.append(
-        bias_grid(tiles, f'"{positive}" - lower bias = stronger concept', out / "hugsy_bias_sweep.png")
+        labelled_row(tiles, f'"{positive}" - lower bias = stronger concept', out / "hugsy_bias_sweep.png")
     )
 
     zorbo = train(host, ckpt, ZORBO, s, out, progress)
@@ -290,7 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in written:
         print(f"  {path}")
     if args.checkpoint is None:
-        print(f"note: {FIXTURE_NOTE}")
+        from toyworld.demo import NOTE
+
+        print(f"note: {NOTE}")
     return 0
 
 

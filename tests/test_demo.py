@@ -14,42 +14,39 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_demo_quick_writes_images_and_concepts(tmp_path):
+def test_demo_quick_writes_toyworld_images_and_concepts(tmp_path):
+    """The default demo (the toy world) from its own process: every image and concept file is written."""
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "demo.py"), "--quick", "--output", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
         check=False,
-        env={**os.environ, "PERFUSION_CHECKPOINT": ""},  # the fixture, whatever the caller set
+        env={**os.environ, "PERFUSION_CHECKPOINT": ""},  # the toy world, whatever the caller set
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
-    assert "random weights: images are abstract" in proc.stdout
-    assert "train hugsy (teddy, 5 images) 4/4" in proc.stdout  # a progress line per training step
+    assert "toy world: a tiny SD1.5-layout model" in proc.stdout
+    assert "train zorp (block, 5 images) 4/4" in proc.stdout  # a progress line per training step
 
-    images = {
-        "hugsy_no_concept.png": 64,
-        "hugsy_bias_0.40.png": 64,
-        "hugsy_bias_0.80.png": 64,
-        "hugsy_and_zorbo.png": 64,
-        "loss_hugsy.png": None,
-        "loss_zorbo.png": None,
-        "hugsy_bias_sweep.png": None,
+    rows = {  # file -> tiles in the row
+        "toyworld_photos.png": 10,
+        "toyworld_previews_zorp.png": 4,
+        "toyworld_previews_quib.png": 4,
+        "toyworld_places.png": 6,
+        "toyworld_bias_sweep.png": 4,  # no concept + biases 0.5, 0.7, 0.9
+        "toyworld_two_concepts.png": 2,
     }
-    for name, side in images.items():
+    for name, tiles in rows.items():
         with Image.open(out / name) as im:
             im.verify()
         with Image.open(out / name) as im:
-            if side is not None:
-                assert im.size == (side, side), name
-    with Image.open(out / "hugsy_bias_sweep.png") as grid:
-        assert grid.width > 3 * 256  # three labelled tiles: no concept, bias 0.40, bias 0.80
-    for word in ("hugsy", "zorbo"):
-        info = read_concept_metadata(out / "concepts" / f"{word}.safetensors")
-        assert (info.word, info.info.steps) == (word, 4)
+            assert im.width > tiles * 128, name
+    for word in ("zorp", "quib"):
+        info = read_concept_metadata(out / "demo-run" / "models" / "perfusion" / f"{word}.safetensors")
+        assert (info.word, info.info.superclass, info.info.steps) == (word, "block", 4)
 
 
 def test_demo_rejects_a_missing_checkpoint(tmp_path):

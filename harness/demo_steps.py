@@ -1,0 +1,60 @@
+"""What the demos share: progress lines, running a prompt, copying an image out, a labelled row."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+
+class Progress:
+    """Prints one line per progress event of the host (training steps, sampling steps)."""
+
+    def __init__(self) -> None:
+        self.label = ""
+        self.t0 = time.perf_counter()
+
+    def stage(self, label: str) -> None:
+        self.label = label
+        print(f"[{time.perf_counter() - self.t0:6.1f}s] {label} ...", flush=True)
+
+    def __call__(self, event, data) -> None:
+        if event == "progress":
+            print(f"  {self.label} {data['value']}/{data['max']}", flush=True)
+
+
+def run(host, prompt: dict, progress: Progress, label: str):
+    progress.stage(label)
+    result = host.run(prompt, on_message=progress)
+    if not result.success:
+        raise RuntimeError(f"{label} failed:\n{result.error_text}")
+    return result
+
+
+def copy_image(host, result, node_id: str, dest: Path) -> Path:
+    (source,) = host.image_paths(result, node_id)
+    shutil.copyfile(source, dest)
+    return dest
+
+
+def labelled_row(tiles: Sequence[tuple[str, Path]], title: str, dest: Path, min_tile: int = 256) -> Path:
+    """Images as one labelled row under a title (small images are scaled up with nearest-neighbour)."""
+    images = [Image.open(p).convert("RGB") for _, p in tiles]
+    side = max(min_tile, max(im.width for im in images))
+    font = ImageFont.load_default()
+    pad, title_h = 8, 26
+    label_h = 10 + 12 * max(label.count("\n") + 1 for label, _ in tiles)
+    grid = Image.new(
+        "RGB", (pad + len(images) * (side + pad), title_h + side + label_h + pad), (255, 255, 255)
+    )
+    draw = ImageDraw.Draw(grid)
+    draw.text((pad, 6), title, fill=(0, 0, 0), font=font)
+    for i, ((label, _), im) in enumerate(zip(tiles, images)):
+        x = pad + i * (side + pad)
+        grid.paste(im.resize((side, side), Image.NEAREST), (x, title_h))
+        draw.multiline_text((x + 4, title_h + side + 4), label, fill=(0, 0, 0), font=font, spacing=2)
+    grid.save(dest)
+    return dest

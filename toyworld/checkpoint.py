@@ -1,0 +1,95 @@
+"""The toy-world checkpoint ComfyUI loads: trained UNet + exact VAE + the fixture's frozen CLIP-L.
+
+Only the UNet's trained weights are committed (``toyworld/weights/toyworld-unet.safetensors``,
+fp16). The text encoder is the test fixture's deterministic random CLIP-L, which the UNet was
+trained against, and the VAE is set by hand (:mod:`toyworld.vae`); both are regenerated here, so
+packing takes seconds. The packed ``.ckpt`` keeps the fixture's shared-storage CLIP (a few MB
+instead of 246 MB as plain fp16) and is loaded by ComfyUI with ``weights_only=True``.
+
+    python -m toyworld.checkpoint OUT.ckpt
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from harness.paths import cache_dir, comfyui_path, repo_root
+
+WEIGHTS = repo_root() / "toyworld" / "weights" / "toyworld-unet.safetensors"
+_UNET = "model.diffusion_model."
+_VAE = "first_stage_model."
+
+
+def _weights_tag() -> str:
+    if not WEIGHTS.is_file():
+        raise FileNotFoundError(
+            f"{WEIGHTS} is missing: it is committed with the repository (run `make toyworld` to retrain it)"
+        )
+    return hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()[:10]
+
+
+def toyworld_checkpoint_name() -> str:
+    return f"toyworld-sd15-{_weights_tag()}.ckpt"
+
+
+def toyworld_checkpoint(dest_dir: str | os.PathLike | None = None) -> Path:
+    """Path of the packed checkpoint, packing it (in a subprocess: it imports ``comfy``) when missing.
+    The name holds a hash of the committed weights, so retrained weights never reuse a stale file."""
+    dest = Path(dest_dir) if dest_dir is not None else cache_dir()
+    dest.mkdir(parents=True, exist_ok=True)
+    out = dest / toyworld_checkpoint_name()
+    if out.is_file():
+        return out
+    env = dict(os.environ, COMFYUI_PATH=str(comfyui_path()))
+    env["PYTHONPATH"] = os.pathsep.join([str(repo_root()), *filter(None, [env.get("PYTHONPATH")])])
+    proc = subprocess.run(
+        [sys.executable, "-m", "toyworld.checkpoint", str(out)],
+        cwd=repo_root(),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if proc.returncode != 0 or not out.is_file():
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
+        raise RuntimeError(f"packing the toy-world checkpoint failed (exit {proc.returncode}):\n{tail}")
+    return out
+
+
+def build_state_dict() -> dict:
+    """The packed state dict. Imports ``comfy``: only in a process that hosts no ComfyUI."""
+    import torch
+    from safetensors.torch import load_file
+
+    from harness.fixture_checkpoint import FixtureSpec
+    from harness.fixture_checkpoint import build_state_dict as fixture_state_dict
+    from toyworld import vae
+
+    sd = fixture_state_dict(FixtureSpec("tiny"))
+    unet = load_file(str(WEIGHTS))
+    fixture_unet = {k for k in sd if k.startswith(_UNET)}
+    if set(unet) != fixture_unet:
+        raise ValueError(f"{WEIGHTS} does not hold the tiny UNet layout's keys")
+    sd.update(unet)
+    for k, v in vae.state_dict().items():
+        sd[_VAE + k] = v.to(torch.float16)
+    return dict(sorted(sd.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from harness.fixture_checkpoint import _serialise, _write_atomic
+
+    (out,) = argv if argv is not None else sys.argv[1:]
+    data = _serialise(build_state_dict())
+    _write_atomic(Path(out), data)
+    print(f"wrote {out}: {len(data) / 2**20:.1f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

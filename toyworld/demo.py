@@ -1,0 +1,136 @@
+"""The demo on the toy world: two new objects trained through the pack's nodes, then generated where
+prompts put them, over a bias sweep and together (called by ``scripts/demo.py``, its default).
+
+Writes, each image scaled up 4x (nearest) and labelled:
+
+* ``toyworld_photos.png``: the 5 training images of each concept (all centre, white background);
+* ``toyworld_previews_<word>.png``: the trainer's previews before and after training;
+* ``toyworld_places.png``: "zorp" at other places and on other backgrounds, next to another block;
+* ``toyworld_bias_sweep.png``: one prompt over the gate bias, and the unpatched model;
+* ``toyworld_two_concepts.png``: "zorp" and "quib", trained apart, in one prompt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from PIL import Image
+
+from harness.demo_steps import Progress, labelled_row, run
+from harness.perfusion_graphs import ConceptUse, generate_prompt
+
+from . import world
+from .evaluate import CFG, STEPS
+from .recipe import SUGGESTED_BIAS, Recipe, train_graph, write_photos
+
+NOTE = (
+    "toy world: a tiny SD1.5-layout model trained here on 64 px scenes of coloured blocks, with a random "
+    "CLIP; a mechanism demo, not real SD1.5 quality (point --checkpoint at a real SD1.5 for that)"
+)
+PREVIEW_PROMPTS = ("a {} on the left, black background", "a {} at the top, cyan background")
+PLACES = (
+    world.Scene("black", (world.CONCEPTS["zorp"].at("left"),)),
+    world.Scene("gray", (world.CONCEPTS["zorp"].at("top"),)),
+    world.Scene("cyan", (world.CONCEPTS["zorp"].at("right"),)),
+    world.Scene("white", (world.CONCEPTS["zorp"].at("bottom"),)),
+    world.Scene("gray", (world.CONCEPTS["zorp"].at("left"), world.block("orange", "right"))),
+    world.Scene("black", (world.block("green", "top"), world.CONCEPTS["zorp"].at("bottom"))),
+)
+TOGETHER = (
+    world.Scene("black", (world.CONCEPTS["zorp"].at("left"), world.CONCEPTS["quib"].at("right"))),
+    world.Scene("cyan", (world.CONCEPTS["quib"].at("top"), world.CONCEPTS["zorp"].at("bottom"))),
+)
+BIASES = (0.5, 0.6, 0.7, 0.8, 0.9)
+SEED = 3
+
+
+def _caption_lines(text: str, width: int = 30) -> str:
+    words, lines, line = text.split(), [], ""
+    for w in words:
+        if line and len(line) + len(w) + 1 > width:
+            lines.append(line)
+            line = w
+        else:
+            line = f"{line} {w}".strip()
+    return "\n".join([*lines, line])
+
+
+def _save(images, dest: Path) -> Path:
+    Image.fromarray((images * 255).round().astype("uint8")).save(dest)
+    return dest
+
+
+def run_demo(host, ckpt: str, out: Path, *, quick: bool, steps: int | None, progress: Progress) -> list[Path]:
+    recipe = Recipe(covariance_prompts=64) if quick else Recipe()
+    if quick:
+        recipe = dataclasses.replace(recipe, steps=4)
+    if steps is not None:
+        recipe = dataclasses.replace(recipe, steps=steps)
+    tiles_dir = out / "toyworld"
+    tiles_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    concepts = {}
+    photo_tiles = []
+    for concept in world.CONCEPTS.values():
+        names = write_photos(host.layout.input, concept, "demo")
+        photo_tiles += [(f"{concept.word} {i}", host.layout.input / n) for i, n in enumerate(names)]
+        graph = train_graph(
+            ckpt, names, concept, recipe, concept.word, preview_every=recipe.steps,
+            validation_prompts="\n".join(PREVIEW_PROMPTS), preview_size=world.IMAGE_SIZE, preview_steps=STEPS,
+        )  # fmt: skip
+        graph["6"] = {
+            "class_type": "SaveImage",
+            "inputs": {"images": ["3", 3], "filename_prefix": "previews"},
+        }
+        result = run(host, graph, progress, f"train {concept.word} ({world.SUPERCLASS}, {len(names)} images)")
+        paths = host.image_paths(result, "6")
+        labels = [
+            f"{when}: {p.format(concept.word)}" for when in ("before", "after") for p in PREVIEW_PROMPTS
+        ]
+        dest = out / f"toyworld_previews_{concept.word}.png"
+        written.append(labelled_row(list(zip(labels, paths)), f"{concept.word}: trainer previews", dest, 192))
+        concepts[concept.word] = f"{concept.word}.safetensors"
+    title = "training images (all: centre, white background)"
+    written.insert(0, labelled_row(photo_tiles, title, out / "toyworld_photos.png", 128))
+
+    def generate(scene: world.Scene, uses, tag: str, positive: str | None = None) -> Path:
+        text = positive or scene.caption
+        prompt = generate_prompt(
+            ckpt,
+            uses,
+            positive=text,
+            seed=SEED,
+            steps=STEPS,
+            cfg=CFG,
+            size=world.IMAGE_SIZE,
+            filename_prefix="demo",
+        )
+        result = run(host, prompt, progress, f"{tag}: {text}")
+        return _save(host.images(result, "9")[0], tiles_dir / f"{tag}.png")
+
+    zorp = [ConceptUse(concepts["zorp"], SUGGESTED_BIAS)]
+    places = [(_caption_lines(s.caption), generate(s, zorp, f"place_{i}")) for i, s in enumerate(PLACES)]
+    written.append(labelled_row(places, f"zorp where the prompt puts it (bias {SUGGESTED_BIAS})",
+                                out / "toyworld_places.png", 192))  # fmt: skip
+
+    sweep_scene = PLACES[0]
+    superclass = sweep_scene.caption.replace("zorp", world.SUPERCLASS)
+    sweep = [("no concept:\n" + superclass, generate(sweep_scene, [], "sweep_none", superclass))]
+    for bias in BIASES[::2] if quick else BIASES:
+        use = [ConceptUse(concepts["zorp"], bias)]
+        sweep.append((f"bias {bias:.1f}", generate(sweep_scene, use, f"sweep_{bias:.1f}")))
+    written.append(labelled_row(sweep, f'"{sweep_scene.caption}": lower bias = stronger concept',
+                                out / "toyworld_bias_sweep.png", 192))  # fmt: skip
+
+    both = [ConceptUse(concepts["zorp"], SUGGESTED_BIAS), ConceptUse(concepts["quib"], SUGGESTED_BIAS)]
+    together = [
+        (_caption_lines(s.caption), generate(s, both, f"together_{i}")) for i, s in enumerate(TOGETHER)
+    ]
+    written.append(
+        labelled_row(
+            together, "two concepts trained apart, one prompt", out / "toyworld_two_concepts.png", 192
+        )
+    )
+    written += [host.layout.perfusion / f for f in concepts.values()]
+    return written
