@@ -55,6 +55,7 @@ def labelled_row(tiles: Sequence[tuple[str, Path]], title: str, dest: Path, min_
     for i, ((label, _), im) in enumerate(zip(tiles, images)):
         x = pad + i * (side + pad)
         grid.paste(im.resize((side, side), Image.NEAREST), (x, title_h))
+        draw.rectangle((x - 1, title_h - 1, x + side, title_h + side), outline=(160, 160, 160))
         draw.multiline_text((x + 4, title_h + side + 4), label, fill=(0, 0, 0), font=font, spacing=2)
     grid.save(dest)
     return dest

@@ -27,7 +27,7 @@ class Recipe:
 
     steps: int = 150
     batch_size: int = 4
-    lr_v: float = 0.03
+    lr_v: float = 0.05
     lr_embedding: float = 0.01
     covariance_prompts: int = 256
     lora_rank: int = 8
