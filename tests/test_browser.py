@@ -168,7 +168,7 @@ def test_shipped_workflow_in_the_frontend(page, comfy_server, fixture_values, na
                 w = by_name[widget]
                 assert (w["type"], w["min"], w["max"]) == ("number", low, high), (class_type, w)
             assert by_name["key_lock"]["type"] == "combo"
-            assert by_name["key_lock"]["values"] == ["local", "global"]
+            assert by_name["key_lock"]["values"] == ["local", "global", "off"]
     present = {n["type"] for n in shipped["nodes"]} & set(OUR_NODES)
     assert present, f"{name} uses none of the pack's nodes"
 

@@ -53,7 +53,7 @@ def test_object_info_describes_the_four_nodes(comfy_server, server_concepts):
             kind, options = required[name]
             assert kind == "FLOAT", (node, name)
             assert (options["default"], options["min"], options["max"]) == (default, low, high), (node, name)
-        assert required["key_lock"][0] == ["local", "global"]
+        assert required["key_lock"][0] == ["local", "global", "off"]
         assert info[node]["output"] == ["MODEL", "CLIP"]
     assert set(server_concepts.values()) <= set(
         info["PerfusionConceptLoader"]["input"]["required"]["concept_name"][0]

@@ -231,6 +231,7 @@ def train_and_generate() -> Workflow:
         validation_prompts="a photo of {}\n{} on the beach",
         preview_size=SIZE,
         preview_steps=15,
+        key_lock=True,
         group=train,
         column=2,
     )
