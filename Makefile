@@ -35,7 +35,7 @@ bench: setup
 bench-quality: setup
 	$(PY) benchmarks/quality.py $(BENCH_ARGS)
 
-# Retrains the toy world's UNet (~55 min on 2 CPU cores; resumable) into toyworld/weights/.
+# Retrains the toy world's UNet (~1 hour on 2 CPU cores; resumable) into toyworld/weights/.
 toyworld: setup
 	$(PY) -m toyworld.build $(TOYWORLD_ARGS)
 
