@@ -105,9 +105,8 @@ def rates(rows: list[dict[str, bool]]) -> dict[str, float]:
 class QualityRun:
     """One host, one checkpoint; trains the arms and samples every prompt with the same seeds."""
 
-    def __init__(self, host, ckpt: str, recipe: Recipe, samples: int, out: Path):
-        self.host, self.ckpt, self.recipe, self.samples, self.out = host, ckpt, recipe, samples, out
-        self.grids: dict[str, list] = {}
+    def __init__(self, host, ckpt: str, recipe: Recipe, samples: int):
+        self.host, self.ckpt, self.recipe, self.samples = host, ckpt, recipe, samples
 
     def run(self, prompt: dict, label: str):
         t0 = time.perf_counter()
@@ -146,7 +145,6 @@ class QualityRun:
                 raise RuntimeError(f"sampling {text!r} failed:\n{result.error_text}")
             images = self.host.images(result, "9")
             rows += [judge(img, scene, concepts) for img in images]
-            self.grids.setdefault(text, images[:1])
         return rows
 
     def lora_graph(self, text: str, seed: int, names: list[str], strength: float) -> dict:
@@ -186,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     ckpt_path = toyworld_checkpoint()
     host = ComfyHost.get(Path(tempfile.mkdtemp(prefix="perfusion-quality-")), checkpoints=[ckpt_path])
     recipe = Recipe(steps=a.steps)
-    q = QualityRun(host, ckpt_path.name, recipe, a.samples, a.out)
+    q = QualityRun(host, ckpt_path.name, recipe, a.samples)
     zorp, quib = world.CONCEPTS["zorp"], world.CONCEPTS["quib"]
     scenes = eval_scenes(zorp)[:: 6 if a.quick else 1]
 

@@ -20,12 +20,12 @@ ALIGNMENT_LOSS = 0.4  # alignment below the unpatched model's, at most (measured
 
 
 @pytest.mark.slow
-def test_toyworld_concept_raises_fidelity_and_keeps_alignment(comfy_host, tmp_path):
+def test_toyworld_concept_raises_fidelity_and_keeps_alignment(comfy_host):
     from toyworld.checkpoint import toyworld_checkpoint
 
     ckpt = comfy_host.add_checkpoint(toyworld_checkpoint())
     zorp = world.CONCEPTS["zorp"]
-    run = QualityRun(comfy_host, ckpt, Recipe(), samples=4, out=tmp_path)  # 6 prompts x 4 = 24 samples
+    run = QualityRun(comfy_host, ckpt, Recipe(), samples=4)  # 6 prompts x 4 = 24 samples
     concept = run.train(zorp, "test_toyworld_zorp")
     scenes = eval_scenes(zorp)[::2]  # 6 prompts: 4 moves, 2 next to another block
     unpatched = rates(run.sample(scenes, [zorp], superclass_prompt=True))

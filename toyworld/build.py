@@ -207,9 +207,10 @@ def main(argv: list[str] | None = None) -> int:
         decay = min(0.999, (1 + step) / (10 + step))
         with torch.no_grad():
             for k, v in unet.state_dict().items():
-                ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay) if v.dtype.is_floating_point else ema[
-                    k
-                ].copy_(v)
+                if v.dtype.is_floating_point:
+                    ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+                else:
+                    ema[k].copy_(v)
         step += 1
         losses.append(loss.item())
         bar.update(1)
