@@ -316,3 +316,21 @@ def test_batches_hold_distinct_samples_while_they_can():
                 assert len(set(plan.image_indices)) == batch
     plan = plan_batch(generator, 1, ["{}"], 8, 0.5)  # more than one photo and its flip: with replacement
     assert plan.image_indices == [0] * 8
+
+
+def test_key_lock_off_trains_and_applies_without_a_key_edit(perfusion_pack, base_models, toy_pixels):
+    """The ablation the benchmark compares against: K unedited in training and with loader 'off'."""
+    model, clip, _ = base_models
+    concept = run_trainer(perfusion_pack, base_models, toy_pixels, steps=2, key_lock=False).concept
+    assert concept.info.training_settings["key_lock"] == "off"
+    apply = perfusion_pack.nodes.apply.apply_concept
+    unlocked = apply(model, clip, concept, -50.0, 0.15, "off", "test")[0]
+    locked = apply(model, clip, concept, -50.0, 0.15, "local", "test")[0]
+    with torch.inference_mode():
+        for layer in perfusion_pack.nodes.model_patch.cross_attention_layers(model):
+            w_k = model.get_model_object(layer.key_path).weight.float()
+            x = concept.i_star[None, None].to(w_k.dtype)
+            plain = unlocked.get_model_object(f"{layer.key_path}.forward")(x)[0, 0].float()
+            torch.testing.assert_close(plain, w_k @ concept.i_star, rtol=1e-3, atol=1e-3)
+            edited = locked.get_model_object(f"{layer.key_path}.forward")(x)[0, 0].float()
+            assert not torch.allclose(edited, plain, rtol=1e-3, atol=1e-3)
