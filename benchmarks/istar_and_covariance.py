@@ -206,7 +206,7 @@ class Study:
         """(rows·77, D) float64 encodings of every chunk of `prompts` and each position's kind
         (index into KINDS); `marked(token)` picks the token reported as "concept" (the concept
         word's embedding, or the superclass word in superclass prompts)."""
-        key = self.te.tokenizer_key(clip)
+        key = self.te.text_encoders(clip)[0].key  # an SD1.5 benchmark: one text encoder
         sequences, kinds = [], []
         for prompt in prompts:
             for chunk in clip.tokenize(prompt, disable_weights=True)[key]:
@@ -444,7 +444,9 @@ class Study:
         from perfusion_core.training import DEFAULT_TEMPLATES
 
         embedding = run["token_embedding"]
-        pclip = self.te.clip_with_concepts(self.clip, [self.te.ConceptWord(WORD, embedding)])
+        pclip = self.te.clip_with_concepts(
+            self.clip, [self.te.ConceptWord(WORD, self.te.split_embedding(self.clip, embedding))]
+        )
         marked = lambda token: token is embedding  # noqa: E731
         prompts = [p.format(WORD) for p in self.concept_prompts()]
         run["concept_enc"] = self.encode(pclip, prompts, marked=marked)

@@ -16,7 +16,15 @@ layout            UNet                                                   attn2 l
 ``tiny``          1 level (320), 1 res block, no middle block            3             ~3 MB
 ``two_level``     levels 320/640, 1 res block each, middle block         7             ~4 MB
 ``full``          the real SD1.5 UNet ([1,2,4,4], 2 res blocks, depth 1)  16            ~7 MB
+``sdxl``          SDXL's depths [0,0,2,2,10,10] at widths 320/640/320    31            ~5 MB
 ================  =====================================================  ============  ==========
+
+``sdxl`` is an **SDXL-family** checkpoint (``context_dim`` 2048, detected as ``SDXL``): ComfyUI matches
+SDXL by 320 model channels, linear ``proj_in``, context 2048, ``adm_in_channels`` 2816 and the per-block
+transformer depths, not by the block widths, so the 1280-wide level is built 320 wide and the output
+and middle depths are 1. Its text encoders are the real CLIP-L and OpenCLIP-bigG layouts (32 layers,
+1280 wide: ~1.1 B parameters once loaded, ~4 GB in fp32), stored as SDXL checkpoints store them
+(``conditioner.embedders.0.transformer.``, ``conditioner.embedders.1.model.``).
 
 Variants:
 
@@ -89,6 +97,16 @@ LAYOUTS: dict[str, dict] = {
         transformer_depth_output=[1, 1, 1, 1],
         transformer_depth_middle=1,
     ),
+    # SDXL family: ComfyUI matches the per-block transformer depths [0, 0, 2, 2, 10, 10] (and 320
+    # channels, linear proj_in, context 2048, adm 2816), not the widths, so the blocks are 320/640
+    # wide instead of 320/640/1280 and the output/middle depths are cut to 1.
+    "sdxl": dict(
+        channel_mult=[1, 2, 1],
+        num_res_blocks=[2, 2, 2],
+        transformer_depth=[0, 0, 2, 2, 10, 10],
+        transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1],
+        transformer_depth_middle=1,
+    ),
     "full": dict(
         channel_mult=[1, 2, 4, 4],
         num_res_blocks=[2, 2, 2, 2],
@@ -103,7 +121,15 @@ LAYOUTS: dict[str, dict] = {
 _FAMILIES: dict[int, dict] = {
     768: dict(use_linear_in_transformer=False, num_heads=8, num_head_channels=-1),  # SD15
     1024: dict(use_linear_in_transformer=True, num_heads=-1, num_head_channels=64),  # SD20
+    2048: dict(  # SDXL: the pooled bigG output and six size embeddings enter through `y`
+        use_linear_in_transformer=True,
+        num_heads=-1,
+        num_head_channels=64,
+        adm_in_channels=2816,
+        num_classes="sequential",
+    ),
 }
+_SDXL_LAYOUTS = frozenset({"sdxl"})
 
 _UNET_BASE = dict(
     image_size=32,
@@ -123,7 +149,8 @@ _BUILD_TIMEOUT_S = 900
 
 @dataclass(frozen=True)
 class FixtureSpec:
-    """What to build. ``context_dim`` 768 = SD15 family, 1024 = SD2.x family (see module doc)."""
+    """What to build. ``context_dim`` 768 = SD15 family, 1024 = SD2.x family, 2048 with layout
+    ``sdxl`` = SDXL family (see module doc)."""
 
     layout: str = "tiny"
     context_dim: int = 768
@@ -134,13 +161,17 @@ class FixtureSpec:
             raise ValueError(f"unknown fixture layout {self.layout!r}; choose from {sorted(LAYOUTS)}")
         if self.context_dim not in _FAMILIES:
             raise ValueError(f"context_dim must be one of {sorted(_FAMILIES)}, got {self.context_dim}")
+        if (self.layout in _SDXL_LAYOUTS) != (self.context_dim == 2048):
+            raise ValueError(
+                f"layout {self.layout!r} and context_dim {self.context_dim} do not make a family"
+            )
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
 
     @property
     def filename(self) -> str:
-        parts = [f"fixture-sd15-{self.layout}"]
-        if self.context_dim != 768:
+        parts = [f"fixture-sd15-{self.layout}"] if self.context_dim != 2048 else ["fixture-sdxl"]
+        if self.context_dim == 1024:
             parts.append(f"ctx{self.context_dim}")
         if self.seed:
             parts.append(f"seed{self.seed}")
@@ -148,21 +179,26 @@ class FixtureSpec:
         return "-".join(parts) + ".ckpt"
 
     def unet_config(self) -> dict:
-        cfg = dict(_UNET_BASE, context_dim=self.context_dim, **_FAMILIES[self.context_dim])
+        cfg = {**_UNET_BASE, "context_dim": self.context_dim, **_FAMILIES[self.context_dim]}
         cfg.update({k: list(v) if isinstance(v, list) else v for k, v in LAYOUTS[self.layout].items()})
         return cfg
 
 
-def fixture_checkpoint_name(layout: str = "tiny", *, context_dim: int = 768, seed: int = 0) -> str:
+def family_context_dim(layout: str) -> int:
+    """The context width a layout is built for unless asked otherwise (SDXL layouts: 2048)."""
+    return 2048 if layout in _SDXL_LAYOUTS else 768
+
+
+def fixture_checkpoint_name(layout: str = "tiny", *, context_dim: int | None = None, seed: int = 0) -> str:
     """The file name (the ``ckpt_name`` a prompt uses) of a fixture, without building it."""
-    return FixtureSpec(layout, context_dim, seed).filename
+    return FixtureSpec(layout, context_dim or family_context_dim(layout), seed).filename
 
 
 def fixture_checkpoint(
     layout: str = "tiny",
     dest_dir: str | os.PathLike | None = None,
     *,
-    context_dim: int = 768,
+    context_dim: int | None = None,
     seed: int = 0,
 ) -> Path:
     """Path of the fixture checkpoint, building it (in a subprocess) only when it is missing.
@@ -170,7 +206,7 @@ def fixture_checkpoint(
     ``dest_dir`` defaults to :func:`harness.paths.cache_dir`. The file name holds the layout, the
     variant and :data:`FIXTURE_VERSION`, so a changed generator never reuses a stale file.
     """
-    spec = FixtureSpec(layout, context_dim, seed)
+    spec = FixtureSpec(layout, context_dim or family_context_dim(layout), seed)
     dest = Path(dest_dir) if dest_dir is not None else cache_dir()
     dest.mkdir(parents=True, exist_ok=True)
     out = dest / spec.filename
@@ -342,10 +378,14 @@ def build_state_dict(spec: FixtureSpec, comfy_root: Path | None = None) -> dict:
                 init.plan(key, shape, std)
 
     add("model.diffusion_model.", _unet_shapes(spec))
+    clip_l = comfy_root / "comfy" / "sd1_clip_config.json"
     if spec.context_dim == 768:
+        add("cond_stage_model.transformer.", _clip_shapes(clip_l, False))
+    elif spec.context_dim == 2048:  # CLIP-L and OpenCLIP-bigG, as SDXL checkpoints store them
+        add("conditioner.embedders.0.transformer.", _clip_shapes(clip_l, False))
         add(
-            "cond_stage_model.transformer.",
-            _clip_shapes(comfy_root / "comfy" / "sd1_clip_config.json", False),
+            "conditioner.embedders.1.model.transformer.",
+            _clip_shapes(comfy_root / "comfy" / "clip_config_bigg.json", True),
         )
     else:
         clip_cfg = comfy_root / "comfy" / "text_encoders" / "sd2_clip_config.json"
@@ -386,10 +426,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("out", type=Path)
     ap.add_argument("--layout", default="tiny", choices=sorted(LAYOUTS))
-    ap.add_argument("--context-dim", type=int, default=768, choices=sorted(_FAMILIES))
+    ap.add_argument("--context-dim", type=int, default=None, choices=sorted(_FAMILIES))
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
-    spec = FixtureSpec(a.layout, a.context_dim, a.seed)
+    spec = FixtureSpec(a.layout, a.context_dim or family_context_dim(a.layout), a.seed)
     t0 = time.perf_counter()
     sd = build_state_dict(spec)
     data = _serialise(sd)

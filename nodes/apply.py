@@ -15,11 +15,11 @@ log = logging.getLogger("comfyui-perfusion")
 
 def model_signature(model, clip) -> ModelSignature:
     """What a concept must match: family, cross-attention layers and widths, text encoder."""
-    return ModelSignature(
-        model_family=type(model.model.model_config).__name__,
-        encoder_width=text_encoder.encoder_width(clip),
-        encoder_fingerprint=text_encoder.encoder_fingerprint(clip),
-        layers={layer.name: layer.width for layer in model_patch.cross_attention_layers(model)},
+    return ModelSignature.from_layers(
+        type(model.model.model_config).__name__,
+        text_encoder.encoder_fingerprint(clip),
+        model_patch.served_layers(model, clip),
+        text_encoder.encoder_layout(clip),
     )
 
 
@@ -37,9 +37,14 @@ def apply_concept(model, clip, concept: Concept, bias: float, temperature: float
     if mismatch:
         raise ValueError(mismatch)
     global_lock = key_lock == "global"
-    superclass = text_encoder.input_embedding(clip, concept.info.superclass) if global_lock else None
     applied = AppliedConcept(
         concept, beta=float(bias), tau=float(temperature), global_lock=global_lock, key_edit=key_lock != "off"
     )
-    word = text_encoder.ConceptWord(concept.word, concept.token_embedding, superclass, layer)
+    word = text_encoder.ConceptWord(
+        concept.word,
+        text_encoder.split_embedding(clip, concept.token_embedding),
+        text_encoder.split_embedding(clip, text_encoder.input_embedding(clip, concept.info.superclass)),
+        global_lock=global_lock,
+        clip_layer=layer,
+    )
     return model_patch.apply_concepts(model, (applied,)), text_encoder.clip_with_concepts(clip, [word])

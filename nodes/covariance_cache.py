@@ -24,11 +24,12 @@ def cache_directory() -> str:
 
 def encode_batch(clip, prompts: list[str]) -> torch.Tensor:
     """Per-token encodings (B·chunks, T, D) the denoiser would see for `prompts`, in one pass."""
-    sequences = []
+    batched: dict[str, list] = {}
     for prompt in prompts:
-        sequences.extend(clip.tokenize(prompt, disable_weights=True)[text_encoder.tokenizer_key(clip)])
-    cond = clip.encode_from_tokens({text_encoder.tokenizer_key(clip): sequences})
-    return cond.reshape(len(sequences), -1, cond.shape[-1])
+        for key, chunks in clip.tokenize(prompt, disable_weights=True).items():
+            batched.setdefault(key, []).extend(chunks)
+    cond = clip.encode_from_tokens(batched)
+    return cond.reshape(len(next(iter(batched.values()))), -1, cond.shape[-1])
 
 
 def inverse_covariance(clip, n_prompts: int) -> torch.Tensor:

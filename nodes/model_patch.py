@@ -14,7 +14,7 @@ import torch
 
 from ..perfusion_core.concept_set import AppliedConcept, ConceptSet, PlanSource, Projection, ProjectionPlan
 from ..perfusion_core.layers import CrossAttentionLayer, find_cross_attention_layers
-from . import key_lock, sampling_run
+from . import key_lock, sampling_run, text_encoder
 from .sampling_run import SamplingRun
 
 
@@ -72,6 +72,26 @@ class PerfusionProjection:
 def cross_attention_layers(model) -> list[CrossAttentionLayer]:
     """The denoiser's cross-attention layers, named as object-patch paths of `model.model`."""
     return find_cross_attention_layers(model.model)
+
+
+def served_layers(model, clip) -> list[CrossAttentionLayer]:
+    """The layers a concept edits, refusing models the edit cannot serve: no UNet cross-attention
+    (SD3, Flux and other MMDiT/DiT models), or a CLIP whose encodings are not the layers' input."""
+    layers = cross_attention_layers(model)
+    family = type(model.model.model_config).__name__
+    if not layers:
+        raise ValueError(
+            f"the loaded model is {family} ({type(model.model.diffusion_model).__name__}): it has no UNet "
+            "cross-attention to_k/to_v projections for a Perfusion edit. Concepts serve SD1.x, SD2.x and "
+            "SDXL-family models"
+        )
+    width = text_encoder.encoder_width(clip)
+    if layers[0].context_dim != width:
+        raise ValueError(
+            f"the CLIP does not belong to the loaded {family} model: its text encoders give "
+            f"{width}-wide encodings, the model's cross-attention reads {layers[0].context_dim}"
+        )
+    return layers
 
 
 def _projection_path(layer: CrossAttentionLayer, kind: Projection) -> str:

@@ -121,11 +121,12 @@ class PerfusionTrainConcept:
                 "resolution": (
                     "INT",
                     {
-                        "default": 512,
-                        "min": 64,
+                        "default": 0,
+                        "min": 0,
                         "max": 2048,
                         "step": 64,
-                        "tooltip": "Training image size (512 for SD1.5).",
+                        "tooltip": "Training image size; 0 = the model's native size (512 for SD1.x, "
+                        "768 for v-prediction SD2.x, 1024 for the SDXL family).",
                     },
                 ),
                 "flip": (
@@ -280,6 +281,8 @@ class PerfusionTrainConcept:
         key_lock=True,
     ):
         concept_word, superclass = concept_word.strip(), superclass.strip()
+        if resolution == 0:
+            resolution = trainer.native_resolution(model)
         config = TrainingConfig(
             steps=steps,
             batch_size=batch_size,

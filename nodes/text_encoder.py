@@ -1,11 +1,16 @@
-"""Concept words in the text encoder (host glue).
+"""Concept words in the text encoder(s) (host glue).
 
-A concept word typed in any prompt becomes the concept's learned input embedding. This reuses
-ComfyUI's textual-inversion path: a CLIP clone gets its own copy of the tokenizer whose
-`embedding:` lookup knows the concept words, so a stock CLIPTextEncode needs nothing else.
-For global key-locking the clone's encoder also encodes the prompt a second time with each
-concept word's embedding swapped for its superclass word's embedding (positions stay aligned)
-and attaches that encoding as a model cond for the K projections (spec §5).
+A concept word typed in any prompt becomes the concept's learned input embedding, one per text
+encoder (SD1.x: CLIP-L; SD2.x: OpenCLIP-H; SDXL: CLIP-L and OpenCLIP-bigG, whose encodings are
+concatenated). This reuses ComfyUI's textual-inversion path: a CLIP clone gets its own copy of each
+inner tokenizer whose `embedding:` lookup knows the concept words, so a stock CLIPTextEncode needs
+nothing else. The encoders, their keys and widths come from the loaded CLIP, never from model names.
+
+The concept word must not change anything but what the edit reads, so the pooled output (SDXL's
+size-and-style vector) is that of the prompt with each concept word replaced by its superclass word,
+as the key lock does for K. For global key-locking the clone's encoder also attaches the encoding of
+the prompt with the globally locked words swapped (positions stay aligned) as a model cond for the K
+projections (spec §5).
 
 The gate recognises a concept word by its encoding at the text-encoder layer it was trained on, so
 a prompt with the word encoded at another layer (CLIP Set Last Layer) is refused, not mis-applied.
@@ -20,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import comfy.conds
+import comfy.sd1_clip
 import torch
 
 from ..perfusion_core.covariance import text_encoder_fingerprint
@@ -30,28 +36,80 @@ _ENCODE = "encode_token_weights"
 
 
 @dataclass(frozen=True)
+class TextEncoder:
+    """One text encoder of a CLIP: `key` names its token lists in `clip.tokenize(...)` ("l", "g",
+    "h"), `attribute` the tokenizer and the module on the CLIP ("clip_l", ...)."""
+
+    key: str
+    attribute: str
+    module: torch.nn.Module
+
+    @property
+    def width(self) -> int:
+        return int(self.module.transformer.get_input_embeddings().weight.shape[1])
+
+
+def text_encoders(clip) -> list[TextEncoder]:
+    """The CLIP text encoders whose encodings the model reads, in the order they are concatenated.
+
+    Found by what the host's tokenizer holds (SD1Tokenizer: one `clip_*` tokenizer; SDXLTokenizer:
+    `clip_l` and `clip_g`); a text encoder that is not a CLIP tokenizer + transformer (T5, LLMs)
+    is refused by name.
+    """
+    tokenizer, model = clip.tokenizer, clip.cond_stage_model
+    found = []
+    for attribute, inner in vars(tokenizer).items():
+        if not isinstance(inner, comfy.sd1_clip.SDTokenizer):
+            continue
+        key = tokenizer.clip_name if attribute == getattr(tokenizer, "clip", None) else attribute[5:]
+        module = getattr(model, attribute, None)
+        embeddings = getattr(getattr(module, "transformer", None), "get_input_embeddings", None)
+        if not attribute.startswith("clip_") or embeddings is None:
+            raise ValueError(
+                f"the CLIP's text encoder '{attribute}' ({type(module).__name__}) is not a CLIP text "
+                "encoder: Perfusion concepts serve SD1.x, SD2.x and SDXL-family models"
+            )
+        found.append(TextEncoder(key, attribute, module))
+    if not found:
+        raise ValueError(
+            f"this CLIP ({type(model).__name__}) has no CLIP text encoder: Perfusion concepts serve "
+            "SD1.x, SD2.x and SDXL-family models"
+        )
+    return found
+
+
+def encoder_layout(clip) -> tuple[tuple[str, int], ...]:
+    """((key, input width), ...) of the CLIP's text encoders, e.g. (("l", 768), ("g", 1280))."""
+    return tuple((e.key, e.width) for e in text_encoders(clip))
+
+
+def split_embedding(clip, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A word's concatenated input embedding as one tensor per text encoder (key -> (width,)).
+
+    With one encoder the tensor itself is returned (tokens are recognised by identity)."""
+    encoders = text_encoders(clip)
+    widths = [e.width for e in encoders]
+    if embedding.shape[-1] != sum(widths):
+        raise ValueError(
+            f"a word embedding {embedding.shape[-1]} wide does not fit this CLIP's text encoders "
+            f"({' + '.join(f'{e.key} {e.width}' for e in encoders)})"
+        )
+    if len(encoders) == 1:
+        return {encoders[0].key: embedding}
+    return {e.key: part for e, part in zip(encoders, torch.split(embedding, widths, dim=-1), strict=True)}
+
+
+@dataclass(frozen=True)
 class ConceptWord:
-    """How one concept word enters the text encoder."""
+    """How one concept word enters the text encoder(s)."""
 
     word: str
-    embedding: torch.Tensor  # (D,) spliced in at the word's position
-    superclass_embedding: torch.Tensor | None = None  # (D,) set when the concept is globally key-locked
+    embeddings: dict[str, torch.Tensor]  # encoder key -> (width,) spliced in at the word's position
+    # encoder key -> (width,) of the superclass word: the pooled output (and, with `global_lock`, the
+    # keys) read the prompt with this in the word's place. None: leave the pooled output as encoded.
+    superclass_embeddings: dict[str, torch.Tensor] | None = None
+    global_lock: bool = False
     clip_layer: int | None = None  # the layer it was trained on; prompts at another layer are refused
-
-
-def _inner_tokenizer(tokenizer):
-    """The SDTokenizer inside an SD1Tokenizer-style wrapper (`clip_l`, `clip_h`, ...)."""
-    return getattr(tokenizer, tokenizer.clip)
-
-
-def tokenizer_key(clip) -> str:
-    """Key of this CLIP's token lists in `clip.tokenize(...)` (e.g. "l" for SD1.5)."""
-    return clip.tokenizer.clip_name
-
-
-def encoder_module(clip) -> torch.nn.Module:
-    """The SDClipModel that encodes this CLIP's prompts."""
-    return getattr(clip.cond_stage_model, clip.tokenizer.clip)
 
 
 def _layer_number(module, layer, layer_idx) -> int | None:
@@ -67,17 +125,25 @@ def _layer_number(module, layer, layer_idx) -> int | None:
     return None
 
 
+def _common_layer(layers: list[int | None]) -> int | None:
+    """The layer all encoders read, or None if unknown or they differ."""
+    return layers[0] if layers and all(n == layers[0] for n in layers) else None
+
+
 def encoder_layer(clip) -> int | None:
-    """The layer this CLIP's prompts are encoded from: its `layer_idx` (set by CLIP Set Last Layer)
-    applied over the encoder's default, as `CLIP.encode_from_tokens` applies it."""
-    module = encoder_module(clip)
-    layer, layer_idx = module.options_default[:2]
-    if clip.layer_idx is not None and layer in ("last", "hidden"):
-        if abs(clip.layer_idx) > module.num_layers:
-            layer = "last"
-        else:
-            layer, layer_idx = "hidden", clip.layer_idx
-    return _layer_number(module, layer, layer_idx)
+    """The layer this CLIP's prompts are encoded from: each encoder's `layer_idx` (set by CLIP Set Last
+    Layer) applied over its default, as `CLIP.encode_from_tokens` applies it."""
+    layers = []
+    for encoder in text_encoders(clip):
+        module = encoder.module
+        layer, layer_idx = module.options_default[:2]
+        if clip.layer_idx is not None and layer in ("last", "hidden"):
+            if abs(clip.layer_idx) > module.num_layers:
+                layer = "last"
+            else:
+                layer, layer_idx = "hidden", clip.layer_idx
+        layers.append(_layer_number(module, layer, layer_idx))
+    return _common_layer(layers)
 
 
 def layer_mismatch(word: str, trained: int | None, used: int | None) -> str | None:
@@ -97,16 +163,22 @@ def layer_mismatch(word: str, trained: int | None, used: int | None) -> str | No
 
 
 def encoder_width(clip) -> int:
-    return int(encoder_module(clip).transformer.get_input_embeddings().weight.shape[1])
+    """Width of the word embedding across the CLIP's encoders (= the cross-attention context width)."""
+    return sum(e.width for e in text_encoders(clip))
 
 
 def encoder_fingerprint(clip) -> str:
-    return text_encoder_fingerprint(encoder_module(clip).state_dict().items())
+    """Identifies the text encoder weights (one encoder: its state dict, as before SDXL support)."""
+    encoders = text_encoders(clip)
+    if len(encoders) == 1:
+        return text_encoder_fingerprint(encoders[0].module.state_dict().items())
+    items = [(f"{e.attribute}.{k}", v) for e in encoders for k, v in e.module.state_dict().items()]
+    return text_encoder_fingerprint(items)
 
 
 def word_token_ids(clip, word: str) -> list[int]:
-    """BPE ids of `word` without start/end tokens."""
-    inner = _inner_tokenizer(clip.tokenizer)
+    """BPE ids of `word` without start/end tokens (CLIP encoders share one vocabulary)."""
+    inner = getattr(clip.tokenizer, text_encoders(clip)[0].attribute)
     ids = inner.tokenizer(word)["input_ids"]
     end = -1 if inner.tokenizer_adds_end_token else None
     return list(ids[inner.tokens_start : end])
@@ -118,15 +190,15 @@ def is_vocabulary_word(clip, word: str) -> bool:
 
 
 def input_embedding(clip, word: str) -> torch.Tensor:
-    """The input embedding of a one-token word, float32 on the CPU."""
+    """The input embedding of a one-token word, float32 on the CPU, the encoders' concatenated."""
     ids = word_token_ids(clip, word)
     if len(ids) != 1:
         raise ValueError(
             f"'{word}' is {len(ids)} tokens for this text encoder; a superclass word must be one "
             "vocabulary word (e.g. 'teddy', 'dog', 'cat')"
         )
-    weight = encoder_module(clip).transformer.get_input_embeddings().weight
-    return weight[ids[0]].detach().to(device="cpu", dtype=torch.float32).clone()
+    rows = [e.module.transformer.get_input_embeddings().weight[ids[0]] for e in text_encoders(clip)]
+    return torch.cat([r.detach().to(device="cpu", dtype=torch.float32) for r in rows]).clone()
 
 
 def _tokenize_with_concepts(self, text: str, return_word_ids: bool = False, **kwargs):
@@ -139,100 +211,129 @@ def _try_get_concept_embedding(self, name: str):
     if first.startswith(_SENTINEL):
         word = self._perfusion_words.get(first[len(_SENTINEL) :])
         if word is not None:
-            return word.embedding, leftover.strip()
+            return word.embeddings[self._perfusion_key], leftover.strip()
     return type(self)._try_get_embedding(self, name)
 
 
-def _concept_tokenizer(tokenizer, words: dict[str, ConceptWord]):
-    """A copy of `tokenizer` (CLIP.clone() shares it) whose inner tokenizer knows `words`."""
-    outer = copy.copy(tokenizer)
-    inner = copy.copy(_inner_tokenizer(tokenizer))
-    inner._perfusion_words = words
+def _concept_tokenizer(clip, words: dict[str, ConceptWord]):
+    """A copy of the CLIP's tokenizer (CLIP.clone() shares it) whose inner tokenizers know `words`."""
+    outer = copy.copy(clip.tokenizer)
     alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
-    inner._perfusion_pattern = re.compile(rf"(?<![\w-])(?:{alternatives})(?![\w-])", re.IGNORECASE)
-    if inner.embedding_directory is None:
-        inner.embedding_directory = []  # the tokenizer only looks up embeddings when this is set
-    inner.tokenize_with_weights = types.MethodType(_tokenize_with_concepts, inner)
-    inner._try_get_embedding = types.MethodType(_try_get_concept_embedding, inner)
-    setattr(outer, outer.clip, inner)
+    pattern = re.compile(rf"(?<![\w-])(?:{alternatives})(?![\w-])", re.IGNORECASE)
+    for encoder in text_encoders(clip):
+        inner = copy.copy(getattr(clip.tokenizer, encoder.attribute))
+        inner._perfusion_words = words
+        inner._perfusion_key = encoder.key
+        inner._perfusion_pattern = pattern
+        if inner.embedding_directory is None:
+            inner.embedding_directory = []  # the tokenizer only looks up embeddings when this is set
+        inner.tokenize_with_weights = types.MethodType(_tokenize_with_concepts, inner)
+        inner._try_get_embedding = types.MethodType(_try_get_concept_embedding, inner)
+        setattr(outer, encoder.attribute, inner)
     return outer
 
 
 def concept_words(clip) -> dict[str, ConceptWord]:
     """Concept words this CLIP already knows (from earlier loaders in a chain)."""
-    return dict(getattr(_inner_tokenizer(clip.tokenizer), "_perfusion_words", {}))
+    inner = getattr(clip.tokenizer, text_encoders(clip)[0].attribute)
+    return dict(getattr(inner, "_perfusion_words", {}))
+
+
+def _swap_map(words: Sequence[ConceptWord]) -> dict[int, torch.Tensor]:
+    """id(word embedding) -> the superclass embedding that takes its place, for every encoder."""
+    return {
+        id(w.embeddings[key]): w.superclass_embeddings[key]
+        for w in words
+        if w.superclass_embeddings is not None
+        for key in w.embeddings
+    }
+
+
+def _swapped(token_weight_pairs: dict, swaps: dict[int, torch.Tensor]) -> dict | None:
+    """The token lists with swapped embeddings, or None when no token is swapped."""
+    changed = False
+
+    def swap(token):
+        nonlocal changed
+        new = swaps.get(id(token)) if isinstance(token, torch.Tensor) else None
+        changed = changed or new is not None
+        return token if new is None else new
+
+    out = {
+        key: [[(swap(t[0]), *t[1:]) for t in seq] for seq in sequences]
+        for key, sequences in token_weight_pairs.items()
+    }
+    return out if changed else None
 
 
 class ConceptEncoder:
     """Replacement `encode_token_weights` of a CLIP that knows concept words.
 
-    Refuses a prompt holding a concept word when the encoder is set to another layer than the
-    concept's: `CLIP.encode_from_tokens` has applied the encoding CLIP's layer to the shared module
-    just before, so this also catches a CLIP Set Last Layer placed after the loader. With globally
-    key-locked concepts it adds the superclass prompt's encoding for K (spec §5); prompts without a
-    globally locked concept then carry their own, so a negative prompt encoded by the same CLIP still
-    batches with the positive one.
+    Refuses a prompt holding a concept word when an encoder is set to another layer than the
+    concept's: `CLIP.encode_from_tokens` has applied the encoding CLIP's layer to the shared modules
+    just before, so this also catches a CLIP Set Last Layer placed after the loader. A prompt with a
+    concept word gets the pooled output of its superclass prompt. With globally key-locked concepts it
+    adds the superclass prompt's encoding for K (spec §5); prompts without a globally locked concept
+    then carry their own, so a negative prompt encoded by the same CLIP still batches with the
+    positive one.
     """
 
-    def __init__(self, original, module: torch.nn.Module, words: Sequence[ConceptWord]) -> None:
+    def __init__(self, original, modules: Sequence[torch.nn.Module], words: Sequence[ConceptWord]) -> None:
         self.original = original
-        self.module = module
+        self.modules = tuple(modules)
+        self.words = tuple(words)  # keeps the embeddings the swap maps name by id() alive
         self.layered = tuple(w for w in words if w.clip_layer is not None)
-        self.swaps = tuple(
-            (w.embedding, w.superclass_embedding) for w in words if w.superclass_embedding is not None
-        )
+        self.pooled_swaps = _swap_map(words)
+        self.key_swaps = _swap_map([w for w in words if w.global_lock])
 
     def _check_layer(self, token_weight_pairs) -> None:
-        used = _layer_number(self.module, self.module.layer, self.module.layer_idx)
+        used = _common_layer([_layer_number(m, m.layer, m.layer_idx) for m in self.modules])
         for w in self.layered:
             problem = layer_mismatch(w.word, w.clip_layer, used)
+            ids = {id(e) for e in w.embeddings.values()}
             if problem and any(
-                t[0] is w.embedding for seqs in token_weight_pairs.values() for seq in seqs for t in seq
+                id(t[0]) in ids for seqs in token_weight_pairs.values() for seq in seqs for t in seq
             ):
                 raise ValueError(problem)
-
-    def _swap(self, token):
-        for embedding, superclass in self.swaps:
-            if token is embedding:
-                return superclass
-        return token
 
     def __call__(self, token_weight_pairs):
         self._check_layer(token_weight_pairs)
         out = self.original(token_weight_pairs)
-        if not self.swaps:
+        superclass_tokens = _swapped(token_weight_pairs, self.pooled_swaps)
+        if superclass_tokens is None and not self.key_swaps:
             return out
-        swapped = {
-            key: [[(self._swap(t[0]), *t[1:]) for t in seq] for seq in sequences]
-            for key, sequences in token_weight_pairs.items()
-        }
-        changed = any(
-            a[0] is not b[0]
-            for key in token_weight_pairs
-            for s1, s2 in zip(token_weight_pairs[key], swapped[key])
-            for a, b in zip(s1, s2)
-        )
-        key_context = self.original(swapped)[0] if changed else out[0]
+        cond, pooled = out[0], out[1]
         extra = dict(out[2]) if len(out) > 2 else {}
-        extra["model_conds"] = {
-            **extra.get("model_conds", {}),
-            KEY_CONTEXT: comfy.conds.CONDCrossAttn(key_context),
-        }
-        return (out[0], out[1], extra)
+        superclass_out = self.original(superclass_tokens) if superclass_tokens is not None else None
+        if superclass_out is not None:
+            pooled = superclass_out[1]
+        if self.key_swaps:
+            key_tokens = _swapped(token_weight_pairs, self.key_swaps)
+            if key_tokens is None:
+                key_context = cond
+            elif self.key_swaps.keys() == self.pooled_swaps.keys():
+                key_context = superclass_out[0]
+            else:
+                key_context = self.original(key_tokens)[0]
+            extra["model_conds"] = {
+                **extra.get("model_conds", {}),
+                KEY_CONTEXT: comfy.conds.CONDCrossAttn(key_context),
+            }
+        return (cond, pooled, extra) if extra else (cond, pooled)
 
 
 def clip_with_concepts(clip, words: Sequence[ConceptWord]):
-    """A CLIP clone that maps each concept word to its embedding; the input is untouched."""
+    """A CLIP clone that maps each concept word to its embeddings; the input is untouched."""
     known = concept_words(clip)
     for w in words:
         if w.word.lower() in known:
             raise ValueError(f"concept word '{w.word}' is already applied to this CLIP")
         known[w.word.lower()] = w
     patched = clip.clone()
-    patched.tokenizer = _concept_tokenizer(clip.tokenizer, known)
-    if any(w.clip_layer is not None or w.superclass_embedding is not None for w in known.values()):
+    patched.tokenizer = _concept_tokenizer(clip, known)
+    if any(w.clip_layer is not None or w.superclass_embeddings is not None for w in known.values()):
         current = patched.patcher.get_model_object(_ENCODE)
         original = current.original if isinstance(current, ConceptEncoder) else current
-        encoder = ConceptEncoder(original, encoder_module(clip), list(known.values()))
-        patched.patcher.add_object_patch(_ENCODE, encoder)
+        modules = [e.module for e in text_encoders(clip)]
+        patched.patcher.add_object_patch(_ENCODE, ConceptEncoder(original, modules, list(known.values())))
     return patched

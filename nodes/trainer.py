@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+import comfy.model_base
 import comfy.model_management
 import comfy.patcher_extension
 import comfy.utils
@@ -107,17 +108,18 @@ class _Checkpointed:
         return torch.utils.checkpoint.checkpoint(self.forward, *args, use_reentrant=False, **kwargs)
 
 
-def _trainable_clip(clip, word: str, embedding: torch.nn.Parameter, checkpointing: bool):
-    """A CLIP clone that maps `word` to the trained embedding; with checkpointing its layers are
-    recomputed in backward, so only one layer's weights are held for the gradient at a time."""
-    patched = text_encoder.clip_with_concepts(clip, [text_encoder.ConceptWord(word, embedding)])
-    encoder = text_encoder.encoder_module(clip)
-    prefix = f"{clip.tokenizer.clip}.transformer.text_model.encoder.layers"
-    for i, layer in enumerate(encoder.transformer.text_model.encoder.layers):
-        forward = _OutOfPlaceLayer(layer)
-        patched.patcher.add_object_patch(
-            f"{prefix}.{i}.forward", _Checkpointed(forward) if checkpointing else forward
-        )
+def _trainable_clip(clip, word: str, embeddings: dict[str, torch.Tensor], checkpointing: bool):
+    """A CLIP clone that maps `word` to the trained embeddings (one per text encoder); with
+    checkpointing its layers are recomputed in backward, so only one layer's weights are held for
+    the gradient at a time."""
+    patched = text_encoder.clip_with_concepts(clip, [text_encoder.ConceptWord(word, embeddings)])
+    for encoder in text_encoder.text_encoders(clip):
+        prefix = f"{encoder.attribute}.transformer.text_model.encoder.layers"
+        for i, layer in enumerate(encoder.module.transformer.text_model.encoder.layers):
+            forward = _OutOfPlaceLayer(layer)
+            patched.patcher.add_object_patch(
+                f"{prefix}.{i}.forward", _Checkpointed(forward) if checkpointing else forward
+            )
     return patched
 
 
@@ -149,31 +151,36 @@ def encode_marked(
     clip, prompts: list[str], is_marked: Callable[[object], bool]
 ) -> tuple[torch.Tensor, list[int]]:
     """Encodes short prompts in one pass: ((B, T, D) encodings, the position of the one marked token
-    in each). Templates must stay within one 77-token chunk so positions line up."""
-    key = text_encoder.tokenizer_key(clip)
-    sequences, positions = [], []
+    in each). Templates must stay within one 77-token chunk so positions line up; with several text
+    encoders (SDXL) the word sits at the same position in each."""
+    batched: dict[str, list] = {}
+    positions = []
     for prompt in prompts:
-        chunks = clip.tokenize(prompt, disable_weights=True)[key]
-        found = [i for i, t in enumerate(chunks[0]) if is_marked(t[0])]
-        if len(chunks) != 1 or len(found) != 1:
+        tokens = clip.tokenize(prompt, disable_weights=True)
+        found = {i for chunks in tokens.values() for i, t in enumerate(chunks[0]) if is_marked(t[0])}
+        counts = {sum(1 for t in chunks[0] if is_marked(t[0])) for chunks in tokens.values()}
+        if any(len(chunks) != 1 for chunks in tokens.values()) or counts != {1} or len(found) != 1:
             raise ValueError(
                 f"prompt template for '{prompt}' must be short (one 77-token chunk) with one '{{}}'"
             )
-        sequences.append(chunks[0])
-        positions.append(found[0])
-    cond = clip.encode_from_tokens({key: sequences})
-    return cond.reshape(len(sequences), -1, cond.shape[-1]), positions
+        for key, chunks in tokens.items():
+            batched.setdefault(key, []).append(chunks[0])
+        positions.append(found.pop())
+    cond = clip.encode_from_tokens(batched)
+    return cond.reshape(len(prompts), -1, cond.shape[-1]), positions
 
 
 class PromptEncoder:
     """Encodes batches of training prompts and finds the concept token in each."""
 
-    def __init__(self, clip, word: str, embedding: torch.Tensor) -> None:
-        self.clip, self.word, self.embedding = clip, word, embedding
+    def __init__(self, clip, word: str, embeddings: dict[str, torch.Tensor]) -> None:
+        self.clip, self.word = clip, word
+        self.ids = {id(e) for e in embeddings.values()}
+        self.embeddings = embeddings  # keeps the ids alive
 
     def __call__(self, templates: list[str]) -> tuple[torch.Tensor, list[int]]:
         prompts = [t.format(self.word) for t in templates]
-        return encode_marked(self.clip, prompts, lambda token: token is self.embedding)
+        return encode_marked(self.clip, prompts, lambda token: id(token) in self.ids)
 
 
 def superclass_encoding(clip, superclass: str, templates: tuple[str, ...]) -> torch.Tensor:
@@ -182,6 +189,32 @@ def superclass_encoding(clip, superclass: str, templates: tuple[str, ...]) -> to
     prompts = [t.format(superclass) for t in templates]
     cond, positions = encode_marked(clip, prompts, lambda token: isinstance(token, int) and token == token_id)
     return torch.stack([cond[i, p] for i, p in enumerate(positions)]).float().mean(0).cpu()
+
+
+def model_vectors(model, clip, superclass: str, templates: tuple[str, ...], resolution: int) -> dict:
+    """Per template, the model's vector input `y` (None where the model takes none, as SD1.x/SD2.x).
+
+    SDXL reads the pooled text output and the image size there. The pooled output is that of the
+    superclass prompt, as at inference (text_encoder.ConceptEncoder), and the size the training
+    resolution, as a sampler at that size passes it."""
+    if not getattr(model.model, "adm_channels", 0):
+        return dict.fromkeys(templates)
+    vectors = {}
+    for template in templates:
+        _, pooled = clip.encode_from_tokens(clip.tokenize(template.format(superclass)), return_pooled=True)
+        size = dict(width=resolution, height=resolution, target_width=resolution, target_height=resolution)
+        vectors[template] = model.model.encode_adm(pooled_output=pooled, crop_w=0, crop_h=0, **size).float()
+    return vectors
+
+
+def native_resolution(model) -> int:
+    """The family's training resolution: 1024 for models conditioned on image size (SDXL family),
+    768 for v-prediction (SD2.x 768-v), else 512."""
+    if isinstance(model.model, comfy.model_base.SDXL):
+        return 1024
+    if model.model.model_type == comfy.model_base.ModelType.V_PREDICTION:
+        return 768
+    return 512
 
 
 def encode_latents(model, vae, pixels: torch.Tensor) -> torch.Tensor:
@@ -226,8 +259,10 @@ class TrainingRun:
             self.masks = normalise_mask(F.interpolate(both, size=self.latents.shape[-2:], mode="area"))
         self.n_images = pixels.shape[0]
         layers = model_patch.cross_attention_layers(model)
+        encoders = text_encoder.text_encoders(clip)
+        widths = [e.width for e in encoders]
         if resume is not None:
-            self.state = ConceptTrainingState.resume(resume, c_inv, config.beta, config.tau)
+            self.state = ConceptTrainingState.resume(resume, c_inv, config.beta, config.tau, widths)
         else:
             self.state = ConceptTrainingState(
                 text_encoder.input_embedding(clip, superclass),
@@ -236,21 +271,26 @@ class TrainingRun:
                 c_inv,
                 config.beta,
                 config.tau,
+                embedding_widths=widths,
             )
+        with torch.no_grad():
+            self.vectors = model_vectors(model, clip, superclass, config.templates, config.resolution)
         self.model = model_patch.install_source(model, self.state, key_edits=config.key_lock)
         if dtype != precision_module.model_compute_dtype(model):
             self.model.set_model_compute_dtype(dtype)  # ComfyUI casts each weight as it is used
         if checkpointing:
             _checkpoint_blocks(self.model)
-        self.clip = _trainable_clip(clip, word, self.state.token_embedding, checkpointing)
+        embeddings = {e.key: p for e, p in zip(encoders, self.state.token_embeddings, strict=True)}
+        self.clip = _trainable_clip(clip, word, embeddings, checkpointing)
         comfy.model_management.load_models_gpu([self.model, self.clip.patcher], force_full_load=True)
         _release_inference_weights(self.model.model.diffusion_model)
         _release_inference_weights(self.clip.cond_stage_model)
         self.state.to(self.device)
         if resume is None:
             self._init_v_targets(layers)
-        self.encoder = PromptEncoder(self.clip, word, self.state.token_embedding)
-        self.sampling = self.model.model.model_sampling
+        self.encoder = PromptEncoder(self.clip, word, embeddings)
+        # The model's own sampling object: a ModelSamplingDiscrete (v-prediction...) patch included.
+        self.sampling = self.model.get_model_object("model_sampling")
         self.transformer_options = comfy.patcher_extension.copy_nested_dicts(
             self.model.model_options.get("transformer_options", {})
         )
@@ -288,8 +328,10 @@ class TrainingRun:
         cond, positions = self.encoder(batch.templates)
         cond = cond.to(self.device)
         x_t = self.sampling.noise_scaling(sigma, noise.to(self.device), x0)
+        vectors = [self.vectors[t] for t in batch.templates]
+        extra = {} if vectors[0] is None else {"y": torch.cat(vectors).to(self.device)}
         denoised = self.model.model.apply_model(
-            x_t, sigma, c_crossattn=cond, transformer_options=self.transformer_options
+            x_t, sigma, c_crossattn=cond, transformer_options=self.transformer_options, **extra
         )
         mask = self.masks[rows].to(self.device) if self.masks is not None else None
         concept = torch.stack([cond[k, p] for k, p in enumerate(positions)]).detach()
@@ -311,7 +353,12 @@ class TrainingRun:
     def gradients(self, batch: BatchPlan, noise: torch.Tensor) -> dict[str, torch.Tensor]:
         """Unscaled gradients of one micro-batch's loss: 'token_embedding' and each layer's V target
         (what the precision comparison of the GPU check and the tests read). Leaves no .grad behind."""
-        params = {"token_embedding": self.state.token_embedding}
+        parts = list(self.state.token_embeddings)
+        if len(parts) == 1:
+            params = {"token_embedding": parts[0]}
+        else:
+            keys = [e.key for e in text_encoder.text_encoders(self.clip)]
+            params = {f"token_embedding.{k}": p for k, p in zip(keys, parts, strict=True)}
         params.update(zip(self.state.layer_names, self.state.v_targets))
         for p in params.values():
             p.grad = None
@@ -381,6 +428,7 @@ def open_run(
     """Checks the inputs and sets up a run; use it under `torch.inference_mode(False)` and
     `torch.enable_grad()` (the executor runs nodes in inference mode), as a context manager (or call
     `close()`) so the training clones are unloaded when it ends."""
+    model_patch.served_layers(model, clip)
     check_words(clip, word, superclass)
     if config.steps < 1:
         raise ValueError("steps must be at least 1")
@@ -446,4 +494,5 @@ def concept_info(
         steps=done,
         training_settings=config.as_metadata(),
         clip_layer=text_encoder.encoder_layer(clip),
+        text_encoders=text_encoder.encoder_layout(clip),
     )

@@ -35,10 +35,15 @@ class ModelSignature:
     encoder_width: int
     encoder_fingerprint: str
     layers: dict[str, int] = field(default_factory=dict)  # layer name -> width, in model order
+    text_encoders: tuple[tuple[str, int], ...] = ()  # ((key, width), ...) of the CLIP
 
     @classmethod
     def from_layers(
-        cls, model_family: str, encoder_fingerprint: str, layers: Iterable[CrossAttentionLayer]
+        cls,
+        model_family: str,
+        encoder_fingerprint: str,
+        layers: Iterable[CrossAttentionLayer],
+        text_encoders: tuple[tuple[str, int], ...] = (),
     ) -> ModelSignature:
         """Build a signature from discovered layers (layers.find_cross_attention_layers)."""
         layers = list(layers)
@@ -50,6 +55,7 @@ class ModelSignature:
             encoder_width=widths.pop() if widths else 0,
             encoder_fingerprint=encoder_fingerprint,
             layers={layer.name: layer.width for layer in layers},
+            text_encoders=tuple(text_encoders),
         )
 
 
@@ -60,6 +66,11 @@ def describe_model(family: str, layers: dict[str, int], encoder_width: int) -> s
         f"{family or 'an unknown model'} ({len(layers)} cross-attention layers, widths {widths}, "
         f"text encoder {encoder_width}-wide)"
     )
+
+
+def describe_encoders(encoders: tuple[tuple[str, int], ...]) -> str:
+    """E.g. "l 768 + g 1280"."""
+    return " + ".join(f"{key} {width}" for key, width in encoders) or "none"
 
 
 def _short(fingerprint: str) -> str:
@@ -106,6 +117,15 @@ def check_compatible(concept: Concept, signature: ModelSignature, *, source: str
         problems.append(f"model family {info.model_family!r} vs {signature.model_family!r}")
     if concept.encoder_width != signature.encoder_width:
         problems.append(f"text encoder {concept.encoder_width} vs {signature.encoder_width} wide")
+    encoders = info.text_encoders
+    if encoders is None:  # a format-1 file: one encoder as wide as the embedding
+        encoders = (
+            ((signature.text_encoders[0][0], concept.encoder_width),) if signature.text_encoders else ()
+        )
+    if signature.text_encoders and encoders != signature.text_encoders:
+        problems.append(
+            f"text encoders {describe_encoders(encoders)} vs {describe_encoders(signature.text_encoders)}"
+        )
     layer_diff = _layer_difference(concept_layers, signature.layers)
     if layer_diff:
         problems.append(layer_diff)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: the word embedding may span several text encoders (SDXL)
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,9 @@ class ConceptInfo:
     # (-1 = last, -2 = penultimate). None = unknown (files written before it was recorded): the
     # gate only recognises encodings of the trained layer, but guessing would refuse good files.
     clip_layer: int | None = None
+    # The text encoders the word embedding spans, in order: ((key, width), ...), e.g. (("l", 768),
+    # ("g", 1280)) on SDXL. None = a format-1 file: one encoder, as wide as the embedding.
+    text_encoders: tuple[tuple[str, int], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ class Concept:
     """
 
     info: ConceptInfo
-    token_embedding: torch.Tensor  # (D,) learned input embedding of the concept word
+    token_embedding: torch.Tensor  # (D,) learned input embedding(s) of the concept word, concatenated
     i_star: torch.Tensor  # (D,) target input: EMA of the concept token's encoding
     u: torch.Tensor  # (D,) C⁻¹ i*, so inference needs no covariance
     superclass_encoding: torch.Tensor  # (D,) mean encoding of the superclass word (key lock)

@@ -54,11 +54,12 @@ __all__ = [
 ]
 
 FORMAT_MARKER = "perfusion-concept"  # metadata["format"]: tells a concept from a LoRA or checkpoint
-SUPPORTED_FORMAT_VERSIONS = frozenset({FORMAT_VERSION})
+SUPPORTED_FORMAT_VERSIONS = frozenset({"1", FORMAT_VERSION})  # 1: SD1.x/SD2.x files, one text encoder
 FIXED_TENSORS = ("token_embedding", "i_star", "u", "superclass_encoding")
 V_TARGET_PREFIX = "v_target."
 DEFAULT_MAX_BYTES = 8 * 2**20  # an SDXL concept is ~200 KB; anything near this is not a concept
 MAX_LAYERS = 1024
+MAX_TEXT_ENCODERS = 8
 MAX_WORD_CHARS = 100
 MAX_TEXT_CHARS = 256
 MAX_STEPS = 10**9
@@ -158,6 +159,12 @@ def _build_metadata(concept: Concept) -> dict[str, str]:
         "steps": str(int(info.steps)),
         "training_settings": json.dumps(info.training_settings, ensure_ascii=False, separators=(",", ":")),
         **({} if info.clip_layer is None else {"clip_layer": str(int(info.clip_layer))}),
+        # A concept read from a format-1 file does not know its encoder's name: it stays format 1.
+        **(
+            {"format_version": "1"}
+            if info.text_encoders is None
+            else {"text_encoders": json.dumps([list(e) for e in info.text_encoders], separators=(",", ":"))}
+        ),
     }
 
 
@@ -391,6 +398,42 @@ def _int_field(metadata: dict[str, str], field: str, lo: int, hi: int) -> int:
     return value
 
 
+def _text_encoders_field(metadata: dict[str, str], encoder_width: int) -> tuple[tuple[str, int], ...]:
+    """metadata 'text_encoders': [[key, width], ...], widths adding up to the embedding's."""
+    if "text_encoders" not in metadata:
+        raise HeaderError("metadata", "metadata lacks 'text_encoders'")
+    value = _json_field(metadata, "text_encoders")
+    shape_ok = (
+        isinstance(value, list)
+        and 1 <= len(value) <= MAX_TEXT_ENCODERS
+        and all(
+            isinstance(e, list)
+            and len(e) == 2
+            and isinstance(e[0], str)
+            and re.fullmatch(r"[A-Za-z0-9_]{1,32}", e[0])
+            and isinstance(e[1], int)
+            and not isinstance(e[1], bool)
+            and e[1] >= 1
+            for e in value
+        )
+    )
+    if not shape_ok:
+        raise HeaderError(
+            "metadata",
+            "metadata 'text_encoders' must be a JSON list of [name, width] pairs, e.g. [[\"l\",768]]",
+        )
+    encoders = tuple((key, width) for key, width in value)
+    if len({key for key, _ in encoders}) != len(encoders):
+        raise HeaderError("metadata", "metadata 'text_encoders' lists an encoder twice")
+    if sum(width for _, width in encoders) != encoder_width:
+        raise HeaderError(
+            "width",
+            f"metadata 'text_encoders' widths add up to {sum(w for _, w in encoders)}, but the word "
+            f"embedding is {encoder_width} wide",
+        )
+    return encoders
+
+
 def _validate_metadata(header: ParsedHeader) -> tuple[str, ConceptInfo, int, dict[str, int]]:
     """Check the metadata against the header's tensors; return (version, info, D, layers)."""
     metadata = header.metadata
@@ -439,6 +482,7 @@ def _validate_metadata(header: ParsedHeader) -> tuple[str, ConceptInfo, int, dic
     if not isinstance(settings, dict) or not all(isinstance(v, str) for v in settings.values()):
         raise HeaderError("metadata", "metadata 'training_settings' must be a JSON object of strings")
     clip_layer = _int_field(metadata, "clip_layer", MIN_CLIP_LAYER, -1) if "clip_layer" in metadata else None
+    text_encoders = _text_encoders_field(metadata, encoder_width) if version != "1" else None
     if CHECKSUM_KEY in metadata:
         malformed = checksum_format_defect(metadata[CHECKSUM_KEY])
         if malformed:
@@ -504,6 +548,7 @@ def _validate_metadata(header: ParsedHeader) -> tuple[str, ConceptInfo, int, dic
         steps=steps,
         training_settings=dict(settings),
         clip_layer=clip_layer,
+        text_encoders=text_encoders,
     )
     return version, info, encoder_width, layers
 

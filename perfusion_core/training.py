@@ -122,10 +122,16 @@ class ConceptTrainingState(torch.nn.Module):
         beta: float,
         tau: float,
         i_star: torch.Tensor | None = None,
+        embedding_widths: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.layer_names = list(v_targets)
-        self.token_embedding = torch.nn.Parameter(token_embedding.detach().float().clone())
+        # One parameter per text encoder (SDXL: CLIP-L and bigG), so each is spliced into its own
+        # encoder's prompt as a leaf the optimiser updates in place.
+        widths = list(embedding_widths or [token_embedding.shape[-1]])
+        self.token_embeddings = torch.nn.ParameterList(
+            [torch.nn.Parameter(part.detach().float().clone()) for part in token_embedding.split(widths)]
+        )
         self.v_targets = torch.nn.ParameterList(
             [torch.nn.Parameter(v_targets[n].detach().float().clone()) for n in self.layer_names]
         )
@@ -136,6 +142,12 @@ class ConceptTrainingState(torch.nn.Module):
         self.register_buffer("c_inv", c_inv.detach().double().clone())
         self.beta, self.tau = beta, tau
         self._edit: GatedRank1Edit | None = None
+
+    @property
+    def token_embedding(self) -> torch.Tensor:
+        """The word's input embedding across the encoders (the parameter itself with one encoder)."""
+        parts = list(self.token_embeddings)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     @property
     def u(self) -> torch.Tensor:
@@ -173,7 +185,7 @@ class ConceptTrainingState(torch.nn.Module):
     def optimizer(self, config: TrainingConfig) -> torch.optim.Optimizer:
         return torch.optim.AdamW(
             [
-                {"params": [self.token_embedding], "lr": config.lr_embedding},
+                {"params": list(self.token_embeddings), "lr": config.lr_embedding},
                 {"params": list(self.v_targets), "lr": config.lr_v},
             ]
         )
@@ -189,7 +201,14 @@ class ConceptTrainingState(torch.nn.Module):
         )
 
     @classmethod
-    def resume(cls, concept: Concept, c_inv: torch.Tensor, beta: float, tau: float) -> ConceptTrainingState:
+    def resume(
+        cls,
+        concept: Concept,
+        c_inv: torch.Tensor,
+        beta: float,
+        tau: float,
+        embedding_widths: Sequence[int] | None = None,
+    ) -> ConceptTrainingState:
         """Continue training from a saved concept (its embedding, V targets and i*)."""
         return cls(
             concept.token_embedding,
@@ -199,6 +218,7 @@ class ConceptTrainingState(torch.nn.Module):
             beta,
             tau,
             i_star=concept.i_star,
+            embedding_widths=embedding_widths,
         )
 
 

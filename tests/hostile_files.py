@@ -532,7 +532,7 @@ def generate_hostile_files(
     add("meta-format-missing", meta(format=None), "metadata", {"metadata"})
     add("meta-format-lora", meta(format="lora"), "metadata", {"metadata"})
     for label, version in [
-        ("2", "2"),
+        ("3", "3"),
         ("0", "0"),
         ("empty", ""),
         ("1.0", "1.0"),
@@ -591,6 +591,29 @@ def generate_hostile_files(
     ]
     for i, (key, value) in enumerate(bad_values):
         add(f"meta-bad-{key}-{i}", meta(**{key: value}), "metadata", {"metadata"})
+    # Format 2 names the text encoders the word embedding spans; they must add up to its width.
+    add("v2-no-text-encoders", meta(format_version="2"), "metadata", {"metadata"})
+    for i, value in enumerate(
+        [
+            '[["l",700]]',
+            '[["l",768],["g",1280]]',
+            "[]",
+            '[["l","768"]]',
+            '[["l",384],["l",384]]',
+            '{"l":768}',
+            '[["l",true]]',
+            '[["l",768,1]]',
+            '[["a b",768]]',
+            '[["l",-768],["g",1536]]',
+            "not json",
+        ]
+    ):
+        add(
+            f"v2-bad-text-encoders-{i}",
+            meta(format_version="2", text_encoders=value),
+            "metadata",
+            {"metadata", "width"},
+        )
 
     # Damage the format checks cannot see: only the checksum tells ----------------------------------
     def flipped(position: int, bit: int) -> bytes:

@@ -59,6 +59,12 @@ _finite = st.floats(min_value=-10, max_value=10, allow_nan=False, allow_infinity
 _positive = st.floats(min_value=1e-4, max_value=10, allow_nan=False, allow_infinity=False)
 
 
+def _text_encoders(d: int) -> st.SearchStrategy:
+    """None (a format-1 file), one encoder, or two splitting the width (SDXL-like)."""
+    two = st.integers(1, d - 1).map(lambda w: (("l", w), ("g", d - w))) if d > 1 else st.nothing()
+    return st.one_of(st.none(), st.just((("h", d),)), two)
+
+
 @st.composite
 def concepts(draw: st.DrawFn) -> Concept:
     d = draw(st.integers(1, 64))
@@ -88,6 +94,7 @@ def concepts(draw: st.DrawFn) -> Concept:
         steps=draw(st.integers(0, 10**6)),
         training_settings=draw(st.dictionaries(st.text(max_size=10), st.text(max_size=20), max_size=4)),
         clip_layer=draw(st.one_of(st.none(), st.integers(-24, -1))),
+        text_encoders=draw(_text_encoders(d)),
     )
 
     def vec(n: int) -> torch.Tensor:
@@ -111,7 +118,7 @@ def test_round_trip_every_tensor_and_field(tmp_path: Path, concept: Concept, v_d
     _assert_same(concept, load_concept(path), v_dtype)
     meta = read_concept_metadata(path)
     assert meta.info == concept.info
-    assert meta.format_version == FORMAT_VERSION
+    assert meta.format_version == ("1" if concept.info.text_encoders is None else FORMAT_VERSION)
     assert meta.encoder_width == concept.encoder_width
     assert meta.layers == concept.layer_widths and list(meta.layers) == list(concept.v_targets)
     assert meta.file_bytes == path.stat().st_size

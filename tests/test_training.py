@@ -114,9 +114,9 @@ def test_i_star_follows_the_ema_of_the_concept_encoding(
     trainer, te = perfusion_pack.nodes.trainer, perfusion_pack.nodes.text_encoder
     templates = ("a photo of a {}", "a good photo of the {}")
     superclass = trainer.superclass_encoding(clip, "teddy", templates)
-    embedding = te.input_embedding(clip, "teddy")
+    embeddings = te.split_embedding(clip, te.input_embedding(clip, "teddy"))
     encoder = trainer.PromptEncoder(
-        te.clip_with_concepts(clip, [te.ConceptWord("hugsy", embedding)]), "hugsy", embedding
+        te.clip_with_concepts(clip, [te.ConceptWord("hugsy", embeddings)]), "hugsy", embeddings
     )
     with torch.inference_mode():
         cond, positions = encoder(list(templates))
@@ -163,7 +163,9 @@ def test_gates_of_special_tokens_stay_near_zero(perfusion_pack, base_models, toy
     _, clip, _ = base_models
     concept = run_trainer(perfusion_pack, base_models, toy_pixels, steps=6, lr_v=0.1).concept
     te = perfusion_pack.nodes.text_encoder
-    pclip = te.clip_with_concepts(clip, [te.ConceptWord("hugsy", concept.token_embedding)])
+    pclip = te.clip_with_concepts(
+        clip, [te.ConceptWord("hugsy", te.split_embedding(clip, concept.token_embedding))]
+    )
     tokens = pclip.tokenize("a photo of a hugsy")
     with torch.inference_mode():
         cond = pclip.encode_from_tokens(tokens)[0].float()

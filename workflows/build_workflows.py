@@ -33,9 +33,11 @@ from workflows.ui_format import Note, UiNode, Workflow, api_twin, node_specs, to
 FOLDER = Path(__file__).resolve().parent
 API_FOLDER = FOLDER / "api"
 CKPT = "v1-5-pruned-emaonly.safetensors"
+SDXL_CKPT = "sd_xl_base_1.0.safetensors"
 SEED = 42
 STEPS, CFG, SAMPLER, SCHEDULER = 25, 7.0, "dpmpp_2m", "karras"
 SIZE = 512
+SDXL_SIZE = 1024
 NEGATIVE = "blurry, low quality, deformed"
 SWEEP_BIASES = (0.4, 0.5, 0.6, 0.7, 0.8)
 TRAIN_IMAGES = ("hugsy_1.png", "hugsy_2.png", "hugsy_3.png", "hugsy_4.png")
@@ -48,8 +50,9 @@ def link(node_id: str, slot: int = 0) -> list:
 class Builder:
     """Adds API nodes with ids "1", "2", ... and remembers their layout hints."""
 
-    def __init__(self, name: str, title: str, description: str):
+    def __init__(self, name: str, title: str, description: str, ckpt: str = CKPT, size: int = SIZE):
         self.wf = Workflow(name, title, description, {})
+        self.ckpt, self.size = ckpt, size
 
     def add(
         self,
@@ -70,7 +73,7 @@ class Builder:
         self.wf.notes.append(Note(text))
 
     def checkpoint(self, **hints: Any) -> str:
-        return self.add("CheckpointLoaderSimple", ckpt_name=CKPT, **hints)
+        return self.add("CheckpointLoaderSimple", ckpt_name=self.ckpt, **hints)
 
     def loader(
         self, model: list, clip: list, concept: str, bias: float = 0.7, key_lock: str = "local", **hints
@@ -90,7 +93,7 @@ class Builder:
         return self.add("CLIPTextEncode", text=text, clip=clip, **hints)
 
     def latent(self, **hints: Any) -> str:
-        return self.add("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1, **hints)
+        return self.add("EmptyLatentImage", width=self.size, height=self.size, batch_size=1, **hints)
 
     def sample(self, model: list, positive: str, negative: str, latent: str, vae: list, **hints: Any) -> str:
         """KSampler -> VAEDecode; returns the decode node."""
@@ -114,20 +117,20 @@ class Builder:
         return self.add("SaveImage", images=link(image), filename_prefix=prefix, **hints)
 
 
-def generate() -> Workflow:
-    b = Builder(
+def generate(builder: Builder | None = None, concept_file: str = "hugsy.safetensors") -> Workflow:
+    b = builder or Builder(
         "perfusion_generate",
         "Perfusion: one concept",
         "Load a trained concept and write its word in the prompt.",
     )
     ckpt = b.checkpoint()
-    concept = b.loader(link(ckpt, 0), link(ckpt, 1), "hugsy.safetensors")
+    concept = b.loader(link(ckpt, 0), link(ckpt, 1), concept_file)
     pos = b.encode(link(concept, 1), "a photo of hugsy sitting on a wooden bench in a park, golden hour")
     neg = b.encode(link(concept, 1), NEGATIVE)
     image = b.sample(link(concept, 0), pos, neg, b.latent(), link(ckpt, 2))
     b.save(image, "perfusion/hugsy")
     b.note(
-        "hugsy.safetensors: a concept trained with the word 'hugsy' (superclass 'teddy'). Use the word in "
+        f"{concept_file}: a concept trained with the word 'hugsy' (superclass 'teddy'). Use the word in "
         "the prompt; encode it with the loader's CLIP.\n\nbias: lower = closer to the training images, "
         "higher = follows the rest of the prompt more (0.6-0.75 with key_lock local)."
     )
@@ -191,12 +194,13 @@ def bias_sweep() -> Workflow:
     return b.wf
 
 
-def train_and_generate() -> Workflow:
-    b = Builder(
+def train_and_generate(builder: Builder | None = None, save_name: str = "hugsy", **settings: Any) -> Workflow:
+    b = builder or Builder(
         "perfusion_train_and_generate",
         "Perfusion: train and generate",
         "Train a concept from a few photos, save it (~40 KB) and use it in the same graph.",
     )
+    settings = {"batch_size": 4, "grad_accumulation": 4, "gradient_checkpointing": False, **settings}
     train, gen = "Train the concept", "Generate with it"
     loads = [b.add("LoadImage", image=name, group=train, column=0) for name in TRAIN_IMAGES]
     batch = loads[0]
@@ -212,31 +216,36 @@ def train_and_generate() -> Workflow:
         concept_word="hugsy",
         superclass="teddy",
         steps=400,
-        batch_size=4,
-        grad_accumulation=4,
+        batch_size=settings["batch_size"],
+        grad_accumulation=settings["grad_accumulation"],
         lr_v=0.03,
         lr_embedding=0.006,
         train_bias=0.75,
         train_temperature=0.1,
-        resolution=SIZE,
+        resolution=b.size,
         flip=True,
         seed=0,
         templates="a photo of a {}\na rendering of a {}\na close-up photo of the {}\na good photo of a {}",
-        gradient_checkpointing=False,
+        gradient_checkpointing=settings["gradient_checkpointing"],
         save_every=0,
         checkpoint_name="",
         precision="auto",
         covariance_prompts=2000,
         preview_every=100,
         validation_prompts="a photo of {}\n{} on the beach",
-        preview_size=SIZE,
+        preview_size=b.size,
         preview_steps=15,
         key_lock=True,
         group=train,
         column=2,
     )
     b.add(
-        "PerfusionSaveConcept", concept=link(trainer, 0), name="hugsy", overwrite=False, group=train, column=3
+        "PerfusionSaveConcept",
+        concept=link(trainer, 0),
+        name=save_name,
+        overwrite=False,
+        group=train,
+        column=3,
     )
     b.add("PreviewImage", images=link(trainer, 1), title="Loss curve", group=train, column=3)
     b.add("PreviewImage", images=link(trainer, 3), title="Previews", group=train, column=3)
@@ -254,11 +263,11 @@ def train_and_generate() -> Workflow:
     pos = b.encode(link(concept, 1), "a photo of hugsy on the beach", group=gen)
     neg = b.encode(link(concept, 1), NEGATIVE, group=gen)
     image = b.sample(link(concept, 0), pos, neg, b.latent(group=gen, column=5), link(ckpt, 2), group=gen)
-    b.save(image, "perfusion/hugsy_trained", group=gen)
+    b.save(image, f"perfusion/{save_name}_trained", group=gen)
     b.note(
         "Put 3-10 photos of your object in ComfyUI's input folder and pick them in the Load Image nodes "
         "(add more with Batch Images). Training runs on ComfyUI's device with a progress bar; Cancel stops "
-        "it. The concept is saved as models/perfusion/hugsy.safetensors (set overwrite to replace it) and "
+        f"it. The concept is saved as models/perfusion/{save_name}.safetensors (set overwrite to replace it) and "
         "used right away by Apply Perfusion Concept.\n\nPreviews: the validation prompts are sampled at step "
         "0 and every 100 steps (preview_every; 0 = off) as generation will show the concept (bias 0.70), one "
         "fixed seed per prompt; they show on the training node while it runs and in 'Previews' "
@@ -286,7 +295,42 @@ def global_key_lock() -> Workflow:
     return b.wf
 
 
-WORKFLOWS = (generate, two_concepts, bias_sweep, train_and_generate, global_key_lock)
+def sdxl_builder(name: str, title: str, description: str) -> Builder:
+    return Builder(name, title, description, ckpt=SDXL_CKPT, size=SDXL_SIZE)
+
+
+def sdxl_generate() -> Workflow:
+    """The one-concept graph on SDXL base: the same nodes, an SDXL concept file, 1024 px."""
+    b = sdxl_builder(
+        "perfusion_sdxl_generate",
+        "Perfusion SDXL: one concept",
+        "Load a concept trained on SDXL and write its word in the prompt (1024 px).",
+    )
+    return generate(b, "hugsy_sdxl.safetensors")
+
+
+def sdxl_train_and_generate() -> Workflow:
+    """Training on SDXL base at 1024 px: batch 1 x 16 with gradient checkpointing fits a 24 GB GPU's
+    budget for SDXL fine-tuning (a setting to check on the GPU, not measured here)."""
+    b = sdxl_builder(
+        "perfusion_sdxl_train_and_generate",
+        "Perfusion SDXL: train and generate",
+        "Train an SDXL concept from a few photos, save it (~210 KB) and use it in the same graph.",
+    )
+    return train_and_generate(
+        b, "hugsy_sdxl", batch_size=1, grad_accumulation=16, gradient_checkpointing=True
+    )
+
+
+WORKFLOWS = (
+    generate,
+    two_concepts,
+    bias_sweep,
+    train_and_generate,
+    global_key_lock,
+    sdxl_generate,
+    sdxl_train_and_generate,
+)
 NAMES = tuple(make().name for make in WORKFLOWS)
 
 
