@@ -107,6 +107,14 @@ LAYOUTS: dict[str, dict] = {
         transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1],
         transformer_depth_middle=1,
     ),
+    # The real SDXL base UNet (70 cross-attention layers, 2.6 B parameters): shapes for benchmarks.
+    "sdxl_full": dict(
+        channel_mult=[1, 2, 4],
+        num_res_blocks=[2, 2, 2],
+        transformer_depth=[0, 0, 2, 2, 10, 10],
+        transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10],
+        transformer_depth_middle=10,
+    ),
     "full": dict(
         channel_mult=[1, 2, 4, 4],
         num_res_blocks=[2, 2, 2, 2],
@@ -129,7 +137,7 @@ _FAMILIES: dict[int, dict] = {
         num_classes="sequential",
     ),
 }
-_SDXL_LAYOUTS = frozenset({"sdxl"})
+_SDXL_LAYOUTS = frozenset({"sdxl", "sdxl_full"})
 
 _UNET_BASE = dict(
     image_size=32,
@@ -247,7 +255,7 @@ def _build_in_subprocess(spec: FixtureSpec, out: Path) -> None:
 # Subprocess side: everything below imports torch / comfy lazily.
 
 
-def _import_comfy(comfy_root: Path):
+def import_comfy(comfy_root: Path) -> None:
     """Make ``comfy`` importable in this (builder) process with CPU-only device selection."""
     if str(comfy_root) not in sys.path:
         sys.path.insert(0, str(comfy_root))
@@ -264,7 +272,8 @@ def _meta_shapes(ctor) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
-def _unet_shapes(spec: FixtureSpec) -> dict[str, tuple[int, ...]]:
+def unet_shapes(spec: FixtureSpec) -> dict[str, tuple[int, ...]]:
+    """The UNet's state-dict shapes for `spec` (ComfyUI's UNetModel on the meta device; imports comfy)."""
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
@@ -349,7 +358,7 @@ def build_state_dict(spec: FixtureSpec, comfy_root: Path | None = None) -> dict:
     """The checkpoint's state dict (tensors share storages). Imports ``comfy``: call it only in a
     process that will not host ComfyUI afterwards (see :func:`fixture_checkpoint`)."""
     comfy_root = Path(comfy_root) if comfy_root is not None else comfyui_path()
-    _import_comfy(comfy_root)
+    import_comfy(comfy_root)
     import torch
 
     dtype = torch.float16
@@ -377,7 +386,7 @@ def build_state_dict(spec: FixtureSpec, comfy_root: Path | None = None) -> dict:
                     std = 0.02 if "token" in k else 0.01
                 init.plan(key, shape, std)
 
-    add("model.diffusion_model.", _unet_shapes(spec))
+    add("model.diffusion_model.", unet_shapes(spec))
     clip_l = comfy_root / "comfy" / "sd1_clip_config.json"
     if spec.context_dim == 768:
         add("cond_stage_model.transformer.", _clip_shapes(clip_l, False))

@@ -7,8 +7,9 @@ Fixtures (all session-scoped; ComfyUI state is per process):
 * ``tiny_ckpt_name`` - ``ckpt_name`` of the tiny SD15 fixture (3 attn2 layers), linked into both hosts.
 * ``comfy_host`` - :class:`harness.inprocess.ComfyHost`: the real executor in this process, with the
   tiny fixture, the harness test nodes (``HarnessRaise``, ``HarnessProgress``) and the pack.
+* ``sdxl_ckpt_name`` - ``ckpt_name`` of the SDXL-family fixture (31 attn2 layers), linked into the server.
 * ``comfy_server`` - :class:`harness.server.ComfyServer`: ComfyUI's ``main.py`` on a free port, same
-  contents. Starting it takes a few seconds; use it from ``@pytest.mark.slow`` tests.
+  contents plus the SDXL fixture. Starting it takes a few seconds; use it from ``@pytest.mark.slow`` tests.
 
 The pack (``custom_nodes/comfyui-perfusion`` -> repo root) is loaded when the repo root has an
 ``__init__.py``; ``HARNESS_LOAD_PACK=0`` / ``1`` forces it off / on. When it is loaded and fails to
@@ -41,6 +42,12 @@ def tiny_ckpt_name() -> str:
 
 
 @pytest.fixture(scope="session")
+def sdxl_ckpt_name() -> str:
+    """``ckpt_name`` of the SDXL-family fixture (31 attn2 layers, CLIP-L + bigG), in the server."""
+    return fixture_checkpoint("sdxl").name
+
+
+@pytest.fixture(scope="session")
 def comfy_host(tmp_path_factory, tiny_ckpt_name):
     from harness.inprocess import ComfyHost
 
@@ -59,12 +66,12 @@ def comfy_host(tmp_path_factory, tiny_ckpt_name):
 
 
 @pytest.fixture(scope="session")
-def comfy_server(tmp_path_factory, tiny_ckpt_name):
+def comfy_server(tmp_path_factory, tiny_ckpt_name, sdxl_ckpt_name):
     from harness.server import ComfyServer
 
     with ComfyServer(
         tmp_path_factory.mktemp("comfy-server"),
-        checkpoints=["tiny"],
+        checkpoints=["tiny", "sdxl"],
         load_pack=pack_should_load(),
         custom_nodes=harness_test_nodes(),
     ) as server:

@@ -1,9 +1,9 @@
 """The shipped workflows (``workflows/``) pointed at the test fixture.
 
-The workflows name real files (``v1-5-pruned-emaonly.safetensors``, ``hugsy.safetensors``, photos) and
-real sizes (512 px, 25 steps, 400 training steps); tests run them on the tiny fixture checkpoint with
-fixture concepts and toy images at 64 px and a few steps. Only those values change; the graph stays
-the shipped one.
+The workflows name real files (``v1-5-pruned-emaonly.safetensors``, ``sd_xl_base_1.0.safetensors``,
+``hugsy.safetensors``, photos) and real sizes (512/1024 px, 25 steps, 400 training steps); tests run
+them on the fixture checkpoint of the same family (tiny SD15, SDXL) with fixture concepts and toy
+images at 64 px and a few steps. Only those values change; the graph stays the shipped one.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ __all__ = [
 
 # word -> (superclass, toy image colour), trained through the shipped train-and-generate workflow
 FIXTURE_CONCEPTS = {"hugsy": ("teddy", (160, 100, 50)), "zorbo": ("cat", (40, 120, 200))}
+SDXL_WORKFLOW_CKPT = "sd_xl_base_1.0.safetensors"
 
 
 def workflows_dir() -> Path:
@@ -58,11 +59,14 @@ class FixtureValues:
         steps: int = 2,
         train_steps: int = 4,
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        sdxl_ckpt_name: str | None = None,
     ):
-        """``concepts``: shipped concept file -> fixture file (unlisted names stay); ``images``: toy
-        image names, used in turn by the LoadImage nodes; ``overrides``: class_type -> {input: value}
-        applied last to every node of that class."""
+        """``ckpt_name`` replaces the SD1.5 checkpoint, ``sdxl_ckpt_name`` the SDXL one; ``concepts``:
+        shipped concept file -> fixture file (unlisted names stay); ``images``: toy image names, used in
+        turn by the LoadImage nodes; ``overrides``: class_type -> {input: value} applied last to every
+        node of that class."""
         self.ckpt_name = ckpt_name
+        self.sdxl_ckpt_name = sdxl_ckpt_name
         self.concepts = dict(concepts or {})
         self.images = list(images)
         self.size = size
@@ -70,9 +74,12 @@ class FixtureValues:
         self.train_steps = train_steps
         self.overrides = {k: dict(v) for k, v in (overrides or {}).items()}
 
-    def node_values(self, class_type: str) -> dict[str, Any]:
+    def node_values(self, class_type: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        sdxl = inputs.get("ckpt_name") == SDXL_WORKFLOW_CKPT
+        if sdxl and self.sdxl_ckpt_name is None:
+            raise ValueError("an SDXL workflow needs sdxl_ckpt_name")
         fixed = {
-            "CheckpointLoaderSimple": {"ckpt_name": self.ckpt_name},
+            "CheckpointLoaderSimple": {"ckpt_name": self.sdxl_ckpt_name if sdxl else self.ckpt_name},
             "EmptyLatentImage": {"width": self.size, "height": self.size},
             "KSampler": {"steps": self.steps},
             "PerfusionTrainConcept": {
@@ -94,7 +101,7 @@ def for_fixture(prompt: Mapping[str, Mapping], values: FixtureValues) -> dict:
     images = cycle(values.images) if values.images else None
     for node_id, node in out.items():
         inputs = node["inputs"]
-        for name, value in values.node_values(node["class_type"]).items():
+        for name, value in values.node_values(node["class_type"], inputs).items():
             if name not in inputs:
                 raise KeyError(f"node {node_id} ({node['class_type']}) has no input {name!r} to override")
             inputs[name] = value
@@ -118,19 +125,27 @@ def ui_for_fixture(name: str, object_info: Mapping, values: FixtureValues) -> di
     return to_ui(wf, node_specs(object_info, wf.prompt))
 
 
-def train_fixture_concepts(server, ckpt_name: str, steps: int = 8, timeout: float = 900.0) -> dict[str, str]:
+def train_fixture_concepts(
+    server, ckpt_name: str, steps: int = 8, timeout: float = 900.0, sdxl_ckpt_name: str | None = None
+) -> dict[str, str]:
     """hugsy.safetensors and zorbo.safetensors in the server's models/perfusion, trained by the shipped
-    train-and-generate workflow over HTTP (skipped for files already there): word -> file name."""
+    train-and-generate workflow over HTTP (skipped for files already there): word -> file name. With
+    ``sdxl_ckpt_name`` also hugsy_sdxl.safetensors (what the SDXL workflows load), by the SDXL one."""
     from harness.sample_images import write_toy_images
 
     trained = {}
-    for word, (superclass, colour) in FIXTURE_CONCEPTS.items():
-        trained[word] = f"{word}.safetensors"
+    jobs = [(word, word, "perfusion_train_and_generate") for word in FIXTURE_CONCEPTS]
+    if sdxl_ckpt_name is not None:
+        jobs.append(("hugsy", "hugsy_sdxl", "perfusion_sdxl_train_and_generate"))
+    for word, name, workflow in jobs:
+        superclass, colour = FIXTURE_CONCEPTS[word]
+        trained[name] = f"{name}.safetensors"
         images = write_toy_images(server.layout.input, word, 3, colour=colour)
-        if (server.layout.perfusion / trained[word]).is_file():
+        if (server.layout.perfusion / trained[name]).is_file():
             continue
         values = FixtureValues(
             ckpt_name,
+            sdxl_ckpt_name=sdxl_ckpt_name,
             images=images,
             train_steps=steps,
             overrides={
@@ -140,8 +155,8 @@ def train_fixture_concepts(server, ckpt_name: str, steps: int = 8, timeout: floa
                     "lr_v": 0.3,
                     "lr_embedding": 0.02,
                 },
-                "PerfusionSaveConcept": {"name": word, "overwrite": True},
+                "PerfusionSaveConcept": {"name": name, "overwrite": True},
             },
         )
-        server.run(for_fixture(api_workflow("perfusion_train_and_generate"), values), timeout, check=True)
+        server.run(for_fixture(api_workflow(workflow), values), timeout, check=True)
     return trained

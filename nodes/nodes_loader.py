@@ -47,7 +47,10 @@ _GATE_INPUTS = {
 _CONCEPT_NAME_TOOLTIP = {"tooltip": "A concept file in models/perfusion (.safetensors, ~40 KB)."}
 
 _MODEL_CLIP_INPUTS = {
-    "model": ("MODEL", {"tooltip": "The SD1.5-family model to patch (the input is left unchanged)."}),
+    "model": (
+        "MODEL",
+        {"tooltip": "The SD1.x, SD2.x or SDXL-family model to patch (the input is left unchanged)."},
+    ),
     "clip": ("CLIP", {"tooltip": "The text encoder of that model; the concept word is added to a clone."}),
 }
 

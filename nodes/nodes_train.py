@@ -220,9 +220,10 @@ class PerfusionTrainConcept:
                     {
                         "default": 512,
                         "min": 64,
-                        "max": 768,
+                        "max": 2048,
                         "step": 64,
-                        "tooltip": "Preview image size in pixels (square).",
+                        "tooltip": "Preview image size in pixels (square): 512 for SD1.x, 768 for SD2.x "
+                        "768-v, 1024 for the SDXL family (their own sizes; smaller ones change the picture).",
                     },
                 ),
                 "preview_steps": (
@@ -376,7 +377,7 @@ class PerfusionTrainConcept:
 
 class PerfusionSaveConcept:
     DESCRIPTION = (
-        "Writes a concept to models/perfusion/<name>.safetensors (about 40 KB for SD1.5), atomically: an "
+        "Writes a concept to models/perfusion/<name>.safetensors (about 40 KB for SD1.5, 210 KB for SDXL), atomically: an "
         "interrupted save never leaves a half file, and an existing file is only replaced when "
         "'overwrite' is on. The loader's list shows it after a refresh (R)."
     )

@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from harness.workflow_files import (
+    FIXTURE_CONCEPTS,
     FixtureValues,
     api_workflow,
     train_fixture_concepts,
@@ -87,11 +88,12 @@ def page(comfy_server):
 
 
 @pytest.fixture(scope="module")
-def fixture_values(comfy_server, tiny_ckpt_name) -> FixtureValues:
-    concepts = train_fixture_concepts(comfy_server, tiny_ckpt_name)
+def fixture_values(comfy_server, tiny_ckpt_name, sdxl_ckpt_name) -> FixtureValues:
+    train_fixture_concepts(comfy_server, tiny_ckpt_name, sdxl_ckpt_name=sdxl_ckpt_name)
     return FixtureValues(
         tiny_ckpt_name,
-        images=[f"{word}_{i}.png" for word in concepts for i in range(3)],
+        sdxl_ckpt_name=sdxl_ckpt_name,
+        images=[f"{word}_{i}.png" for word in FIXTURE_CONCEPTS for i in range(3)],
         train_steps=2,
         overrides={"PerfusionSaveConcept": {"name": "browser_trained", "overwrite": True}},
     )

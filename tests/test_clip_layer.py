@@ -44,7 +44,7 @@ def superclass_encoding(pack, clip, layer: int) -> torch.Tensor:
     rows = []
     for template in TEMPLATES:
         tokens = clip.tokenize(template.format("teddy"))
-        position = [t[0] for t in tokens[te.tokenizer_key(clip)][0]].index(teddy)
+        position = [t[0] for t in tokens[te.text_encoders(clip)[0].key][0]].index(teddy)
         rows.append(clip.encode_from_tokens(tokens)[0, position].float())
     return torch.stack(rows).mean(0)
 

@@ -137,6 +137,39 @@ def test_two_sdxl_concepts_generate_through_the_executor(comfy_host, sdxl, sdxl_
     assert (both.astype(int) - plain.astype(int)).any()
 
 
+def test_sdxl_resume_with_previews_and_global_key_lock(comfy_host, sdxl, sdxl_concepts, toy_images):
+    """What SD1.5 concepts do carries over: resume a saved concept with previews on, then generate
+    with the global key-lock (the superclass prompt's keys, the pooled vector of the same prompt)."""
+    prompt = train_prompt(
+        sdxl,
+        toy_images["hugsy"],
+        steps=1,
+        covariance_prompts=64,
+        save_name="sdxl_hugsy_resumed",
+        extra={
+            "preview_every": 1,
+            "preview_size": 64,
+            "preview_steps": 1,
+            "validation_prompts": "{} in a box",
+        },
+    )
+    prompt["30"] = {"class_type": "PerfusionConceptFile", "inputs": {"concept_name": sdxl_concepts["hugsy"]}}
+    prompt["3"]["inputs"]["resume"] = ["30", 0]
+    prompt["6"] = {"class_type": "PreviewImage", "inputs": {"images": ["3", 3]}}
+    result = comfy_host.run(prompt).raise_for_error()
+    assert len(comfy_host.images(result, "6")) == 2  # step 0 and step 1
+    resumed = load_concept(concept_path(comfy_host, "sdxl_hugsy_resumed.safetensors"))
+    assert resumed.info.steps == 4 and resumed.info.text_encoders == SDXL_ENCODERS
+    uses = [ConceptUse("sdxl_hugsy_resumed.safetensors", bias=0.5, key_lock="global")]
+    local = [ConceptUse("sdxl_hugsy_resumed.safetensors", bias=0.5)]
+    text = "a photo of hugsy on the beach"
+    images = [
+        comfy_host.images(comfy_host.run(generate_prompt(sdxl, u, positive=text)).raise_for_error())[0]
+        for u in (uses, local)
+    ]
+    assert (images[0].astype(int) - images[1].astype(int)).any()
+
+
 def encode(clip, text):
     with torch.inference_mode():
         return clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)

@@ -51,6 +51,7 @@ def test_concept_for_another_model_is_refused_naming_file_and_model(
         changes = {
             name: torch.ones(1024) for name in ("token_embedding", "i_star", "u", "superclass_encoding")
         }
+        changes["info"] = dataclasses.replace(hugsy.info, text_encoders=(("h", 1024),))
     else:
         changes = {"info": dataclasses.replace(hugsy.info, model_family="SDXL")}
     name = write_variant(comfy_host, hugsy, f"mismatch_{variant}.safetensors", **changes)

@@ -169,7 +169,7 @@ def test_gates_of_special_tokens_stay_near_zero(perfusion_pack, base_models, toy
     tokens = pclip.tokenize("a photo of a hugsy")
     with torch.inference_mode():
         cond = pclip.encode_from_tokens(tokens)[0].float()
-    sequence = tokens[te.tokenizer_key(clip)][0]
+    sequence = tokens[te.text_encoders(clip)[0].key][0]
     position = next(i for i, t in enumerate(sequence) if t[0] is concept.token_embedding)
     edit = GatedRank1Edit(concept.i_star, concept.u, beta=0.7, tau=0.15)
     gates = edit.gates(cond)[:, 0]

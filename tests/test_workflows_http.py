@@ -19,6 +19,7 @@ import requests
 from harness.images import load_image
 from harness.paths import repo_root
 from harness.workflow_files import (
+    FIXTURE_CONCEPTS,
     FixtureValues,
     api_workflow,
     for_fixture,
@@ -37,8 +38,8 @@ GATE_RANGES = {"bias": (0.70, -1.0, 2.0), "temperature": (0.15, 0.01, 1.0)}  # d
 
 
 @pytest.fixture(scope="module")
-def server_concepts(comfy_server, tiny_ckpt_name) -> dict[str, str]:
-    return train_fixture_concepts(comfy_server, tiny_ckpt_name)
+def server_concepts(comfy_server, tiny_ckpt_name, sdxl_ckpt_name) -> dict[str, str]:
+    return train_fixture_concepts(comfy_server, tiny_ckpt_name, sdxl_ckpt_name=sdxl_ckpt_name)
 
 
 def fixture_prompt(name: str, ckpt: str, **overrides) -> dict:
@@ -91,10 +92,11 @@ def test_shipped_files_are_current_and_served_to_the_template_browser(comfy_serv
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_api_workflow_runs_over_http(comfy_server, tiny_ckpt_name, server_concepts, name):
-    images = [f"{word}_{i}.png" for word in server_concepts for i in range(3)]
+def test_api_workflow_runs_over_http(comfy_server, tiny_ckpt_name, sdxl_ckpt_name, server_concepts, name):
+    images = [f"{word}_{i}.png" for word in FIXTURE_CONCEPTS for i in range(3)]
     values = FixtureValues(
         tiny_ckpt_name,
+        sdxl_ckpt_name=sdxl_ckpt_name,
         images=images,
         size=SIZE,
         steps=STEPS,
@@ -117,7 +119,7 @@ def test_api_workflow_runs_over_http(comfy_server, tiny_ckpt_name, server_concep
     biases = sum(node["class_type"] == "PerfusionConceptLoader" for node in prompt.values())
     columns = biases if name == "perfusion_bias_sweep" else 1
     assert image.shape == (SIZE, columns * SIZE + (columns - 1) * 8, 3)
-    if name == "perfusion_train_and_generate":
+    if name.endswith("train_and_generate"):
         loss_node = next(nid for nid, node in prompt.items() if node["class_type"] == "PreviewImage")
         assert comfy_server.images(result, loss_node), "the loss curve preview"
         assert (comfy_server.layout.perfusion / f"http_{name}.safetensors").is_file()
