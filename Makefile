@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export COMFYUI_PATH ?=
 
-.PHONY: setup test test-fast demo serve bench bench-quality toyworld toyworld-eval lint format clean
+.PHONY: setup test test-fast demo serve bench bench-families bench-quality toyworld toyworld-eval lint format clean
 
 setup:
 	@bash scripts/setup_env.sh
@@ -31,6 +31,9 @@ serve: setup
 
 bench: setup
 	$(PY) benchmarks/run.py
+
+bench-families: setup
+	$(PY) -m benchmarks.families $(BENCH_ARGS)
 
 bench-quality: setup
 	$(PY) benchmarks/quality.py $(BENCH_ARGS)

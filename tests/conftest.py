@@ -40,26 +40,34 @@ def toy_images(comfy_host) -> dict[str, list[str]]:
     return {word: write_toy_images(folder, word, 3, colour=colour) for word, _, colour in CONCEPTS.values()}
 
 
-@pytest.fixture(scope="session")
-def trained_concepts(comfy_host, tiny_ckpt_name, toy_images) -> dict[str, str]:
-    """Two concepts trained apart (8 steps each) and saved to models/perfusion: word -> file name."""
+def train_test_concepts(
+    host, ckpt_name: str, toy_images, prefix: str, steps: int, **settings
+) -> dict[str, str]:
+    """Both test concepts trained apart through the executor and saved as `<prefix><word>`: word -> file."""
     from harness.perfusion_graphs import train_prompt
 
     out = {}
-    for file, (word, superclass, _) in CONCEPTS.items():
+    for word, superclass, _ in CONCEPTS.values():
         prompt = train_prompt(
-            tiny_ckpt_name,
+            ckpt_name,
             toy_images[word],
             word=word,
             superclass=superclass,
-            steps=8,
+            steps=steps,
             lr_v=0.3,
             lr_embedding=0.02,
-            save_name=file.removesuffix(".safetensors"),
+            save_name=f"{prefix}{word}",
+            **settings,
         )
-        comfy_host.run(prompt).raise_for_error()
-        out[word] = file
+        host.run(prompt).raise_for_error()
+        out[word] = f"{prefix}{word}.safetensors"
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_concepts(comfy_host, tiny_ckpt_name, toy_images) -> dict[str, str]:
+    """Two concepts trained apart (8 steps each) and saved to models/perfusion: word -> file name."""
+    return train_test_concepts(comfy_host, tiny_ckpt_name, toy_images, "test_", steps=8)
 
 
 @pytest.fixture(scope="session")

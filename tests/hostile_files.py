@@ -592,7 +592,7 @@ def generate_hostile_files(
     for i, (key, value) in enumerate(bad_values):
         add(f"meta-bad-{key}-{i}", meta(**{key: value}), "metadata", {"metadata"})
     # Format 2 names the text encoders the word embedding spans; they must add up to its width.
-    add("v2-no-text-encoders", meta(format_version="2"), "metadata", {"metadata"})
+    add("v2-no-text-encoders", meta(format_version="2", text_encoders=None), "metadata", {"metadata"})
     for i, value in enumerate(
         [
             '[["l",700]]',

@@ -13,7 +13,7 @@ import torch
 from harness.fixture_checkpoint import fixture_checkpoint
 from harness.perfusion_graphs import ConceptUse, generate_prompt, train_prompt
 from perfusion_core.concept_file import load_concept, read_concept_metadata
-from tests.conftest import CONCEPTS
+from tests.conftest import CONCEPTS, train_test_concepts
 
 SDXL_ENCODERS = (("l", 768), ("g", 1280))
 WORDS = {word: superclass for word, superclass, _ in CONCEPTS.values()}
@@ -26,8 +26,11 @@ def load(name: str):
 
 
 @pytest.fixture(scope="module")
-def sdxl(comfy_host) -> str:
-    return comfy_host.add_checkpoint(fixture_checkpoint("sdxl", context_dim=2048))
+def sdxl(comfy_host):
+    yield comfy_host.add_checkpoint(fixture_checkpoint("sdxl"))
+    # ~5 GB in fp32 (bigG): let the next modules (and the HTTP server beside us) have the memory back
+    comfy_host.reset_cache()
+    comfy_host.unload_all()
 
 
 @pytest.fixture(scope="module")
@@ -38,23 +41,7 @@ def sdxl_models(sdxl):
 @pytest.fixture(scope="module")
 def sdxl_concepts(comfy_host, sdxl, toy_images) -> dict[str, str]:
     """Both test concepts trained apart on the SDXL fixture (3 steps, 64 px) and saved."""
-    out = {}
-    for word, superclass in WORDS.items():
-        name = f"sdxl_{word}"
-        prompt = train_prompt(
-            sdxl,
-            toy_images[word],
-            word=word,
-            superclass=superclass,
-            steps=3,
-            lr_v=0.3,
-            lr_embedding=0.02,
-            covariance_prompts=64,
-            save_name=name,
-        )
-        comfy_host.run(prompt).raise_for_error()
-        out[word] = f"{name}.safetensors"
-    return out
+    return train_test_concepts(comfy_host, sdxl, toy_images, "sdxl_", steps=3, covariance_prompts=64)
 
 
 def concept_path(host, name):
@@ -277,3 +264,66 @@ def test_v_prediction_training_loss_is_the_v_objective(perfusion_pack, sd2, toy_
                 v = (noise - s * x0) / (1 + s**2) ** 0.5
                 reference = float((((raw - v) ** 2) / (1 + s**2)).mean())
     assert loss == pytest.approx(reference, rel=1e-4)
+
+
+def test_a_format_1_file_keeps_loading_and_gives_the_same_image(comfy_host, tiny_ckpt_name, trained_concepts):
+    """Files written before SDXL support (format 1: one text encoder, no `text_encoders`) apply as the
+    same concept does in format 2."""
+    import dataclasses
+
+    from perfusion_core.concept_file import save_concept
+
+    concept = load_concept(concept_path(comfy_host, trained_concepts["hugsy"]))
+    old = dataclasses.replace(concept, info=dataclasses.replace(concept.info, text_encoders=None))
+    save_concept(old, concept_path(comfy_host, "format1_hugsy.safetensors"), overwrite=True)
+    assert read_concept_metadata(concept_path(comfy_host, "format1_hugsy.safetensors")).format_version == "1"
+    images = [
+        comfy_host.images(comfy_host.run(generate_prompt(tiny_ckpt_name, [ConceptUse(f)])).raise_for_error())[
+            0
+        ]
+        for f in ("format1_hugsy.safetensors", trained_concepts["hugsy"])
+    ]
+    assert (images[0] == images[1]).all()
+
+
+@pytest.fixture(scope="module")
+def mmdit_name(comfy_host, tmp_path_factory) -> str:
+    """A tiny random SD3 (MMDiT) diffusion model file, built from ComfyUI's own class."""
+    import comfy.ops
+    import safetensors.torch
+    from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
+
+    with torch.device("meta"):
+        model = MMDiT(
+            patch_size=2,
+            in_channels=16,
+            depth=2,
+            adm_in_channels=64,
+            context_embedder_config={
+                "target": "torch.nn.Linear",
+                "params": {"in_features": 64, "out_features": 128},
+            },
+            pos_embed_max_size=16,
+            pos_embed_scaling_factor=None,
+            num_patches=256,
+            device="meta",
+            operations=comfy.ops.disable_weight_init,
+        )
+    path = tmp_path_factory.mktemp("mmdit") / "tiny_sd3.safetensors"
+    safetensors.torch.save_file({k: torch.zeros(v.shape) for k, v in model.state_dict().items()}, str(path))
+    return comfy_host.add_file("diffusion_models", path)
+
+
+def test_a_model_without_unet_cross_attention_is_refused_naming_its_type(
+    comfy_host, tiny_ckpt_name, trained_concepts, mmdit_name
+):
+    prompt = generate_prompt(tiny_ckpt_name, [ConceptUse(trained_concepts["hugsy"])])
+    prompt["40"] = {
+        "class_type": "UNETLoader",
+        "inputs": {"unet_name": mmdit_name, "weight_dtype": "default"},
+    }
+    prompt["20"]["inputs"]["model"] = ["40", 0]
+    result = comfy_host.run(prompt)
+    assert result.error_kind == "execution"
+    assert "SD3" in result.error_text and "no UNet cross-attention" in result.error_text, result.error_text
+    assert comfy_host.run(generate_prompt(tiny_ckpt_name, positive="a dog")).success
