@@ -87,7 +87,7 @@ class FixtureValues:
                 "resolution": self.size,
                 "batch_size": 1,
                 "grad_accumulation": 1,
-                "covariance_prompts": 128,
+                "covariance_prompts": 64,  # the node's minimum: bigG encodes each prompt in ~1 s on a CPU
                 "preview_size": self.size,
                 "preview_steps": self.steps,
             },
