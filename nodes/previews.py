@@ -190,9 +190,9 @@ class TrainingPreviews:
             run.state.gated_at(settings.beta, settings.tau),
         ):
             if self._negative is None:
-                self._negative = encode(run.clip, "")
+                self._negative = encode(run.preview_clip, "")
             for index, prompt in enumerate(settings.prompts):
-                positive = encode(run.clip, prompt)
+                positive = encode(run.preview_clip, prompt)
                 out.append(
                     sample_image(
                         run.model, self.vae, positive, self._negative, settings.seed(index), settings

@@ -282,6 +282,14 @@ class TrainingRun:
             _checkpoint_blocks(self.model)
         embeddings = {e.key: p for e, p in zip(encoders, self.state.token_embeddings, strict=True)}
         self.clip = _trainable_clip(clip, word, embeddings, checkpointing)
+        # Previews encode as generation will: the same learned embeddings on the user's CLIP, with the
+        # pooled vector of the superclass prompt (SDXL), which training feeds through `y` instead.
+        superclass_embeddings = text_encoder.split_embedding(
+            clip, text_encoder.input_embedding(clip, superclass)
+        )
+        self.preview_clip = text_encoder.clip_with_concepts(
+            clip, [text_encoder.ConceptWord(word, embeddings, superclass_embeddings)]
+        )
         comfy.model_management.load_models_gpu([self.model, self.clip.patcher], force_full_load=True)
         _release_inference_weights(self.model.model.diffusion_model)
         _release_inference_weights(self.clip.cond_stage_model)

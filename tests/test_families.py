@@ -125,34 +125,39 @@ def test_two_sdxl_concepts_generate_through_the_executor(comfy_host, sdxl, sdxl_
 
 
 def test_sdxl_resume_with_previews_and_global_key_lock(comfy_host, sdxl, sdxl_concepts, toy_images):
-    """What SD1.5 concepts do carries over: resume a saved concept with previews on, then generate
-    with the global key-lock (the superclass prompt's keys, the pooled vector of the same prompt)."""
+    """What SD1.5 concepts do carries over: resume a saved concept with previews on (the last one is
+    what generation with the result gives: same embeddings, same superclass pooled vector), then
+    generate with the global key-lock (the superclass prompt's keys)."""
+    from tests.test_previews import PROMPTS, preview_settings, with_generation
+
     prompt = train_prompt(
         sdxl,
         toy_images["hugsy"],
         steps=1,
         covariance_prompts=64,
         save_name="sdxl_hugsy_resumed",
-        extra={
-            "preview_every": 1,
-            "preview_size": 64,
-            "preview_steps": 1,
-            "validation_prompts": "{} in a box",
-        },
+        extra=preview_settings(1),
     )
     prompt["30"] = {"class_type": "PerfusionConceptFile", "inputs": {"concept_name": sdxl_concepts["hugsy"]}}
     prompt["3"]["inputs"]["resume"] = ["30", 0]
     prompt["6"] = {"class_type": "PreviewImage", "inputs": {"images": ["3", 3]}}
-    result = comfy_host.run(prompt).raise_for_error()
-    assert len(comfy_host.images(result, "6")) == 2  # step 0 and step 1
+    result = comfy_host.run(with_generation(prompt, PROMPTS[0].format("hugsy"), seed=0)).raise_for_error()
+    previews = comfy_host.images(result, "6")
+    assert len(previews) == 2 * len(PROMPTS)  # steps 0 and 1
+    (generated,) = comfy_host.images(result, "46")
+    assert abs(previews[-len(PROMPTS)].astype(int) - generated.astype(int)).max() <= 1
     resumed = load_concept(concept_path(comfy_host, "sdxl_hugsy_resumed.safetensors"))
     assert resumed.info.steps == 4 and resumed.info.text_encoders == SDXL_ENCODERS
-    uses = [ConceptUse("sdxl_hugsy_resumed.safetensors", bias=0.5, key_lock="global")]
-    local = [ConceptUse("sdxl_hugsy_resumed.safetensors", bias=0.5)]
     text = "a photo of hugsy on the beach"
     images = [
-        comfy_host.images(comfy_host.run(generate_prompt(sdxl, u, positive=text)).raise_for_error())[0]
-        for u in (uses, local)
+        comfy_host.images(
+            comfy_host.run(
+                generate_prompt(
+                    sdxl, [ConceptUse("sdxl_hugsy_resumed.safetensors", 0.5, key_lock=lock)], positive=text
+                )
+            ).raise_for_error()
+        )[0]
+        for lock in ("global", "local")
     ]
     assert (images[0].astype(int) - images[1].astype(int)).any()
 
@@ -178,6 +183,26 @@ def test_pooled_output_is_the_superclass_prompts_and_other_prompts_are_unchanged
     super_cond, super_pooled = encode(clip, "a photo of teddy on the beach")
     assert torch.equal(pooled, super_pooled)
     assert not torch.equal(cond, super_cond)  # the word's own encoding is the learned one
+
+
+def test_training_previews_encode_with_the_superclass_pooled_vector(perfusion_pack, sdxl_models, toy_pixels):
+    """Training reads the word through its trainable CLIP; previews encode as generation will."""
+    from perfusion_core.training import TrainingConfig
+
+    model, clip, vae = sdxl_models
+    config = TrainingConfig(steps=1, batch_size=1, resolution=64, templates=("a photo of a {}",))
+    text = "a photo of hugsy on the beach"
+    _, super_pooled = encode(clip, "a photo of teddy on the beach")
+    with torch.inference_mode(False), torch.enable_grad():
+        with perfusion_pack.nodes.trainer.open_run(
+            model, clip, vae, toy_pixels, None, "hugsy", "teddy", config, covariance_prompts=64
+        ) as run:
+            # superclass-initialised embeddings: the word's pooled vector differs only by its position
+            with torch.no_grad():
+                for p in run.state.token_embeddings:
+                    p.add_(0.05)
+            assert torch.equal(encode(run.preview_clip, text)[1], super_pooled)
+            assert not torch.equal(encode(run.clip, text)[1], super_pooled)
 
 
 def test_concept_files_are_refused_across_families_naming_both(
