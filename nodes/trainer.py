@@ -20,6 +20,7 @@ import comfy.utils
 import torch
 import torch.nn.functional as F
 
+from ..perfusion_core.compatibility import check_compatible
 from ..perfusion_core.concept import Concept, ConceptInfo
 from ..perfusion_core.training import (
     BatchPlan,
@@ -30,7 +31,7 @@ from ..perfusion_core.training import (
     plan_batch,
     square_resize,
 )
-from . import covariance_cache, model_patch, text_encoder
+from . import apply, covariance_cache, model_patch, text_encoder
 from . import precision as precision_module
 
 log = logging.getLogger("comfyui-perfusion")
@@ -441,6 +442,8 @@ def open_run(
     if config.steps < 1:
         raise ValueError("steps must be at least 1")
     if resume is not None:
+        for warning in check_compatible(resume, apply.model_signature(model, clip), source="resume"):
+            log.warning(warning)
         mismatch = text_encoder.layer_mismatch(word, resume.info.clip_layer, text_encoder.encoder_layer(clip))
         if mismatch:
             raise ValueError(f"resume: {mismatch}")

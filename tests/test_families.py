@@ -215,6 +215,22 @@ def test_concept_files_are_refused_across_families_naming_both(
     )
 
 
+def test_resuming_an_sd15_concept_on_sdxl_is_refused_naming_both(
+    comfy_host, sdxl, trained_concepts, toy_images
+):
+    prompt = train_prompt(sdxl, toy_images["hugsy"], steps=1, covariance_prompts=64)
+    prompt["30"] = {
+        "class_type": "PerfusionConceptFile",
+        "inputs": {"concept_name": trained_concepts["hugsy"]},
+    }
+    prompt["3"]["inputs"]["resume"] = ["30", 0]
+    result = comfy_host.run(prompt)
+    assert result.error_kind == "execution"
+    assert "'resume' was trained for SD15" in result.error_text and "SDXL" in result.error_text, (
+        result.error_text
+    )
+
+
 def test_an_sd15_concept_is_refused_by_sdxl_naming_both(comfy_host, sdxl, trained_concepts):
     result = comfy_host.run(generate_prompt(sdxl, [ConceptUse(trained_concepts["hugsy"])]))
     assert result.error_kind == "execution"

@@ -194,11 +194,12 @@ def test_host_is_a_singleton(comfy_host, tmp_path):
 
 
 @pytest.mark.slow
-def test_server_end_to_end(comfy_server, comfy_host, tiny_ckpt_name):
+def test_server_end_to_end(comfy_server, comfy_host, tiny_ckpt_name, sdxl_ckpt_name):
     srv = comfy_server
     info = srv.object_info()
     assert "KSampler" in info and "HarnessRaise" in info
-    assert srv.object_info("CheckpointLoaderSimple")["input"]["required"]["ckpt_name"][0] == [tiny_ckpt_name]
+    listed = srv.object_info("CheckpointLoaderSimple")["input"]["required"]["ckpt_name"][0]
+    assert sorted(listed) == sorted([tiny_ckpt_name, sdxl_ckpt_name])
     assert "<html" in srv._get("/").text.lower()  # the bundled frontend is served
 
     result = srv.run(txt2img_prompt(tiny_ckpt_name, seed=3))
