@@ -1,6 +1,6 @@
 """Run prompts through ComfyUI's real ``PromptExecutor`` inside this Python process.
 
-Only the transport is replaced: validation (``execution.validate_prompt``), the executor, its caches,
+Only the transport is replaced (the host's own ``server.PromptServer`` is built, its events recorded): validation (``execution.validate_prompt``), the executor, its caches,
 the node registry (core nodes, ``comfy_extras``, custom nodes loaded from the base directory's
 ``custom_nodes/``) and ``comfy.utils.ProgressBar`` are the host's own. The stand-in for
 ``server.PromptServer`` records every event the executor would have sent over the websocket.
@@ -102,36 +102,28 @@ class RunResult:
         return self
 
 
-class _Transport:
-    """What the executor, the progress handlers and nodes use of ``server.PromptServer``."""
+class _Recorder:
+    """Where the host's ``PromptServer`` sends its events in this process: recorded, and passed to an
+    optional listener, instead of queued for websockets (no event loop runs them here)."""
 
-    def __init__(self):
-        self.client_id: str | None = None
-        self.last_node_id: str | None = None
-        self.last_prompt_id: str | None = None
-        self.sockets_metadata: dict = {}
+    def __init__(self) -> None:
         self.messages: list[tuple[Any, Any]] = []
         self.listener: MessageCallback | None = None
-        self.number = 0
-        try:  # custom nodes may register routes on PromptServer.instance at import time
-            from aiohttp import web
 
-            self.routes = web.RouteTableDef()
-        except ImportError:  # pragma: no cover - aiohttp is a ComfyUI requirement
-            self.routes = None
-
-    def send_sync(self, event, data, sid=None):
+    def send_sync(self, event, data, sid=None) -> None:
         self.messages.append((event, data))
         if self.listener is not None:
             self.listener(event, data)
 
-    def send_progress_text(self, text, node_id, sid=None):
-        if isinstance(text, bytes | bytearray):
-            text = bytes(text).decode("utf-8", "replace")
-        self.send_sync("progress_text", {"node": node_id, "text": text}, sid)
 
-    def queue_updated(self):
-        pass
+def _prompt_server(server_module, recorder: _Recorder):
+    """The host's own ``server.PromptServer``, built as main.py builds it (on an event loop that never
+    runs: no HTTP here), with its events going to `recorder`. Everything else the executor, the
+    progress hook and nodes read of it (ids, feature flags, routes, managers) is the host's."""
+    instance = server_module.PromptServer(asyncio.new_event_loop())
+    instance.send_sync = recorder.send_sync
+    instance.queue_updated = lambda: None  # main.py's queue status: there is no queue here
+    return instance
 
 
 class _LogCapture(logging.Handler):
@@ -228,7 +220,7 @@ class ComfyHost:
         self.comfy_root = comfyui_path()
         self.client_id = f"harness-{uuid.uuid4().hex[:8]}"
         self.import_log: list[str] = []
-        self._transport = _Transport()
+        self._recorder = _Recorder()
         self._run_lock = threading.Lock()
         t0 = time.perf_counter()
         self._boot()
@@ -327,8 +319,7 @@ class ComfyHost:
         self._mm = comfy.model_management
         self._execution = execution
         self._nodes = nodes
-        if getattr(server.PromptServer, "instance", None) is None:
-            server.PromptServer.instance = self._transport
+        self._transport = _prompt_server(server, self._recorder)
 
         capture = _LogCapture()
         logging.getLogger().addHandler(capture)
@@ -355,7 +346,7 @@ class ComfyHost:
 
         self._install_progress_hook(comfy.utils)
         self._executor = execution.PromptExecutor(
-            self._transport, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0}
+            self._transport, **executor_options(self.comfy_root, execution)
         )
 
     def _install_progress_hook(self, comfy_utils) -> None:
@@ -436,9 +427,9 @@ class ComfyHost:
                 node_errors=valid[3],
                 duration_s=time.perf_counter() - t0,
             )
-        transport = self._transport
-        transport.messages = []
-        transport.listener = on_message
+        transport, recorder = self._transport, self._recorder
+        recorder.messages = []
+        recorder.listener = on_message
         transport.last_prompt_id = prompt_id
         ex = self._executor
         try:
@@ -446,13 +437,11 @@ class ComfyHost:
             # what the prompt worker sends when a prompt is done
             transport.send_sync("executing", {"node": None, "prompt_id": prompt_id}, client_id)
         finally:
-            transport.listener = None
+            recorder.listener = None
         status = list(ex.status_messages)
         kind, error = error_from_status(status)
         cached = next((d["nodes"] for e, d in status if e == "execution_cached"), [])
-        executed = [
-            d["node"] for e, d in transport.messages if e == "executing" and d.get("node") is not None
-        ]
+        executed = [d["node"] for e, d in recorder.messages if e == "executing" and d.get("node") is not None]
         return RunResult(
             success=bool(ex.success) and kind is None,
             prompt_id=prompt_id,
@@ -460,7 +449,7 @@ class ComfyHost:
             error=error,
             error_kind=kind,
             node_errors=valid[3],
-            messages=list(transport.messages),
+            messages=list(recorder.messages),
             cached_nodes=list(cached),
             executed_nodes=executed,
             duration_s=time.perf_counter() - t0,
@@ -532,6 +521,31 @@ class ComfyHost:
 
     def __repr__(self) -> str:
         return f"ComfyHost(base_dir={str(self.base_dir)!r}, load_pack={self.load_pack})"
+
+
+def executor_options(comfy_root: Path, execution) -> dict[str, Any]:
+    """The keyword arguments the host's main.py builds its ``PromptExecutor`` with, as
+    ``--cache-classic`` sets them: the classic cache, every cache size 0 (no LRU, no RAM budget). The
+    names are read from main.py itself, so a release that adds one (0.33's ``ram_inactive``, or the
+    Dec-2024 ``lru_size`` before ``cache_args``) gets it here too."""
+    import ast
+
+    path = comfy_root / "main.py"
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "PromptExecutor"):
+            continue
+        options: dict[str, Any] = {}
+        for keyword in node.keywords:
+            if keyword.arg == "cache_type":
+                options["cache_type"] = execution.CacheType.CLASSIC
+            elif keyword.arg == "cache_args" and isinstance(keyword.value, ast.Dict):
+                options["cache_args"] = {ast.literal_eval(k): 0 for k in keyword.value.keys}
+            elif keyword.arg == "lru_size":
+                options["lru_size"] = 0
+            else:
+                raise HostStartError(f"{path}: PromptExecutor takes '{keyword.arg}', unknown to the harness")
+        return options
+    raise HostStartError(f"{path} builds no PromptExecutor")
 
 
 def _copy_prompt(prompt: Mapping) -> dict:

@@ -8,6 +8,7 @@ from ..perfusion_core.compatibility import ModelSignature, check_compatible
 from ..perfusion_core.concept import Concept
 from ..perfusion_core.concept_set import AppliedConcept
 from . import model_patch, text_encoder
+from .host_support import require_host
 
 LOCK_MODES = ("local", "global", "off")
 log = logging.getLogger("comfyui-perfusion")
@@ -26,6 +27,7 @@ def model_signature(model, clip) -> ModelSignature:
 def apply_concept(model, clip, concept: Concept, bias: float, temperature: float, key_lock: str, source: str):
     """(patched MODEL clone, patched CLIP clone); refuses a concept made for another model, or for
     encodings of another text-encoder layer than this CLIP's (CLIP Set Last Layer)."""
+    require_host()
     if key_lock not in LOCK_MODES:
         raise ValueError(f"key_lock must be one of {LOCK_MODES}, got '{key_lock}'")
     if temperature <= 0:

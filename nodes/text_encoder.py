@@ -29,9 +29,9 @@ import comfy.sd1_clip
 import torch
 
 from ..perfusion_core.covariance import text_encoder_fingerprint
+from .host_support import incompatible
 from .key_lock import KEY_CONTEXT
 
-_SENTINEL = "perfusion-concept-"
 _ENCODE = "encode_token_weights"
 
 
@@ -176,12 +176,17 @@ def encoder_fingerprint(clip) -> str:
     return text_encoder_fingerprint(items)
 
 
+def _word_tokens(inner, text: str) -> list:
+    """The tokens of `text` without start, end and padding tokens: those the tokenizer gives a word id
+    (`tokenize_with_weights` reserves id 0 for the others, as it has since 2023). Uses the host's own
+    method, never a copy's override."""
+    batches = type(inner).tokenize_with_weights(inner, text, True)
+    return [t[0] for batch in batches for t in batch if t[2] != 0]
+
+
 def word_token_ids(clip, word: str) -> list[int]:
     """BPE ids of `word` without start/end tokens (CLIP encoders share one vocabulary)."""
-    inner = getattr(clip.tokenizer, text_encoders(clip)[0].attribute)
-    ids = inner.tokenizer(word)["input_ids"]
-    end = -1 if inner.tokenizer_adds_end_token else None
-    return list(ids[inner.tokens_start : end])
+    return _word_tokens(getattr(clip.tokenizer, text_encoders(clip)[0].attribute), word)
 
 
 def is_vocabulary_word(clip, word: str) -> bool:
@@ -201,18 +206,63 @@ def input_embedding(clip, word: str) -> torch.Tensor:
     return torch.cat([r.detach().to(device="cpu", dtype=torch.float32) for r in rows]).clone()
 
 
+# Common one-token words that stand in for concept words while the host tokenizes (see
+# _tokenize_with_concepts); any of them may also occur in a prompt.
+_PLACEHOLDER_CANDIDATES = (
+    "cat dog car sun tree house bird fish book lamp door boat cup hat ball star moon road bed chair "
+    "table shoe bag rock leaf cake box bell coin key ring drum kite rope lake hill bread milk egg"
+).split()
+
+
 def _tokenize_with_concepts(self, text: str, return_word_ids: bool = False, **kwargs):
-    text = self._perfusion_pattern.sub(lambda m: f" embedding:{_SENTINEL}{m.group(0).lower()} ", text)
-    return type(self).tokenize_with_weights(self, text, return_word_ids, **kwargs)
+    """The host's `tokenize_with_weights` with each concept word's token replaced by its embedding.
+
+    The prompt is tokenized twice, each concept word standing in for a different one-token word
+    (`a` then `b` placeholders): the positions whose tokens differ are the concept words' and nothing
+    else, so a placeholder word typed in the prompt stays itself. Weights, chunking into 77-token
+    windows and word ids are the host's: a one-token word is chunked as a one-vector embedding is.
+    """
+    stock = type(self).tokenize_with_weights
+    if self._perfusion_pattern.search(text) is None:
+        return stock(self, text, return_word_ids, **kwargs)
+
+    def with_placeholders(placeholders: dict[str, str]) -> list:
+        swapped = self._perfusion_pattern.sub(lambda m: f" {placeholders[m.group(0).lower()]} ", text)
+        return stock(self, swapped, True, **kwargs)
+
+    first, second = (with_placeholders(p) for p in self._perfusion_placeholders)
+    if [len(b) for b in first] != [len(b) for b in second]:
+        raise incompatible(f"a tokenizer that keeps one-token words one token in the prompt {text!r}")
+    out = []
+    for batch_a, batch_b in zip(first, second, strict=True):
+        batch = []
+        for a, b in zip(batch_a, batch_b, strict=True):
+            if isinstance(a[0], int) and a[0] != b[0]:
+                a = (self._perfusion_by_token[a[0]].embeddings[self._perfusion_key], *a[1:])
+            batch.append(a if return_word_ids else a[:2])
+        out.append(batch)
+    return out
 
 
-def _try_get_concept_embedding(self, name: str):
-    first, _, leftover = name.strip().partition(" ")
-    if first.startswith(_SENTINEL):
-        word = self._perfusion_words.get(first[len(_SENTINEL) :])
-        if word is not None:
-            return word.embeddings[self._perfusion_key], leftover.strip()
-    return type(self)._try_get_embedding(self, name)
+def _is_one_token(inner, word: str) -> bool:
+    tokens = _word_tokens(inner, word)
+    return len(tokens) == 1 and isinstance(tokens[0], int)
+
+
+def _placeholders(inner, words: dict[str, ConceptWord]) -> tuple[tuple[dict, dict], dict[int, ConceptWord]]:
+    """Two placeholder words per concept word (see _tokenize_with_concepts), all distinct, each one
+    token for this tokenizer, and the concept each first placeholder's token stands for."""
+    single = (w for w in _PLACEHOLDER_CANDIDATES if _is_one_token(inner, w))
+    pairs = list(zip(single, single))
+    if len(pairs) < len(words):
+        raise incompatible(
+            f"enough one-token words in its tokenizer ({type(inner).__name__}) to stand in for "
+            f"{len(words)} concept words"
+        )
+    first = {key: a for key, (a, _) in zip(words, pairs)}
+    second = {key: b for key, (_, b) in zip(words, pairs)}
+    by_token = {_word_tokens(inner, first[key])[0]: word for key, word in words.items()}
+    return (first, second), by_token
 
 
 def _concept_tokenizer(clip, words: dict[str, ConceptWord]):
@@ -225,10 +275,8 @@ def _concept_tokenizer(clip, words: dict[str, ConceptWord]):
         inner._perfusion_words = words
         inner._perfusion_key = encoder.key
         inner._perfusion_pattern = pattern
-        if inner.embedding_directory is None:
-            inner.embedding_directory = []  # the tokenizer only looks up embeddings when this is set
+        inner._perfusion_placeholders, inner._perfusion_by_token = _placeholders(inner, words)
         inner.tokenize_with_weights = types.MethodType(_tokenize_with_concepts, inner)
-        inner._try_get_embedding = types.MethodType(_try_get_concept_embedding, inner)
         setattr(outer, encoder.attribute, inner)
     return outer
 
