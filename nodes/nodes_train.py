@@ -8,8 +8,9 @@ import re
 import time
 
 from ..perfusion_core.concept_file import save_concept
-from ..perfusion_core.training import DEFAULT_TEMPLATES, TrainingConfig, parse_templates
+from ..perfusion_core.training import DEFAULT_TEMPLATES, TrainingConfig, caption_templates, parse_templates
 from . import folders, previews, trainer
+from .host_support import require_host
 from .loss_plot import loss_curve_image
 from .nodes_loader import CONCEPT_TYPE
 from .precision import PRECISIONS
@@ -39,6 +40,9 @@ class PerfusionTrainConcept:
     )
     CATEGORY = "perfusion/training"
     FUNCTION = "train"
+    # A dataset node ("Load Image Dataset from Folder") sends lists, one image each: they all train
+    # one concept. Every other input then arrives as a one-item list too (see train()).
+    INPUT_IS_LIST = True
     OUTPUT_NODE = True  # shows the before/after loss summary; runs even when only previewed
     RETURN_TYPES = (CONCEPT_TYPE, "IMAGE", "LOSS_MAP", "IMAGE")
     RETURN_NAMES = ("concept", "loss_curve", "loss_map", "previews")
@@ -57,7 +61,14 @@ class PerfusionTrainConcept:
                 "model": ("MODEL", {"tooltip": "The base model (left unchanged)."}),
                 "clip": ("CLIP", {"tooltip": "Its text encoder (left unchanged)."}),
                 "vae": ("VAE", {"tooltip": "Encodes the training images to latents."}),
-                "images": ("IMAGE", {"tooltip": "3–10 images of the object, any size (centre-cropped)."}),
+                "images": (
+                    "IMAGE",
+                    {
+                        "tooltip": "3–10 images of the object: a batch, or a dataset node's list (e.g. "
+                        "Load Image Dataset from Folder). Any sizes: each image is centre-cropped to a "
+                        "square and resized to the training resolution on its own."
+                    },
+                ),
                 "concept_word": (
                     "STRING",
                     {"default": "hugsy", "tooltip": "A new made-up word that will mean your object."},
@@ -153,6 +164,17 @@ class PerfusionTrainConcept:
             },
             "optional": {
                 "mask": ("MASK", {"tooltip": "Optional object masks, one per image (zero-shot mask loss)."}),
+                "captions": (
+                    "STRING",
+                    {
+                        "forceInput": True,
+                        "tooltip": "Optional captions, one per image (e.g. from Load Image and Text Dataset "
+                        "from Folder): each image trains with its caption instead of the templates. A "
+                        "caption without the concept word gets it in place of its first superclass word "
+                        "('a teddy on a bench' -> 'a hugsy on a bench'), else as 'a photo of a hugsy, "
+                        "<caption>'.",
+                    },
+                ),
                 "resume": (
                     CONCEPT_TYPE,
                     {"tooltip": "Continue training this concept instead of starting anew."},
@@ -249,7 +271,19 @@ class PerfusionTrainConcept:
             },
         }
 
-    def train(
+    def train(self, images, mask=None, captions=None, **inputs):
+        """Lists in (INPUT_IS_LIST): `images`, `mask` and `captions` may hold many items (all train one
+        concept); every other input must be one value."""
+        single = {}
+        for name, values in inputs.items():
+            if len(values) != 1:
+                raise ValueError(
+                    f"{name}: got {len(values)} values; only images, mask and captions take a list"
+                )
+            single[name] = values[0]
+        return self._train(images=images, mask=mask, captions=captions, **single)
+
+    def _train(
         self,
         model,
         clip,
@@ -269,6 +303,7 @@ class PerfusionTrainConcept:
         seed,
         templates,
         mask=None,
+        captions=None,
         resume=None,
         gradient_checkpointing=False,
         save_every=0,
@@ -281,7 +316,9 @@ class PerfusionTrainConcept:
         preview_steps=15,
         key_lock=True,
     ):
+        require_host()
         concept_word, superclass = concept_word.strip(), superclass.strip()
+        image_templates = caption_templates(captions, concept_word, superclass) if captions else ()
         if resolution == 0:
             resolution = trainer.native_resolution(model)
         config = TrainingConfig(
@@ -295,7 +332,8 @@ class PerfusionTrainConcept:
             flip_probability=0.5 if flip else 0.0,
             resolution=resolution,
             seed=seed,
-            templates=parse_templates(templates),
+            templates=tuple(dict.fromkeys(image_templates)) or parse_templates(templates),
+            image_templates=image_templates,
             key_lock=bool(key_lock),
         )
         if resume is not None and (resume.word != concept_word or resume.info.superclass != superclass):
@@ -309,9 +347,7 @@ class PerfusionTrainConcept:
 
             def on_step(step, _loss, run):
                 if step > 0 and step % save_every == 0 and step < config.steps:
-                    info = trainer.concept_info(
-                        model, clip, concept_word, superclass, run.config, resume, step
-                    )
+                    info = trainer.concept_info(model, clip, concept_word, superclass, run, resume, step)
                     save_concept(run.state.to_concept(info), target, overwrite=True)
                     log.info("Perfusion: checkpoint at step %d written to %s", step, target)
 

@@ -67,24 +67,39 @@ def check_words(clip, word: str, superclass: str) -> None:
         raise ValueError("the concept word and the superclass word must differ")
 
 
-def prepare_images(images: torch.Tensor, masks: torch.Tensor | None, resolution: int):
-    """IMAGE (N,H,W,3) and MASK (N,H,W) -> square (N,3,S,S) pixels and (N,1,S,S) weights."""
-    if images is None or images.ndim != 4 or images.shape[0] == 0:
+def _batches(value, what: str) -> list[torch.Tensor]:
+    """An IMAGE/MASK input as a list of batches: one tensor, or a dataset node's list of them."""
+    if value is None or isinstance(value, torch.Tensor):
+        value = [] if value is None else [value]
+    if what == "mask":
+        value = [m[None] if m.ndim == 2 else m for m in value]
+    return [b for b in value if b.shape[0] > 0]
+
+
+def prepare_images(images, masks, resolution: int):
+    """IMAGE (N,H,W,3) and MASK (N,H,W) -> square (N,3,S,S) pixels and (N,1,S,S) weights.
+
+    Each input may also be a list of batches (a dataset node's list, one image each, of any sizes):
+    every image is centre-cropped to a square and resized to S on its own, as a single batch is, so
+    images of different sizes train together."""
+    batches = _batches(images, "images")
+    if not batches or any(b.ndim != 4 for b in batches):
         raise ValueError("images: connect at least one training image")
-    pixels = square_resize(images.movedim(-1, 1)[:, :3], resolution)
+    pixels = torch.cat([square_resize(b.movedim(-1, 1)[:, :3], resolution) for b in batches])
+    mask_batches = _batches(masks, "mask")
     if masks is None:
         return pixels, None
-    if masks.ndim == 2:
-        masks = masks[None]
-    if masks.shape[0] != images.shape[0]:
-        raise ValueError(
-            f"mask: {masks.shape[0]} masks for {images.shape[0]} images; give one mask per image"
-        )
-    if tuple(masks.shape[1:]) != tuple(images.shape[1:3]):
-        raise ValueError(
-            f"mask: size {tuple(masks.shape[1:])} differs from the images' {tuple(images.shape[1:3])}"
-        )
-    return pixels, normalise_mask(square_resize(masks[:, None], resolution).clamp(0, 1))
+    n_masks = sum(m.shape[0] for m in mask_batches)
+    if n_masks != pixels.shape[0]:
+        raise ValueError(f"mask: {n_masks} masks for {pixels.shape[0]} images; give one mask per image")
+    image_sizes = [tuple(b.shape[1:3]) for b in batches for _ in range(b.shape[0])]
+    mask_sizes = [tuple(m.shape[1:]) for m in mask_batches for _ in range(m.shape[0])]
+    for k, (got, want) in enumerate(zip(mask_sizes, image_sizes, strict=True)):
+        if got != want:
+            which = "the images'" if len(batches) == 1 else f"image {k + 1}'s"
+            raise ValueError(f"mask: size {got} differs from {which} {want}")
+    weights = torch.cat([square_resize(m[:, None], resolution) for m in mask_batches])
+    return pixels, normalise_mask(weights.clamp(0, 1))
 
 
 class _OutOfPlaceLayer:
@@ -351,11 +366,11 @@ class TrainingRun:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """The objective on a fixed batch (every image, mid-range noise levels, first template)."""
+        """The objective on a fixed batch (every image, mid-range noise levels, first template or the
+        images' captions)."""
         n = self.n_images
-        batch = BatchPlan(
-            list(range(n)), [False] * n, [self.config.templates[0]] * n, torch.linspace(0.2, 0.8, n)
-        )
+        templates = list(self.config.image_templates) or [self.config.templates[0]] * n
+        batch = BatchPlan(list(range(n)), [False] * n, templates, torch.linspace(0.2, 0.8, n))
         noise = self.noise(n, torch.Generator().manual_seed(self.config.seed + 1))
         return float(self.loss(batch, noise)[0])
 
@@ -394,7 +409,12 @@ class TrainingRun:
             for _ in range(config.grad_accumulation):
                 comfy.model_management.throw_exception_if_processing_interrupted()
                 batch = plan_batch(
-                    generator, self.n_images, config.templates, config.batch_size, config.flip_probability
+                    generator,
+                    self.n_images,
+                    config.templates,
+                    config.batch_size,
+                    config.flip_probability,
+                    config.image_templates,
                 )
                 loss, concept = self.loss(batch, self.noise(config.batch_size, generator))
                 self.precision.backward(loss / config.grad_accumulation)
@@ -448,6 +468,10 @@ def open_run(
         if mismatch:
             raise ValueError(f"resume: {mismatch}")
     pixels, weights = prepare_images(images, masks, config.resolution)
+    if config.image_templates and len(config.image_templates) != pixels.shape[0]:
+        raise ValueError(
+            f"captions: {len(config.image_templates)} captions for {pixels.shape[0]} images; give one per image"
+        )
     with torch.no_grad():
         c_inv = covariance_cache.inverse_covariance(clip, covariance_prompts)
     return TrainingRun(
@@ -486,14 +510,15 @@ def train_concept(
             before = run.evaluate()
             losses = run.train(on_step)
             after = run.evaluate()
-    info = concept_info(model, clip, word, superclass, run.config, options.get("resume"), config.steps)
+    info = concept_info(model, clip, word, superclass, run, options.get("resume"), config.steps)
     return TrainingResult(run.state.to_concept(info), losses, before, after)
 
 
 def concept_info(
-    model, clip, word: str, superclass: str, config: TrainingConfig, resume: Concept | None, steps: int
+    model, clip, word: str, superclass: str, run: TrainingRun, resume: Concept | None, steps: int
 ) -> ConceptInfo:
-    """Metadata of a concept after `steps` steps of this run (plus those of a resumed concept)."""
+    """Metadata of a concept after `steps` steps of `run` (plus those of a resumed concept)."""
+    config = run.config
     done = steps + (resume.info.steps if resume is not None else 0)
     return ConceptInfo(
         word=word,
@@ -506,4 +531,5 @@ def concept_info(
         training_settings=config.as_metadata(),
         clip_layer=text_encoder.encoder_layer(clip),
         text_encoders=text_encoder.encoder_layout(clip),
+        training_images=run.n_images,
     )

@@ -31,6 +31,8 @@ class ConceptInfo:
     # The text encoders the word embedding spans, in order: ((key, width), ...), e.g. (("l", 768),
     # ("g", 1280)) on SDXL. None = a format-1 file: one encoder, as wide as the embedding.
     text_encoders: tuple[tuple[str, int], ...] | None = None
+    # How many images the last training run learnt from. None = unknown (files written before).
+    training_images: int | None = None
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,7 @@ MAX_TEXT_ENCODERS = 8
 MAX_WORD_CHARS = 100
 MAX_TEXT_CHARS = 256
 MAX_STEPS = 10**9
+MAX_TRAINING_IMAGES = 10**7
 MIN_CLIP_LAYER = -1024  # CLIP Set Last Layer counts from -1 (last) down; no text encoder is deeper
 ALLOWED_V_DTYPES = (torch.float16, torch.float32, torch.bfloat16)
 log = logging.getLogger("comfyui-perfusion")
@@ -159,6 +160,7 @@ def _build_metadata(concept: Concept) -> dict[str, str]:
         "steps": str(int(info.steps)),
         "training_settings": json.dumps(info.training_settings, ensure_ascii=False, separators=(",", ":")),
         **({} if info.clip_layer is None else {"clip_layer": str(int(info.clip_layer))}),
+        **({} if info.training_images is None else {"training_images": str(int(info.training_images))}),
         # A concept read from a format-1 file does not know its encoder's name: it stays format 1.
         **(
             {"format_version": "1"}
@@ -482,6 +484,11 @@ def _validate_metadata(header: ParsedHeader) -> tuple[str, ConceptInfo, int, dic
     if not isinstance(settings, dict) or not all(isinstance(v, str) for v in settings.values()):
         raise HeaderError("metadata", "metadata 'training_settings' must be a JSON object of strings")
     clip_layer = _int_field(metadata, "clip_layer", MIN_CLIP_LAYER, -1) if "clip_layer" in metadata else None
+    training_images = (
+        _int_field(metadata, "training_images", 1, MAX_TRAINING_IMAGES)
+        if "training_images" in metadata
+        else None
+    )
     text_encoders = _text_encoders_field(metadata, encoder_width) if version != "1" else None
     if CHECKSUM_KEY in metadata:
         malformed = checksum_format_defect(metadata[CHECKSUM_KEY])
@@ -549,6 +556,7 @@ def _validate_metadata(header: ParsedHeader) -> tuple[str, ConceptInfo, int, dic
         training_settings=dict(settings),
         clip_layer=clip_layer,
         text_encoders=text_encoders,
+        training_images=training_images,
     )
     return version, info, encoder_width, layers
 

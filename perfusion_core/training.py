@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -74,6 +75,9 @@ class TrainingConfig:
     resolution: int = 512
     seed: int = 0
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
+    # One template per training image, from a dataset's captions (caption_template): each image is
+    # trained with its own prompt instead of a random one of `templates` (which then lists them).
+    image_templates: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
     def as_metadata(self) -> dict[str, str]:
@@ -91,6 +95,7 @@ class TrainingConfig:
             "seed": str(self.seed),
             "templates": str(len(self.templates)),
             "key_lock": "superclass" if self.key_lock else "off",
+            **({"captions": str(len(self.image_templates))} if self.image_templates else {}),
             **self.extra,
         }
 
@@ -104,6 +109,27 @@ def parse_templates(text: str) -> tuple[str, ...]:
         if t.count("{}") != 1:
             raise ValueError(f"prompt template '{t}' must contain '{{}}' exactly once (where the word goes)")
     return templates
+
+
+def caption_template(caption: str, word: str, superclass: str) -> str:
+    """A dataset caption as a training template ('{}' where the concept word goes).
+
+    The caption's first concept word becomes '{}' (any later one the superclass word); a caption
+    without it gets '{}' in place of its first superclass word ("a teddy on a bench" -> "a {} on a
+    bench"), and one with neither is trained as "a photo of a {}, <caption>".
+    """
+    text = " ".join(caption.split()).replace("{", "(").replace("}", ")")
+    for target in (word, superclass):
+        pattern = re.compile(rf"(?<![\w-]){re.escape(target)}(?![\w-])", re.IGNORECASE)
+        if pattern.search(text):
+            first = pattern.sub("{}", text, count=1)
+            return re.sub(rf"(?<![\w-]){re.escape(word)}(?![\w-])", superclass, first, flags=re.IGNORECASE)
+    return f"a photo of a {{}}, {text}" if text else "a photo of a {}"
+
+
+def caption_templates(captions: Sequence[str], word: str, superclass: str) -> tuple[str, ...]:
+    """Per-image templates for `captions` (see caption_template)."""
+    return tuple(caption_template(c, word, superclass) for c in captions)
 
 
 class ConceptTrainingState(torch.nn.Module):
@@ -272,12 +298,14 @@ def plan_batch(
     templates: Sequence[str],
     batch_size: int,
     flip_probability: float,
+    image_templates: Sequence[str] = (),
 ) -> BatchPlan:
     """Draws one micro-batch from `generator` (CPU, seeded: the run is reproducible).
 
     Samples of a batch are distinct while they can be: distinct images (flipped with
     `flip_probability`) while the batch fits the images, distinct (image, flip) pairs while it fits
-    those, and only then images drawn with replacement (one photo trains at any batch size).
+    those, and only then images drawn with replacement (one photo trains at any batch size). With
+    `image_templates` (one per image: captions) each sample takes its image's; else a random template.
     """
     flips_allowed = flip_probability > 0
     pairs = n_images * (2 if flips_allowed else 1)
@@ -290,6 +318,11 @@ def plan_batch(
     else:
         idx = torch.randint(n_images, (batch_size,), generator=generator).tolist()
         flips = (torch.rand(batch_size, generator=generator) < flip_probability).tolist()
-    tpl = torch.randint(len(templates), (batch_size,), generator=generator).tolist()
+    if image_templates:
+        prompts = [image_templates[i] for i in idx]
+    else:
+        prompts = [
+            templates[i] for i in torch.randint(len(templates), (batch_size,), generator=generator).tolist()
+        ]
     t = torch.rand(batch_size, generator=generator)
-    return BatchPlan(idx, flips, [templates[i] for i in tpl], t)
+    return BatchPlan(idx, flips, prompts, t)
