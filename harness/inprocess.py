@@ -123,6 +123,7 @@ def _prompt_server(server_module, recorder: _Recorder):
     instance = server_module.PromptServer(asyncio.new_event_loop())
     instance.send_sync = recorder.send_sync
     instance.queue_updated = lambda: None  # main.py's queue status: there is no queue here
+    instance.last_prompt_id = None  # main.py's prompt worker sets it per prompt; none has run yet
     return instance
 
 

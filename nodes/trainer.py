@@ -262,6 +262,41 @@ class TrainingRun:
         checkpointing: bool,
         precision: str = "auto",
     ):
+        self.clones: list = []  # patchers of this run, unloaded by close()
+        try:
+            self._set_up(
+                model,
+                clip,
+                vae,
+                pixels,
+                weights,
+                word,
+                superclass,
+                config,
+                c_inv,
+                resume,
+                checkpointing,
+                precision,
+            )
+        except BaseException:
+            self.close()  # a failure after the clones loaded must not leave their patches in force
+            raise
+
+    def _set_up(
+        self,
+        model,
+        clip,
+        vae,
+        pixels,
+        weights,
+        word,
+        superclass,
+        config,
+        c_inv,
+        resume,
+        checkpointing,
+        precision,
+    ) -> None:
         self.device = comfy.model_management.get_torch_device()
         dtype, why = precision_module.resolve(precision, model, self.device)
         self.precision = precision_module.Precision(dtype, self.device)
@@ -292,12 +327,14 @@ class TrainingRun:
         with torch.no_grad():
             self.vectors = model_vectors(model, clip, superclass, config.templates, config.resolution)
         self.model = model_patch.install_source(model, self.state, key_edits=config.key_lock)
+        self.clones.append(self.model)
         if dtype != precision_module.model_compute_dtype(model):
             self.model.set_model_compute_dtype(dtype)  # ComfyUI casts each weight as it is used
         if checkpointing:
             _checkpoint_blocks(self.model)
         embeddings = {e.key: p for e, p in zip(encoders, self.state.token_embeddings, strict=True)}
         self.clip = _trainable_clip(clip, word, embeddings, checkpointing)
+        self.clones.append(self.clip.patcher)
         # Previews encode as generation will: the same learned embeddings on the user's CLIP, with the
         # pooled vector of the superclass prompt (SDXL), which training feeds through `y` instead.
         superclass_embeddings = text_encoder.split_embedding(
@@ -306,6 +343,7 @@ class TrainingRun:
         self.preview_clip = text_encoder.clip_with_concepts(
             clip, [text_encoder.ConceptWord(word, embeddings, superclass_embeddings)]
         )
+        self.clones.append(self.preview_clip.patcher)
         comfy.model_management.load_models_gpu([self.model, self.clip.patcher], force_full_load=True)
         _release_inference_weights(self.model.model.diffusion_model)
         _release_inference_weights(self.clip.cond_stage_model)
@@ -330,7 +368,7 @@ class TrainingRun:
         share with the user's (projection edits, compute dtype, checkpointed blocks): nothing of the
         run stays in force for the next node, or for the next run reading the model's dtype."""
         loaded = comfy.model_management.current_loaded_models
-        for patcher in (self.model, self.clip.patcher):
+        for patcher in self.clones:
             for i in reversed(range(len(loaded))):
                 if loaded[i].model is patcher:
                     loaded.pop(i).model_unload()

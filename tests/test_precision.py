@@ -258,29 +258,64 @@ def test_fp16_overflow_skips_the_step_and_says_so(perfusion_pack, models, toy_pi
     )
 
 
-def test_a_run_leaves_no_patch_on_the_shared_model(perfusion_pack, models, toy_pixels):
-    """fp16 training of an fp32 model sets a compute dtype on its clone; once the run ends the model
-    the user holds computes as before (the clones are unloaded, so their patches are undone)."""
-    model, clip, vae = models["fp32"]
-    before = model.model.manual_cast_dtype
-    result = perfusion_pack.nodes.trainer.train_concept(
-        model,
-        clip,
-        vae,
-        toy_pixels,
-        None,
-        "hugsy",
-        "teddy",
-        config(1),
-        covariance_prompts=128,
-        precision="fp16",
-    )
-    assert result.concept.info.training_settings["precision"] == "fp16"
-    assert model.model.manual_cast_dtype is before
+def run_clones_loaded(model, clip) -> list:
+    """Loaded patchers that are clones of the user's model or CLIP (not those themselves): a run's
+    training and preview clones, with their patches (compute dtype, projection edits, concept words)."""
     import comfy.model_management
 
-    assert not any(
-        "manual_cast_dtype" in loaded.model.object_patches
+    users = (model, clip.patcher)
+    return [
+        loaded.model
         for loaded in comfy.model_management.current_loaded_models
         if loaded.model is not None
-    )
+        and all(loaded.model is not u for u in users)
+        and any(loaded.model.is_clone(u) for u in users)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("precision", "ending"),
+    [("fp16", "finished"), ("bf16", "finished"), ("fp16", "interrupted"), ("bf16", "failed")],
+)
+def test_a_run_leaves_no_patch_on_the_shared_model(
+    perfusion_pack, models, toy_pixels, monkeypatch, precision, ending
+):
+    """Half-precision training of an fp32 model sets a compute dtype on its clone; once the run ends
+    (finished, interrupted mid-run or failed while setting up) the model the user holds computes as
+    before and no clone of it or of its CLIP stays loaded with the run's patches."""
+    import comfy.model_management
+
+    trainer = perfusion_pack.nodes.trainer
+    model, clip, vae = models["fp32"]
+    before = model.model.manual_cast_dtype
+
+    def stop(step, _loss, _run):
+        if step == 1:
+            raise comfy.model_management.InterruptProcessingException()
+
+    def fail(self, layers):
+        raise RuntimeError("set-up failed after the models loaded")
+
+    if ending == "failed":
+        monkeypatch.setattr(trainer.TrainingRun, "_init_v_targets", fail)
+    try:
+        result = trainer.train_concept(
+            model,
+            clip,
+            vae,
+            toy_pixels,
+            None,
+            "hugsy",
+            "teddy",
+            config(2),
+            covariance_prompts=128,
+            precision=precision,
+            on_step=stop if ending == "interrupted" else None,
+        )
+    except (comfy.model_management.InterruptProcessingException, RuntimeError) as e:
+        assert ending != "finished", e
+    else:
+        assert ending == "finished"
+        assert result.concept.info.training_settings["precision"] == precision
+    assert model.model.manual_cast_dtype is before
+    assert run_clones_loaded(model, clip) == []
