@@ -2,8 +2,10 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 export COMFYUI_PATH ?=
+# The ComfyUI hosts `make test-hosts` runs the compatibility subset (pytest -m hosts) on.
+HOSTS ?= 0.33.0 0.16.4 0.3.75 2024-12
 
-.PHONY: setup test test-fast demo serve bench bench-families bench-quality toyworld toyworld-eval lint format clean
+.PHONY: setup test test-fast test-hosts demo serve bench bench-families bench-quality toyworld toyworld-eval lint format clean
 
 setup:
 	@bash scripts/setup_env.sh
@@ -16,9 +18,14 @@ format: setup
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
+# The full suite on the default host, then the compatibility subset on the three older hosts.
 test: lint
 	@bash scripts/setup_browser.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
+	@bash scripts/test_hosts.sh 0.16.4 0.3.75 2024-12
+
+test-hosts: setup
+	@bash scripts/test_hosts.sh $(HOSTS)
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

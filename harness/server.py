@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -25,6 +27,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,7 +38,61 @@ from harness.errors import HostError, PromptRejected, ServerStartError, error_fr
 from harness.images import decode_image
 from harness.paths import comfyui_path, use_cpu
 
-__all__ = ["ComfyServer", "ServerResult", "free_port"]
+__all__ = ["ComfyServer", "ServerResult", "free_port", "host_cli_flags"]
+
+# Flags the harness passes only where the host's main.py knows them (older hosts lack them).
+_OPTIONAL_FLAGS: tuple[tuple[str, ...], ...] = (
+    ("--disable-auto-launch",),
+    ("--disable-api-nodes",),  # also keeps the frontend from calling out to the internet
+    ("--database-url", "sqlite:///:memory:"),  # the default DB lives inside the ComfyUI folder
+)
+
+# For hosts whose main.py has no --base-directory: run main.py as __main__ after moving every folder
+# folder_paths derives from the ComfyUI folder (models/, custom_nodes/, input/, output/, temp/, user/)
+# into the base directory, as --base-directory does on newer hosts. argv: -c <code> BASE main.py-args.
+_REBASED_MAIN = """
+import os, runpy, sys
+base = os.path.realpath(sys.argv.pop(1))
+sys.argv[0] = "main.py"
+try:
+    import comfy.options
+    comfy.options.enable_args_parsing()
+except ImportError:
+    pass
+import folder_paths as fp
+old = os.path.realpath(fp.base_path)
+def rebase(p):
+    rel = os.path.relpath(os.path.realpath(p), old)
+    return p if rel == ".." or rel.startswith(".." + os.sep) else os.path.normpath(os.path.join(base, rel))
+fp.base_path = base
+fp.models_dir = rebase(fp.models_dir)
+for name, (paths, exts) in list(fp.folder_names_and_paths.items()):
+    fp.folder_names_and_paths[name] = ([rebase(p) for p in paths], exts)
+for attr in ("output_directory", "temp_directory", "input_directory", "user_directory"):
+    if isinstance(getattr(fp, attr, None), str):
+        setattr(fp, attr, rebase(getattr(fp, attr)))
+runpy.run_path("main.py", run_name="__main__")
+"""
+
+
+@functools.cache
+def host_cli_flags(comfy_root: str | os.PathLike, python: str = sys.executable) -> frozenset[str]:
+    """The ``--flags`` the host's ``main.py --help`` lists (from ``comfy/cli_args.py``'s text when
+    ``--help`` fails); empty when neither tells."""
+    root = Path(comfy_root)
+    try:
+        proc = subprocess.run(
+            [python, "main.py", "--help"], cwd=root, capture_output=True, text=True, timeout=120
+        )
+        text = proc.stdout if proc.returncode == 0 else ""
+    except (OSError, subprocess.TimeoutExpired):
+        text = ""
+    if not text:
+        try:
+            text = (root / "comfy" / "cli_args.py").read_text(errors="replace")
+        except OSError:
+            return frozenset()
+    return frozenset(re.findall(r"(?<![\w-])--[a-zA-Z0-9][\w-]*", text))
 
 
 def free_port() -> int:
@@ -149,9 +206,11 @@ class ComfyServer:
     """``python main.py --cpu --listen 127.0.0.1 --port P --base-directory D`` as a subprocess.
 
     The base directory is prepared like the in-process host's (:func:`harness.basedir.prepare_base_dir`).
-    Output goes to ``D/comfyui-server.log``. ``start()`` returns once ``/system_stats`` answers and the
-    websocket is connected; it raises :class:`ServerStartError` with the log tail if the process dies or
-    the timeout passes.
+    Flags the host's ``main.py --help`` does not list are left out; a host without ``--base-directory``
+    (Dec 2024) gets the same layout by a launcher that moves ``folder_paths``' folders into ``D`` before
+    running ``main.py`` (see ``_REBASED_MAIN``). Output goes to ``D/comfyui-server.log``. ``start()``
+    returns once ``/system_stats`` answers and the websocket is connected; it raises
+    :class:`ServerStartError` with the log tail if the process dies or the timeout passes.
     """
 
     def __init__(
@@ -185,21 +244,30 @@ class ComfyServer:
 
     # ---- lifecycle ------------------------------------------------------------------------------------
 
+    def host_flags(self) -> frozenset[str]:
+        """The command-line flags this host's ``main.py`` accepts (probed once per host)."""
+        return host_cli_flags(str(comfyui_path()), sys.executable)
+
     def command(self) -> list[str]:
+        flags = self.host_flags()
+        known = (lambda flag: flag in flags) if flags else (lambda flag: True)
+        if known("--base-directory"):
+            launch = ["main.py"]
+            base = ["--base-directory", str(self.base_dir)]
+        else:  # an older host: the same layout through folder_paths (see _REBASED_MAIN)
+            launch = ["-c", _REBASED_MAIN, str(self.base_dir)]
+            base = []
+        optional = [arg for group in _OPTIONAL_FLAGS if known(group[0]) for arg in group]
         return [
             sys.executable,
-            "main.py",
+            *launch,
             *(["--cpu"] if use_cpu() else []),
             "--listen",
             "127.0.0.1",
             "--port",
             str(self.port),
-            "--base-directory",
-            str(self.base_dir),
-            "--disable-auto-launch",
-            "--disable-api-nodes",  # also keeps the frontend from calling out to the internet
-            "--database-url",
-            "sqlite:///:memory:",  # the default DB lives inside the ComfyUI folder
+            *base,
+            *optional,
             *self.extra_args,
         ]
 
