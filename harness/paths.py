@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["ComfyUINotFoundError", "cache_dir", "comfyui_path", "repo_root"]
+__all__ = ["ComfyUINotFoundError", "cache_dir", "comfyui_path", "host_description", "repo_root"]
 
 
 class ComfyUINotFoundError(RuntimeError):
@@ -37,6 +37,21 @@ def comfyui_path() -> Path:
         "Cannot find ComfyUI. Tried: " + "; ".join(tried) + ". Run `make setup` or set COMFYUI_PATH "
         "to a ComfyUI folder (the one holding main.py)."
     )
+
+
+def host_description(root: Path | None = None) -> str:
+    """What the host is: the note `scripts/setup_env.sh` left (release and where it came from), else
+    the version the host reports."""
+    root = root or comfyui_path()
+    note = root / ".perfusion-host"
+    if note.is_file():
+        return note.read_text(encoding="utf-8").strip()
+    version = root / "comfyui_version.py"
+    if version.is_file():
+        for line in version.read_text(encoding="utf-8").splitlines():
+            if line.startswith("__version__"):
+                return "ComfyUI " + line.split("=", 1)[1].strip().strip("\"'")
+    return "ComfyUI (version unknown)"
 
 
 def cache_dir() -> Path:

@@ -24,7 +24,12 @@ import pytest
 
 from harness.basedir import harness_test_nodes
 from harness.fixture_checkpoint import fixture_checkpoint
-from harness.paths import repo_root
+from harness.paths import comfyui_path, host_description, repo_root
+
+
+def pytest_report_header(config) -> str:
+    """Which ComfyUI this run tests (the console says so at the top)."""
+    return f"ComfyUI host: {host_description()} at {comfyui_path()}"
 
 
 def pack_should_load() -> bool:
