@@ -26,7 +26,7 @@ def encode_batch(clip, prompts: list[str]) -> torch.Tensor:
     """Per-token encodings (B·chunks, T, D) the denoiser would see for `prompts`, in one pass."""
     batched: dict[str, list] = {}
     for prompt in prompts:
-        for key, chunks in clip.tokenize(prompt, disable_weights=True).items():
+        for key, chunks in text_encoder.tokenize_unweighted(clip, prompt).items():
             batched.setdefault(key, []).extend(chunks)
     cond = clip.encode_from_tokens(batched)
     return cond.reshape(len(next(iter(batched.values()))), -1, cond.shape[-1])

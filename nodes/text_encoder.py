@@ -19,6 +19,7 @@ a prompt with the word encoded at another layer (CLIP Set Last Layer) is refused
 from __future__ import annotations
 
 import copy
+import inspect
 import re
 import types
 from collections.abc import Sequence
@@ -174,6 +175,16 @@ def encoder_fingerprint(clip) -> str:
         return text_encoder_fingerprint(encoders[0].module.state_dict().items())
     items = [(f"{e.attribute}.{k}", v) for e in encoders for k, v in e.module.state_dict().items()]
     return text_encoder_fingerprint(items)
+
+
+def tokenize_unweighted(clip, text: str) -> dict:
+    """`clip.tokenize` with the prompt-weight syntax off, so '(' and ')' are text. Hosts from before
+    2025 lack `disable_weights`: there the brackets are escaped, which their weight parser reads as
+    literal brackets (the same tokens)."""
+    parameters = inspect.signature(clip.tokenize).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD or p.name == "disable_weights" for p in parameters):
+        return clip.tokenize(text, disable_weights=True)
+    return clip.tokenize(text.replace("(", "\\(").replace(")", "\\)"))
 
 
 def _word_tokens(inner, text: str) -> list:

@@ -8,6 +8,7 @@ encoder, out-of-place layer forwards so gradients reach the word embedding).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from collections.abc import Callable
@@ -124,12 +125,31 @@ class _Checkpointed:
         return torch.utils.checkpoint.checkpoint(self.forward, *args, use_reentrant=False, **kwargs)
 
 
+def _grad_safe_operations(operations):
+    """The host's layer classes with an Embedding whose weight does not require grad.
+
+    Hosts from before 2025 (`SDClipModel.set_up_textual_embeddings`) put prompt embeddings into a
+    new Embedding by writing its weight in place, which autograd refuses on a weight that requires
+    grad. With this one the writes are recorded instead, so the gradient reaches the trained word.
+    """
+
+    class Embedding(operations.Embedding):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.weight.requires_grad_(False)
+
+    return type("GradSafeOperations", (operations,), {"Embedding": Embedding})
+
+
 def _trainable_clip(clip, word: str, embeddings: dict[str, torch.Tensor], checkpointing: bool):
     """A CLIP clone that maps `word` to the trained embeddings (one per text encoder); with
     checkpointing its layers are recomputed in backward, so only one layer's weights are held for
     the gradient at a time."""
     patched = text_encoder.clip_with_concepts(clip, [text_encoder.ConceptWord(word, embeddings)])
     for encoder in text_encoder.text_encoders(clip):
+        if hasattr(encoder.module, "set_up_textual_embeddings"):
+            operations = _grad_safe_operations(encoder.module.operations)
+            patched.patcher.add_object_patch(f"{encoder.attribute}.operations", operations)
         prefix = f"{encoder.attribute}.transformer.text_model.encoder.layers"
         for i, layer in enumerate(encoder.module.transformer.text_model.encoder.layers):
             forward = _OutOfPlaceLayer(layer)
@@ -148,6 +168,35 @@ def _checkpoint_blocks(model) -> None:
         model.add_object_patch(
             "diffusion_model.middle_block.forward", _Checkpointed(unet.middle_block.forward)
         )
+
+
+class _CopyingNorm:
+    """A layer norm of a copy of its input. Hosts from before 2025 add attention outputs to a
+    transformer block's input in place (`x += n`) after the norm has kept it for backward."""
+
+    def __init__(self, forward) -> None:
+        self.forward = forward
+
+    def __call__(self, x):
+        return self.forward(x.clone())
+
+
+def _blocks_add_in_place() -> bool:
+    """Whether this host's transformer blocks add in place (probed once from their source)."""
+    from comfy.ldm.modules.attention import BasicTransformerBlock
+
+    return "x += n" in inspect.getsource(BasicTransformerBlock)
+
+
+def _copy_norm_inputs(model) -> None:
+    """Lets backward through blocks that add in place (see _CopyingNorm)."""
+    from comfy.ldm.modules.attention import BasicTransformerBlock
+
+    for name, block in model.model.diffusion_model.named_modules():
+        if isinstance(block, BasicTransformerBlock):
+            for norm in ("norm1", "norm2"):
+                forward = getattr(block, norm).forward
+                model.add_object_patch(f"diffusion_model.{name}.{norm}.forward", _CopyingNorm(forward))
 
 
 def _release_inference_weights(module: torch.nn.Module) -> None:
@@ -172,7 +221,7 @@ def encode_marked(
     batched: dict[str, list] = {}
     positions = []
     for prompt in prompts:
-        tokens = clip.tokenize(prompt, disable_weights=True)
+        tokens = text_encoder.tokenize_unweighted(clip, prompt)
         found = {i for chunks in tokens.values() for i, t in enumerate(chunks[0]) if is_marked(t[0])}
         counts = {sum(1 for t in chunks[0] if is_marked(t[0])) for chunks in tokens.values()}
         if any(len(chunks) != 1 for chunks in tokens.values()) or counts != {1} or len(found) != 1:
@@ -332,6 +381,8 @@ class TrainingRun:
             self.model.set_model_compute_dtype(dtype)  # ComfyUI casts each weight as it is used
         if checkpointing:
             _checkpoint_blocks(self.model)
+        if _blocks_add_in_place():
+            _copy_norm_inputs(self.model)
         embeddings = {e.key: p for e, p in zip(encoders, self.state.token_embeddings, strict=True)}
         self.clip = _trainable_clip(clip, word, embeddings, checkpointing)
         self.clones.append(self.clip.patcher)
@@ -389,7 +440,8 @@ class TrainingRun:
         sigma = torch.tensor([float(self.sampling.percent_to_sigma(p)) for p in percents], device=self.device)
         cond, positions = self.encoder(batch.templates)
         cond = cond.to(self.device)
-        x_t = self.sampling.noise_scaling(sigma, noise.to(self.device), x0)
+        # sigma shaped to broadcast over each latent: hosts before 2025 do not reshape it themselves
+        x_t = self.sampling.noise_scaling(sigma.view(-1, *[1] * (x0.ndim - 1)), noise.to(self.device), x0)
         vectors = [self.vectors[t] for t in batch.templates]
         extra = {} if vectors[0] is None else {"y": torch.cat(vectors).to(self.device)}
         denoised = self.model.model.apply_model(
