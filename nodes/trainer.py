@@ -296,7 +296,17 @@ class TrainingRun:
     `precision` is the dtype the denoiser computes in and its loss scaler.
     """
 
-    def __init__(
+    def __init__(self, *args, **kwargs) -> None:
+        """Takes `_set_up`'s arguments; a failure part-way closes the run before it is raised, so
+        clones that already loaded do not leave their patches in force."""
+        self.clones: list = []  # patchers of this run, unloaded by close()
+        try:
+            self._set_up(*args, **kwargs)
+        except BaseException:
+            self.close()
+            raise
+
+    def _set_up(
         self,
         model,
         clip,
@@ -310,41 +320,6 @@ class TrainingRun:
         resume,
         checkpointing: bool,
         precision: str = "auto",
-    ):
-        self.clones: list = []  # patchers of this run, unloaded by close()
-        try:
-            self._set_up(
-                model,
-                clip,
-                vae,
-                pixels,
-                weights,
-                word,
-                superclass,
-                config,
-                c_inv,
-                resume,
-                checkpointing,
-                precision,
-            )
-        except BaseException:
-            self.close()  # a failure after the clones loaded must not leave their patches in force
-            raise
-
-    def _set_up(
-        self,
-        model,
-        clip,
-        vae,
-        pixels,
-        weights,
-        word,
-        superclass,
-        config,
-        c_inv,
-        resume,
-        checkpointing,
-        precision,
     ) -> None:
         self.device = comfy.model_management.get_torch_device()
         dtype, why = precision_module.resolve(precision, model, self.device)
