@@ -8,8 +8,8 @@ model patcher.
 
 from __future__ import annotations
 
-import importlib
 import inspect
+import sys
 
 
 class HostIncompatibleError(RuntimeError):
@@ -19,9 +19,10 @@ class HostIncompatibleError(RuntimeError):
 def comfyui_version() -> str:
     """The host's version as it reports it (`comfyui_version.py`, there since early 2025)."""
     try:
-        return str(importlib.import_module("comfyui_version").__version__)
-    except (ImportError, AttributeError):
+        from comfyui_version import __version__
+    except ImportError:
         return "(a release without comfyui_version.py, from before 2025)"
+    return str(__version__)
 
 
 # (module, attribute path, what the pack uses it for)
@@ -38,9 +39,9 @@ _SURFACES = (
 
 
 def _missing(module_name: str, path: str) -> bool:
-    try:
-        obj = importlib.import_module(module_name)
-    except ImportError:
+    """Whether the host module (which the host imported before any custom node) lacks `path`."""
+    obj = sys.modules.get(module_name)
+    if obj is None:
         return True
     for part in path.split("."):
         if not hasattr(obj, part):

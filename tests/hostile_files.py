@@ -31,7 +31,7 @@ if str(_ROOT) not in sys.path:
 
 from perfusion_core.concept_integrity import CHECKSUM_KEY, content_checksum  # noqa: E402
 
-_OPTIONAL_METADATA = (CHECKSUM_KEY, "clip_layer")  # absent in older files; their absence is no defect
+_OPTIONAL_METADATA = (CHECKSUM_KEY, "clip_layer", "training_images")  # absent in older files: no defect
 
 
 @dataclass(frozen=True)
@@ -583,6 +583,11 @@ def generate_hostile_files(
         ("layer_widths", "{}"),
         ("layer_widths", json.dumps([0] * len(widths))),
         ("layer_widths", json.dumps([2**40] * len(widths))),
+        ("training_images", "0"),
+        ("training_images", "-4"),
+        ("training_images", "four"),
+        ("training_images", "1e3"),
+        ("training_images", ""),
         ("clip_layer", "0"),
         ("clip_layer", "2"),
         ("clip_layer", "-99999"),
