@@ -4,6 +4,11 @@ The workflows name real files (``v1-5-pruned-emaonly.safetensors``, ``sd_xl_base
 ``hugsy.safetensors``, photos) and real sizes (512/1024 px, 25 steps, 400 training steps); tests run
 them on the fixture checkpoint of the same family (tiny SD15, SDXL) with fixture concepts and toy
 images at 64 px and a few steps. Only those values change; the graph stays the shipped one.
+
+Two sets ship (``workflows/build_workflows.py``): ``current`` (``workflows/``, needs Batch Images and
+Stitch Images: 0.16.4 and 0.33.0 of the matrix) and ``legacy`` (``workflows/legacy/``, nodes every
+supported host has).
+:func:`workflow_set_for` names the one a host can run.
 """
 
 from __future__ import annotations
@@ -18,32 +23,59 @@ from typing import Any
 from harness.paths import repo_root
 
 __all__ = [
+    "SET_NAMES",
     "FixtureValues",
     "api_workflow",
     "for_fixture",
+    "missing_classes",
     "train_fixture_concepts",
     "ui_for_fixture",
     "ui_workflow",
+    "workflow_set_for",
     "workflows_dir",
 ]
 
 # word -> (superclass, toy image colour), trained through the shipped train-and-generate workflow
 FIXTURE_CONCEPTS = {"hugsy": ("teddy", (160, 100, 50)), "zorbo": ("cat", (40, 120, 200))}
 SDXL_WORKFLOW_CKPT = "sd_xl_base_1.0.safetensors"
+SET_NAMES = ("current", "legacy")  # the sets of build_workflows.SETS, newest first
 
 
-def workflows_dir() -> Path:
-    return repo_root() / "workflows"
+def workflows_dir(wset: str = "current") -> Path:
+    """``workflows/`` (the current set) or ``workflows/legacy/``."""
+    if wset not in SET_NAMES:
+        raise ValueError(f"no workflow set {wset!r}; the sets are {SET_NAMES}")
+    root = repo_root() / "workflows"
+    return root if wset == "current" else root / wset
 
 
-def api_workflow(name: str) -> dict:
-    """``workflows/api/<name>.api.json``."""
-    return json.loads((workflows_dir() / "api" / f"{name}.api.json").read_text())
+def api_workflow(name: str, wset: str = "current") -> dict:
+    """``<set folder>/api/<name>.api.json``."""
+    return json.loads((workflows_dir(wset) / "api" / f"{name}.api.json").read_text())
 
 
-def ui_workflow(name: str) -> dict:
-    """``workflows/<name>.json`` (UI format)."""
-    return json.loads((workflows_dir() / f"{name}.json").read_text())
+def ui_workflow(name: str, wset: str = "current") -> dict:
+    """``<set folder>/<name>.json`` (UI format)."""
+    return json.loads((workflows_dir(wset) / f"{name}.json").read_text())
+
+
+def missing_classes(object_info: Mapping, wset: str) -> list[str]:
+    """The node classes the API workflows of ``wset`` use that this host's /object_info lacks."""
+    used = {
+        node["class_type"]
+        for path in (workflows_dir(wset) / "api").glob("*.api.json")
+        for node in json.loads(path.read_text()).values()
+    }
+    return sorted(used - set(object_info))
+
+
+def workflow_set_for(object_info: Mapping) -> str:
+    """The newest set whose every node class this host has: the one its users should open."""
+    for wset in SET_NAMES:
+        if not missing_classes(object_info, wset):
+            return wset
+    missing = missing_classes(object_info, SET_NAMES[-1])
+    raise LookupError(f"no workflow set runs on this host ({SET_NAMES[-1]} lacks {missing})")
 
 
 class FixtureValues:
@@ -114,15 +146,15 @@ def for_fixture(prompt: Mapping[str, Mapping], values: FixtureValues) -> dict:
     return out
 
 
-def ui_for_fixture(name: str, object_info: Mapping, values: FixtureValues) -> dict:
-    """The UI-format twin of ``for_fixture(api_workflow(name), values)``, made by the same generator
-    that wrote the shipped file (so only the substituted values differ from it)."""
-    from workflows.build_workflows import workflow
+def ui_for_fixture(name: str, object_info: Mapping, values: FixtureValues, wset: str = "current") -> dict:
+    """The UI-format twin of ``for_fixture(api_workflow(name, wset), values)``, made by the same
+    generator that wrote the shipped file (so only the substituted values differ from it)."""
+    from workflows.build_workflows import SETS, workflow
     from workflows.ui_format import node_specs, to_ui
 
-    wf = workflow(name)
+    wf = workflow(name, SETS[wset])
     wf.prompt = for_fixture(wf.prompt, values)
-    return to_ui(wf, node_specs(object_info, wf.prompt))
+    return to_ui(wf, node_specs(object_info, wf.prompt), SETS[wset].frontend)
 
 
 def train_fixture_concepts(
@@ -130,8 +162,11 @@ def train_fixture_concepts(
 ) -> dict[str, str]:
     """hugsy.safetensors and zorbo.safetensors in the server's models/perfusion, trained by the shipped
     train-and-generate workflow over HTTP (skipped for files already there): word -> file name. With
-    ``sdxl_ckpt_name`` also hugsy_sdxl.safetensors (what the SDXL workflows load), by the SDXL one."""
+    ``sdxl_ckpt_name`` also hugsy_sdxl.safetensors (what the SDXL workflows load), by the SDXL one. The
+    workflows are those of the set the server's host runs (:func:`workflow_set_for`)."""
     from harness.sample_images import write_toy_images
+
+    wset = workflow_set_for(server.object_info())
 
     trained = {}
     jobs = [(word, word, "perfusion_train_and_generate") for word in FIXTURE_CONCEPTS]
@@ -158,5 +193,5 @@ def train_fixture_concepts(
                 "PerfusionSaveConcept": {"name": name, "overwrite": True},
             },
         )
-        server.run(for_fixture(api_workflow(workflow), values), timeout, check=True)
+        server.run(for_fixture(api_workflow(workflow, wset), values), timeout, check=True)
     return trained

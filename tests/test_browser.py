@@ -1,9 +1,12 @@
 """The real ComfyUI frontend in headless Chromium (Playwright), served by the real main.py.
 
-For every shipped UI workflow: the frontend loads it without reporting a missing node, re-saves it to
-exactly the file we ship (so the generator writes what File -> Save writes), exports exactly our API
-twin, shows the pack's widgets with their documented ranges, and queueing from the page produces an
-image. Screenshots land in tests/artifacts/<workflow>.png.
+For every shipped UI workflow of the set this host runs (``workflows/`` where Batch Images is, as on
+the default 0.33.0 with frontend 1.49; else ``workflows/legacy/``): the frontend loads it without
+reporting a missing node, re-saves it to exactly the file we ship (so the generator writes what File ->
+Save writes, ``widgets_values_named`` included), exports exactly our API twin, shows the pack's widgets
+with their documented ranges, and queueing from the page produces an image. Screenshots land in
+tests/artifacts/<workflow>.png. The legacy set, made for frontend 1.32, must still open on today's
+frontend with no missing node and export its API twin's graph.
 
 Needs Debian's Chromium at /usr/bin/chromium (`apt-get install -y chromium`) and the `playwright`
 wheel (its bundled driver only; no `playwright install`). Skipped when Chromium is absent, except
@@ -23,9 +26,11 @@ from harness.workflow_files import (
     FIXTURE_CONCEPTS,
     FixtureValues,
     api_workflow,
+    missing_classes,
     train_fixture_concepts,
     ui_for_fixture,
     ui_workflow,
+    workflow_set_for,
 )
 from workflows.build_workflows import NAMES
 
@@ -75,16 +80,29 @@ def page(comfy_server):
         page.wait_for_function(
             "() => window.app?.graph && window.LiteGraph?.registered_node_types", timeout=120_000
         )
+        # Record what the frontend itself reports as missing on load: it hands the list to the
+        # extensions' afterConfigureGraph hook (type names in older frontends, {type, ...} in 1.49).
         page.evaluate(
-            """() => {  // record what the frontend itself reports as missing on load
-              const original = window.app.showMissingNodesError.bind(window.app);
-              window.app.showMissingNodesError = (types) => { window.__missingNodes.push(...types); original(types); };
+            """() => {
               window.__missingNodes = [];
+              window.app.registerExtension({
+                name: "perfusion.tests.missingNodes",
+                afterConfigureGraph(missing) {
+                  window.__missingNodes.push(...(missing ?? []).map(m => typeof m === "string" ? m : m.type));
+                },
+              });
             }"""
         )
+        page.frontend_version = page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__ ?? 'unknown'")
         page.errors = errors  # uncaught page errors, checked after each workflow
         yield page
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def wset(comfy_server) -> str:
+    """The workflow set this host runs ("current" on the default host)."""
+    return workflow_set_for(comfy_server.object_info())
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +150,18 @@ def normalise(nodes: list[dict]) -> dict:
     return out
 
 
+def resave_changes(shipped: dict, saved: dict) -> list[tuple]:
+    """(node id, key, ours, the frontend's) for every node key that re-saving changes; a node the
+    frontend dropped shows as its keys against None, one it added as (id, "node", None, its type)."""
+    theirs, ours = normalise(saved["nodes"]), normalise(shipped["nodes"])
+    return [
+        (nid, key, ours[nid].get(key), theirs.get(nid, {}).get(key))
+        for nid in ours
+        for key in {*ours[nid], *theirs.get(nid, {})}
+        if ours[nid].get(key) != theirs.get(nid, {}).get(key)
+    ] + [(nid, "node", None, theirs[nid].get("type")) for nid in theirs.keys() - ours.keys()]
+
+
 def wait_for_new_history(server, before: set[str], timeout: float = 300.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -146,22 +176,21 @@ def wait_for_new_history(server, before: set[str], timeout: float = 300.0) -> di
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_shipped_workflow_in_the_frontend(page, comfy_server, fixture_values, name):
-    shipped = ui_workflow(name)
+def test_shipped_workflow_in_the_frontend(page, comfy_server, fixture_values, wset, name):
+    shipped = ui_workflow(name, wset)
     result = load(page, shipped)
     assert result["missing"] == [], f"the frontend reports missing nodes: {result['missing']}"
     registered = page.evaluate("() => Object.keys(window.LiteGraph.registered_node_types)")
     assert {n["type"] for n in shipped["nodes"]} <= set(registered)
-    saved, ours = normalise(result["saved"]["nodes"]), normalise(shipped["nodes"])
-    changed = [
-        (nid, key, ours[nid].get(key), saved.get(nid, {}).get(key))
-        for nid in ours
-        for key in {*ours[nid], *saved.get(nid, {})}
-        if ours[nid].get(key) != saved.get(nid, {}).get(key)
-    ]
-    assert not changed, f"re-saving changes the file (node, key, ours, frontend's): {changed[:5]}"
+    changed = resave_changes(shipped, result["saved"])
+    assert not changed, (
+        f"frontend {page.frontend_version}: re-saving {wset}/{name} changes the file "
+        f"(node, key, ours, frontend's): {changed[:5]}"
+    )
+    for key in ("groups", "extra", "version", "last_node_id", "last_link_id"):
+        assert result["saved"][key] == shipped[key], (key, result["saved"][key], shipped[key])
     assert sorted(result["saved"]["links"]) == sorted(shipped["links"])
-    assert result["api"] == api_workflow(name), "Export (API) differs from the shipped API twin"
+    assert result["api"] == api_workflow(name, wset), "Export (API) differs from the shipped API twin"
 
     for class_type in ("PerfusionConceptLoader", "PerfusionApplyConcept"):
         for widgets in widgets_of(page, class_type):
@@ -174,7 +203,7 @@ def test_shipped_workflow_in_the_frontend(page, comfy_server, fixture_values, na
     present = {n["type"] for n in shipped["nodes"]} & set(OUR_NODES)
     assert present, f"{name} uses none of the pack's nodes"
 
-    runnable = ui_for_fixture(name, comfy_server.object_info(), fixture_values)
+    runnable = ui_for_fixture(name, comfy_server.object_info(), fixture_values, wset)
     assert load(page, runnable)["missing"] == []
     page.evaluate("() => window.app.extensionManager.command.execute('Comfy.Canvas.FitView')")
     page.wait_for_timeout(300)
@@ -193,9 +222,33 @@ def test_shipped_workflow_in_the_frontend(page, comfy_server, fixture_values, na
     assert not page.errors, page.errors
 
 
-def test_missing_node_is_reported(page):
+def test_missing_node_is_reported(page, wset):
     """The missing-node check above can fail: an unknown node type is reported by the frontend."""
-    broken = ui_workflow(NAMES[0])
+    broken = ui_workflow(NAMES[0], wset)
     broken["nodes"][0] = dict(broken["nodes"][0], type="PerfusionNoSuchNode")
     assert load(page, broken)["missing"] == ["PerfusionNoSuchNode"]
     page.keyboard.press("Escape")
+
+
+def test_resave_check_sees_a_rewritten_file(page, wset):
+    """The re-save check above can fail: a file the frontend rewrites on load is caught, and on the node
+    and key it rewrote (here a socket saved without the localized_name the frontend gives it)."""
+    broken = ui_workflow(NAMES[0], wset)
+    loader = next(n for n in broken["nodes"] if n["type"] == "PerfusionConceptLoader")
+    del loader["inputs"][0]["localized_name"]
+    changed = resave_changes(broken, load(page, broken)["saved"])
+    assert [(nid, key) for nid, key, *_ in changed] == [(loader["id"], "inputs")], changed
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_legacy_workflow_opens_in_this_frontend(page, comfy_server, name):
+    """A workflows/legacy/ file (made for frontend 1.32) opens here with every node known and exports
+    its API twin's graph (node titles aside: they follow this host's display names)."""
+    assert not missing_classes(comfy_server.object_info(), "legacy"), "the legacy set runs on every host"
+    result = load(page, ui_workflow(name, "legacy"))
+    assert result["missing"] == [], f"the frontend reports missing nodes: {result['missing']}"
+
+    def graph(prompt: dict) -> dict:
+        return {nid: (node["class_type"], node["inputs"]) for nid, node in prompt.items()}
+
+    assert graph(result["api"]) == graph(api_workflow(name, "legacy"))

@@ -4,6 +4,9 @@ prompts run alone, and the user-facing bias-sweep script.
 
 Concepts are trained by the shipped train-and-generate workflow through the same server, so the
 fixture files carry the names the workflows use (hugsy.safetensors, zorbo.safetensors).
+
+The workflow sets per host (current: hosts with Batch Images, legacy: every host) are checked on every
+host of the matrix by the one ``hosts`` test here, :func:`test_workflow_sets_run_on_this_host`.
 """
 
 from __future__ import annotations
@@ -20,20 +23,32 @@ from harness.images import load_image
 from harness.paths import repo_root
 from harness.workflow_files import (
     FIXTURE_CONCEPTS,
+    SET_NAMES,
     FixtureValues,
     api_workflow,
     for_fixture,
+    missing_classes,
     train_fixture_concepts,
     ui_workflow,
     workflows_dir,
 )
-from workflows.build_workflows import NAMES, stale_files
+from workflows.build_workflows import NAMES, SETS, host_version, stale_files
+from workflows.ui_format import (
+    CURRENT_FRONTEND,
+    LEGACY_FRONTEND,
+    NodeSpec,
+    node_specs,
+    validate,
+    values_dropped_on_load,
+)
 
 pytestmark = pytest.mark.slow
 
 PACK = "comfyui-perfusion"
 SIZE, STEPS = 64, 2
 BATCH = 50
+BATCH_NODES = ("BatchImagesNode", "ImageBatch")  # current set, legacy set
+STITCH_GAP = 8  # the bias sweep's spacing_width
 GATE_RANGES = {"bias": (0.70, -1.0, 2.0), "temperature": (0.15, 0.01, 1.0)}  # documented default, min, max
 
 
@@ -114,11 +129,7 @@ def test_api_workflow_runs_over_http(comfy_server, tiny_ckpt_name, sdxl_ckpt_nam
     saves = [nid for nid, node in prompt.items() if node["class_type"] == "SaveImage"]
     assert {e["node"] for e in result.events("executed")} >= set(saves)
 
-    (save,) = saves
-    (image,) = comfy_server.images(result, save)
-    biases = sum(node["class_type"] == "PerfusionConceptLoader" for node in prompt.values())
-    columns = biases if name == "perfusion_bias_sweep" else 1
-    assert image.shape == (SIZE, columns * SIZE + (columns - 1) * 8, 3)
+    check_saved_images(comfy_server, result, prompt, name, "current")
     if name.endswith("train_and_generate"):
         loss_node = next(nid for nid, node in prompt.items() if node["class_type"] == "PreviewImage")
         assert comfy_server.images(result, loss_node), "the loss curve preview"
@@ -140,13 +151,90 @@ def test_train_and_generate_workflow_trains_from_one_photo(comfy_server, tiny_ck
     )
     prompt = for_fixture(api_workflow("perfusion_train_and_generate"), values)
     loads = sorted((nid for nid, node in prompt.items() if node["class_type"] == "LoadImage"), key=int)
-    for nid in [n for n, node in prompt.items() if node["class_type"] == "ImageBatch"] + loads[1:]:
+    batches = [n for n, node in prompt.items() if node["class_type"] in BATCH_NODES]
+    assert batches, "the shipped graph batches its Load Image nodes"
+    for nid in batches + loads[1:]:
         del prompt[nid]
     (train,) = [node for node in prompt.values() if node["class_type"] == "PerfusionTrainConcept"]
     train["inputs"]["images"] = [loads[0], 0]
     result = comfy_server.run(prompt)
     assert result.success, result.error_text
     assert (comfy_server.layout.perfusion / "http_one_photo.safetensors").is_file()
+
+
+def check_saved_images(server, result, prompt: dict, name: str, wset: str) -> None:
+    """The SaveImage node's images: one SIZE x SIZE image, or for the bias sweep one per bias, stitched
+    left to right (current set) or as a batch (legacy set)."""
+    (save,) = [nid for nid, node in prompt.items() if node["class_type"] == "SaveImage"]
+    images = server.images(result, save)
+    if name != "perfusion_bias_sweep":
+        assert [image.shape for image in images] == [(SIZE, SIZE, 3)], name
+        return
+    biases = sum(node["class_type"] == "PerfusionConceptLoader" for node in prompt.values())
+    if wset == "legacy":
+        assert [image.shape for image in images] == [(SIZE, SIZE, 3)] * biases
+        assert not np.array_equal(images[0], images[-1]), "the bias changes the image"
+    else:
+        assert [image.shape for image in images] == [(SIZE, biases * SIZE + (biases - 1) * STITCH_GAP, 3)]
+
+
+def test_no_shipped_node_loses_widget_values_on_load(comfy_server):
+    """Opening a saved workflow gives back its widget values: no node of either set hits the frontend's
+    load migration that drops the values saved at forceInput positions (see values_dropped_on_load), on
+    today's frontend or on 1.32."""
+    info = comfy_server.object_info()
+    classes = sorted(
+        {node["class_type"] for wset in SET_NAMES for n in NAMES for node in api_workflow(n, wset).values()}
+    )
+    hits = [
+        f"{ct} on frontend {frontend.name}: the value after '{', '.join(dropped)}' is lost"
+        for ct in classes
+        for frontend in (CURRENT_FRONTEND, LEGACY_FRONTEND)
+        if (dropped := values_dropped_on_load(NodeSpec.from_object_info(ct, info[ct]), frontend))
+    ]
+    assert not hits, (
+        "re-opening a saved workflow shifts widget values (give the node's seed input "
+        f"'control_after_generate': True): {hits}"
+    )
+
+
+@pytest.mark.hosts
+def test_workflow_sets_run_on_this_host(comfy_server, tiny_ckpt_name):
+    """On every host of the matrix: the legacy set's node classes all exist and every API twin of each
+    set the host has the nodes for validates against its /object_info (inputs known, required ones set,
+    link types); the SD1.5 twins of those sets run to their images (the SDXL twins use the same node
+    classes and are validated only: training the SDXL fixture on every host is too slow); the files of a
+    set are current on its reference host. Hosts with Batch Images run the current set too."""
+    info = comfy_server.object_info()
+    assert not missing_classes(info, "legacy"), "the legacy set must run on every supported host"
+    usable = [wset for wset in SET_NAMES if not missing_classes(info, wset)]
+    for wset in usable:
+        for name in NAMES:
+            prompt = api_workflow(name, wset)
+            validate(prompt, node_specs(info, prompt))
+    version = host_version(comfy_server.url)
+    for wset in SETS.values():
+        if version == wset.reference_host:
+            stale = stale_files(info, wset)
+            assert not stale, (
+                f"run `python workflows/build_workflows.py --set {wset.name}` on {version}: {stale}"
+            )
+    train_fixture_concepts(comfy_server, tiny_ckpt_name)
+    images = [f"{word}_{i}.png" for word in FIXTURE_CONCEPTS for i in range(3)]
+    for wset in usable:
+        for name in (n for n in NAMES if "sdxl" not in n):
+            values = FixtureValues(
+                tiny_ckpt_name,
+                images=images,
+                size=SIZE,
+                steps=STEPS,
+                train_steps=2,
+                overrides={"PerfusionSaveConcept": {"name": f"hosts_{wset}_{name}", "overwrite": True}},
+            )
+            prompt = for_fixture(api_workflow(name, wset), values)
+            result = comfy_server.run(prompt)
+            assert result.success, f"{wset}/{name} on ComfyUI {version}: {result.error_text}"
+            check_saved_images(comfy_server, result, prompt, name, wset)
 
 
 def bypass_concepts(prompt: dict) -> dict:

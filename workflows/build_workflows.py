@@ -4,11 +4,21 @@ Save writes) and the template browser's thumbnails.
     python workflows/build_workflows.py                      # starts ComfyUI (test fixture) for /object_info
     python workflows/build_workflows.py --server 127.0.0.1:8188   # or asks a running ComfyUI
     python workflows/build_workflows.py --check              # exit 1 when a file on disk is out of date
+    COMFYUI_PATH=.hosts/0.3.75 .hosts/0.3.75-venv/bin/python workflows/build_workflows.py --set legacy
 
-Outputs per workflow ``<name>``: ``workflows/<name>.json`` (UI format, listed by ComfyUI's template
-browser), ``workflows/<name>.jpg`` (its thumbnail) and ``workflows/api/<name>.api.json`` (API format,
-for ``POST /prompt``). The API twins live in a subfolder because the host lists every ``*.json`` directly
-in ``workflows/`` as a template, and an API-format file is not loadable from there.
+Two sets of the same seven graphs (:data:`SETS`), each made from the /object_info and for the frontend of
+its reference host:
+
+* ``current`` (ComfyUI 0.33.0, frontend 1.49): ``workflows/<name>.json`` (UI format, listed by ComfyUI's
+  template browser), ``workflows/<name>.jpg`` (its thumbnail) and ``workflows/api/<name>.api.json`` (API
+  format, for ``POST /prompt``). Uses Batch Images (``BatchImagesNode``, one node for any number of
+  images) and Stitch Images, so it needs a release that has them (0.16.4 and 0.33.0 of the test matrix).
+* ``legacy`` (ComfyUI 0.3.75, frontend 1.32): ``workflows/legacy/<name>.json`` and
+  ``workflows/legacy/api/<name>.api.json``, for hosts without those nodes (0.3.75, Dec 2024): only nodes
+  every host of the matrix has (chained ``ImageBatch``; the bias sweep saves its images as one batch).
+
+The API twins live in a subfolder because the host lists every ``*.json`` directly in ``workflows/`` as a
+template, and an API-format file is not loadable from there.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import json
 import sys
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +39,19 @@ if str(REPO) not in sys.path:  # run as a script
     sys.path.insert(0, str(REPO))
 
 from workflows.thumbnails import render  # noqa: E402
-from workflows.ui_format import Note, UiNode, Workflow, api_twin, node_specs, to_ui  # noqa: E402
+from workflows.ui_format import (  # noqa: E402
+    CURRENT_FRONTEND,
+    LEGACY_FRONTEND,
+    Frontend,
+    Note,
+    UiNode,
+    Workflow,
+    api_twin,
+    node_specs,
+    to_ui,
+)
 
 FOLDER = Path(__file__).resolve().parent
-API_FOLDER = FOLDER / "api"
 CKPT = "v1-5-pruned-emaonly.safetensors"
 SDXL_CKPT = "sd_xl_base_1.0.safetensors"
 SEED = 42
@@ -43,6 +63,27 @@ SWEEP_BIASES = (0.4, 0.5, 0.6, 0.7, 0.8)
 TRAIN_IMAGES = ("hugsy_1.png", "hugsy_2.png", "hugsy_3.png", "hugsy_4.png")
 
 
+@dataclass(frozen=True)
+class WorkflowSet:
+    """One set of the shipped workflows: where it lives, which nodes it may use, which host made it."""
+
+    name: str
+    folder: Path  # <folder>/<name>.json (UI) and <folder>/api/<name>.api.json
+    frontend: Frontend  # how the reference host's frontend saves a graph
+    legacy_nodes: bool  # chained ImageBatch (every host) instead of BatchImagesNode / ImageStitch
+    reference_host: str  # the ComfyUI release whose /object_info the files are made from
+    thumbnails: bool  # <folder>/<name>.jpg for the template browser (which lists only workflows/*.json)
+
+    @property
+    def api_folder(self) -> Path:
+        return self.folder / "api"
+
+
+CURRENT = WorkflowSet("current", FOLDER, CURRENT_FRONTEND, False, "0.33.0", True)
+LEGACY = WorkflowSet("legacy", FOLDER / "legacy", LEGACY_FRONTEND, True, "0.3.75", False)
+SETS = {s.name: s for s in (CURRENT, LEGACY)}
+
+
 def link(node_id: str, slot: int = 0) -> list:
     return [node_id, slot]
 
@@ -50,9 +91,17 @@ def link(node_id: str, slot: int = 0) -> list:
 class Builder:
     """Adds API nodes with ids "1", "2", ... and remembers their layout hints."""
 
-    def __init__(self, name: str, title: str, description: str, ckpt: str = CKPT, size: int = SIZE):
+    def __init__(
+        self,
+        name: str,
+        title: str,
+        description: str,
+        legacy: bool,
+        ckpt: str = CKPT,
+        size: int = SIZE,
+    ):
         self.wf = Workflow(name, title, description, {})
-        self.ckpt, self.size = ckpt, size
+        self.legacy, self.ckpt, self.size = legacy, ckpt, size
 
     def add(
         self,
@@ -116,12 +165,26 @@ class Builder:
     def save(self, image: str, prefix: str, **hints: Any) -> str:
         return self.add("SaveImage", images=link(image), filename_prefix=prefix, **hints)
 
+    def batch(self, images: list[str], column: int | None = None, **hints: Any) -> str:
+        """One IMAGE batch of ``images`` (same size): Batch Images with a socket per image, or on the
+        legacy set a chain of the two-input ImageBatch."""
+        if not self.legacy:
+            sockets = {f"images.image{k}": link(image) for k, image in enumerate(images)}
+            return self.add("BatchImagesNode", column=column, **sockets, **hints)
+        batch = images[0]
+        for image in images[1:]:
+            batch = self.add("ImageBatch", image1=link(batch), image2=link(image), column=column, **hints)
+        return batch
 
-def generate(builder: Builder | None = None, concept_file: str = "hugsy.safetensors") -> Workflow:
+
+def generate(
+    legacy: bool = False, builder: Builder | None = None, concept_file: str = "hugsy.safetensors"
+) -> Workflow:
     b = builder or Builder(
         "perfusion_generate",
         "Perfusion: one concept",
         "Load a trained concept and write its word in the prompt.",
+        legacy,
     )
     ckpt = b.checkpoint()
     concept = b.loader(link(ckpt, 0), link(ckpt, 1), concept_file)
@@ -137,11 +200,12 @@ def generate(builder: Builder | None = None, concept_file: str = "hugsy.safetens
     return b.wf
 
 
-def two_concepts() -> Workflow:
+def two_concepts(legacy: bool = False) -> Workflow:
     b = Builder(
         "perfusion_two_concepts",
         "Perfusion: two concepts",
         "Two concepts trained apart, combined at inference in one image.",
+        legacy,
     )
     ckpt = b.checkpoint()
     first = b.loader(link(ckpt, 0), link(ckpt, 1), "hugsy.safetensors")
@@ -158,11 +222,14 @@ def two_concepts() -> Workflow:
     return b.wf
 
 
-def bias_sweep() -> Workflow:
+def bias_sweep(legacy: bool = False) -> Workflow:
     b = Builder(
         "perfusion_bias_sweep",
         "Perfusion: bias sweep",
-        "One concept at five gate biases, stitched left to right into one grid image.",
+        "One concept at five gate biases, saved as one batch of five images."
+        if legacy
+        else "One concept at five gate biases, stitched left to right into one grid image.",
+        legacy,
     )
     ckpt = b.checkpoint()
     neg = b.encode(link(ckpt, 1), NEGATIVE, column=2)
@@ -172,40 +239,45 @@ def bias_sweep() -> Workflow:
         concept = b.loader(link(ckpt, 0), link(ckpt, 1), "hugsy.safetensors", bias, title=f"bias {bias:.2f}")
         pos = b.encode(link(concept, 1), "a watercolor painting of hugsy reading a book in a library")
         images.append(b.sample(link(concept, 0), pos, neg, latent, link(ckpt, 2)))
-    grid = images[0]
-    for image in images[1:]:
-        grid = b.add(
-            "ImageStitch",
-            image1=link(grid),
-            direction="right",
-            match_image_size=True,
-            spacing_width=8,
-            spacing_color="white",
-            image2=link(image),
-            column=6,
-        )
+    if b.legacy:  # ImageStitch is not in every host (Dec 2024 lacks it): one batch, saved image by image
+        grid = b.batch(images, column=6)
+    else:
+        grid = images[0]
+        for image in images[1:]:
+            grid = b.add(
+                "ImageStitch",
+                image1=link(grid),
+                direction="right",
+                match_image_size=True,
+                spacing_width=8,
+                spacing_color="white",
+                image2=link(image),
+                column=6,
+            )
     b.save(grid, "perfusion/bias_sweep", column=7)
     b.note(
         "Fidelity vs. text alignment: the same seed at bias "
         + ", ".join(f"{x:.1f}" for x in SWEEP_BIASES)
-        + " (left to right). Lower bias = closer to the training images; higher = more of the prompt's "
+        + (" (the saved images, in order)" if b.legacy else " (left to right)")
+        + ". Lower bias = closer to the training images; higher = more of the prompt's "
         "style and context. The negative prompt has no concept word, so the plain CLIP encodes it."
     )
     return b.wf
 
 
-def train_and_generate(builder: Builder | None = None, save_name: str = "hugsy", **settings: Any) -> Workflow:
+def train_and_generate(
+    legacy: bool = False, builder: Builder | None = None, save_name: str = "hugsy", **settings: Any
+) -> Workflow:
     b = builder or Builder(
         "perfusion_train_and_generate",
         "Perfusion: train and generate",
         "Train a concept from a few photos, save it (~40 KB) and use it in the same graph.",
+        legacy,
     )
     settings = {"batch_size": 4, "grad_accumulation": 4, "gradient_checkpointing": False, **settings}
     train, gen = "Train the concept", "Generate with it"
     loads = [b.add("LoadImage", image=name, group=train, column=0) for name in TRAIN_IMAGES]
-    batch = loads[0]
-    for load in loads[1:]:
-        batch = b.add("ImageBatch", image1=link(batch), image2=link(load), group=train, column=1)
+    batch = b.batch(loads, group=train, column=1)
     ckpt = b.checkpoint(group=train, column=1)
     trainer = b.add(
         "PerfusionTrainConcept",
@@ -264,9 +336,14 @@ def train_and_generate(builder: Builder | None = None, save_name: str = "hugsy",
     neg = b.encode(link(concept, 1), NEGATIVE, group=gen)
     image = b.sample(link(concept, 0), pos, neg, b.latent(group=gen, column=5), link(ckpt, 2), group=gen)
     b.save(image, f"perfusion/{save_name}_trained", group=gen)
+    more = (
+        "add more with Batch Images"
+        if b.legacy
+        else "link more into Batch Images, or train from a folder: Load Image (from Folder) into 'images'"
+    )
     b.note(
         "Put 3-10 photos of your object in ComfyUI's input folder and pick them in the Load Image nodes "
-        "(add more with Batch Images). Training runs on ComfyUI's device with a progress bar; Cancel stops "
+        f"({more}). Training runs on ComfyUI's device with a progress bar; Cancel stops "
         f"it. The concept is saved as models/perfusion/{save_name}.safetensors (set overwrite to replace it) and "
         "used right away by Apply Perfusion Concept.\n\nPreviews: the validation prompts are sampled at step "
         "0 and every 100 steps (preview_every; 0 = off) as generation will show the concept (bias 0.70), one "
@@ -276,11 +353,12 @@ def train_and_generate(builder: Builder | None = None, save_name: str = "hugsy",
     return b.wf
 
 
-def global_key_lock() -> Workflow:
+def global_key_lock(legacy: bool = False) -> Workflow:
     b = Builder(
         "perfusion_global_key_lock",
         "Perfusion: global key-lock",
         "Global key-locking for better text alignment in complex prompts.",
+        legacy,
     )
     ckpt = b.checkpoint()
     concept = b.loader(link(ckpt, 0), link(ckpt, 1), "hugsy.safetensors", 0.5, key_lock="global")
@@ -295,30 +373,32 @@ def global_key_lock() -> Workflow:
     return b.wf
 
 
-def sdxl_builder(name: str, title: str, description: str) -> Builder:
-    return Builder(name, title, description, ckpt=SDXL_CKPT, size=SDXL_SIZE)
+def sdxl_builder(name: str, title: str, description: str, legacy: bool) -> Builder:
+    return Builder(name, title, description, legacy, ckpt=SDXL_CKPT, size=SDXL_SIZE)
 
 
-def sdxl_generate() -> Workflow:
+def sdxl_generate(legacy: bool = False) -> Workflow:
     """The one-concept graph on SDXL base: the same nodes, an SDXL concept file, 1024 px."""
     b = sdxl_builder(
         "perfusion_sdxl_generate",
         "Perfusion SDXL: one concept",
         "Load a concept trained on SDXL and write its word in the prompt (1024 px).",
+        legacy,
     )
-    return generate(b, "hugsy_sdxl.safetensors")
+    return generate(legacy, b, "hugsy_sdxl.safetensors")
 
 
-def sdxl_train_and_generate() -> Workflow:
+def sdxl_train_and_generate(legacy: bool = False) -> Workflow:
     """Training on SDXL base at 1024 px: batch 1 x 16 with gradient checkpointing fits a 24 GB GPU's
     budget for SDXL fine-tuning (a setting to check on the GPU, not measured here)."""
     b = sdxl_builder(
         "perfusion_sdxl_train_and_generate",
         "Perfusion SDXL: train and generate",
         "Train an SDXL concept from a few photos, save it (~210 KB) and use it in the same graph.",
+        legacy,
     )
     return train_and_generate(
-        b, "hugsy_sdxl", batch_size=1, grad_accumulation=16, gradient_checkpointing=True
+        legacy, b, "hugsy_sdxl", batch_size=1, grad_accumulation=16, gradient_checkpointing=True
     )
 
 
@@ -334,22 +414,22 @@ WORKFLOWS = (
 NAMES = tuple(make().name for make in WORKFLOWS)
 
 
-def workflow(name: str) -> Workflow:
-    """The authored graph of one shipped workflow (a fresh copy)."""
+def workflow(name: str, wset: WorkflowSet = CURRENT) -> Workflow:
+    """The authored graph of one shipped workflow of ``wset`` (a fresh copy)."""
     for make in WORKFLOWS:
-        wf = make()
+        wf = make(wset.legacy_nodes)
         if wf.name == name:
             return wf
     raise KeyError(f"no workflow named {name!r}; the shipped ones are {', '.join(NAMES)}")
 
 
-def build(object_info: Mapping) -> dict[str, tuple[Workflow, dict, dict]]:
-    """name -> (workflow, UI JSON, API JSON) for every shipped workflow."""
+def build(object_info: Mapping, wset: WorkflowSet = CURRENT) -> dict[str, tuple[Workflow, dict, dict]]:
+    """name -> (workflow, UI JSON, API JSON) for every workflow of ``wset``."""
     out = {}
     for make in WORKFLOWS:
-        wf = make()
+        wf = make(wset.legacy_nodes)
         specs = node_specs(object_info, wf.prompt)
-        out[wf.name] = (wf, to_ui(wf, specs), api_twin(wf, specs))
+        out[wf.name] = (wf, to_ui(wf, specs, wset.frontend), api_twin(wf, specs))
     return out
 
 
@@ -368,60 +448,85 @@ def dump(data: Any) -> str:
     return json.dumps(js_numbers(data), indent=2, ensure_ascii=False) + "\n"
 
 
-def files_for(built: Mapping[str, tuple[Workflow, dict, dict]]) -> dict[Path, str]:
+def files_for(
+    built: Mapping[str, tuple[Workflow, dict, dict]], wset: WorkflowSet = CURRENT
+) -> dict[Path, str]:
     files = {}
     for name, (_, ui, api) in built.items():
-        files[FOLDER / f"{name}.json"] = dump(ui)
-        files[API_FOLDER / f"{name}.api.json"] = dump(api)
+        files[wset.folder / f"{name}.json"] = dump(ui)
+        files[wset.api_folder / f"{name}.api.json"] = dump(api)
     return files
 
 
-def stale_files(object_info: Mapping) -> list[Path]:
-    """The JSON files on disk that differ from what this script would write."""
+def stale_files(object_info: Mapping, wset: WorkflowSet = CURRENT) -> list[Path]:
+    """The JSON files of ``wset`` on disk that differ from what this script would write."""
     return [
-        p for p, text in files_for(build(object_info)).items() if not p.is_file() or p.read_text() != text
+        p
+        for p, text in files_for(build(object_info, wset), wset).items()
+        if not p.is_file() or p.read_text() != text
     ]
 
 
-def write_all(object_info: Mapping) -> list[Path]:
-    built = build(object_info)
-    API_FOLDER.mkdir(exist_ok=True)
+def write_all(object_info: Mapping, wset: WorkflowSet = CURRENT) -> list[Path]:
+    built = build(object_info, wset)
+    wset.api_folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for path, text in files_for(built).items():
+    for path, text in files_for(built, wset).items():
         path.write_text(text)
         written.append(path)
-    for name, (wf, ui, _) in built.items():
-        path = FOLDER / f"{name}.jpg"
-        render(ui, wf.title, wf.description).save(path, quality=90)
-        written.append(path)
+    if wset.thumbnails:
+        for name, (wf, ui, _) in built.items():
+            path = wset.folder / f"{name}.jpg"
+            render(ui, wf.title, wf.description).save(path, quality=90)
+            written.append(path)
     return written
 
 
-def fetch_object_info(server: str | None) -> dict:
+def fetch_host(server: str | None) -> tuple[dict, str]:
+    """(/object_info, the ComfyUI version /system_stats reports, or "unknown")."""
     if server:
         url = server if server.startswith("http") else f"http://{server}"
-        return requests.get(f"{url}/object_info", timeout=60).json()
+        return requests.get(f"{url}/object_info", timeout=60).json(), host_version(url)
     from harness.server import ComfyServer
 
     with (
         tempfile.TemporaryDirectory(prefix="build-workflows-") as tmp,
         ComfyServer(tmp, load_pack=True) as srv,
     ):
-        return srv.object_info()
+        return srv.object_info(), host_version(srv.url)
+
+
+def host_version(url: str) -> str:
+    stats = requests.get(f"{url}/system_stats", timeout=60).json()
+    return str(stats.get("system", {}).get("comfyui_version") or "unknown")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--server", help="host:port of a running ComfyUI with this pack (default: start one)")
+    parser.add_argument(
+        "--set", choices=sorted(SETS), default=CURRENT.name, help="which set (default: current)"
+    )
     parser.add_argument("--check", action="store_true", help="only report files that are out of date")
+    parser.add_argument(
+        "--any-host", action="store_true", help="build from a host other than the set's reference host"
+    )
     args = parser.parse_args(argv)
-    object_info = fetch_object_info(args.server)
+    wset = SETS[args.set]
+    object_info, version = fetch_host(args.server)
+    if version != wset.reference_host and not args.any_host:
+        print(
+            f"the {wset.name} set is made from ComfyUI {wset.reference_host}; this host is {version} "
+            "(set COMFYUI_PATH and use that host's python, or pass --any-host)",
+            file=sys.stderr,
+        )
+        return 2
     if args.check:
-        stale = stale_files(object_info)
+        stale = stale_files(object_info, wset)
         for path in stale:
             print(f"out of date: {path.relative_to(REPO)}")
         return 1 if stale else 0
-    for path in write_all(object_info):
+    for path in write_all(object_info, wset):
         print(f"wrote {path.relative_to(REPO)}")
     return 0
 

@@ -5,6 +5,12 @@ which only the host's ``/object_info`` defines (input order, which inputs are wi
 "control_after_generate" value after seed widgets, LoadImage's "upload" widget). Deriving the UI file
 from the API graph keeps the two twins in lock-step; the browser test checks the result against the
 frontend's own ``graph.serialize()`` and ``graphToPrompt()``.
+
+Two frontend generations write different files (:class:`Frontend`): 1.49 (ComfyUI 0.33) saves every
+widget value twice (``widgets_values`` and ``widgets_values_named``), no ``widgets_values`` on a node
+without widgets and no group ``font_size``; 1.32 (ComfyUI 0.3.75) saves positional values only, ``[]`` for
+a node without widgets, and ``extra.workflowRendererVersion``. An autogrow input (Batch Images' "images")
+becomes one socket per link plus a spare one.
 """
 
 from __future__ import annotations
@@ -26,7 +32,25 @@ COLUMN_GAP, ROW_GAP, GROUP_PAD = 60, 40, 40
 NODE_WIDTH, BARE_NODE_WIDTH, TEXT_NODE_SIZE = 270, 140, (400, 200)
 NODE_MARGIN, WIDGET_MARGIN, SLOT_HEIGHT, WIDGET_HEIGHT, TEXT_HEIGHT = 6, 8, 20, 24, 54
 TITLE_HEIGHT, PREVIEW_HEIGHT = 30, 220
+TITLE_CHAR_WIDTH, TITLE_PAD = 10, 60  # a node is at least as wide as its title (an upper bound)
+AUTOGROW = "COMFY_AUTOGROW_V3"  # an input that grows a socket per link ("images" -> "images.image0", ...)
 ApiPrompt = dict[str, dict[str, Any]]  # node id (a decimal string) -> {class_type, inputs}
+
+
+@dataclass(frozen=True)
+class Frontend:
+    """How one frontend generation serialises a graph on File -> Save (measured in the browser)."""
+
+    name: str
+    named_values: bool  # widgets_values_named (widget name -> value) beside widgets_values
+    empty_widgets_values: bool  # a node without widgets saves "widgets_values": [] (else no key)
+    group_font_size: bool  # groups carry "font_size"
+    seed_names_count_twice: bool  # its load migration counts a "seed" widget as two values (see below)
+    renderer: str | None = None  # extra.workflowRendererVersion it writes ("LG": the LiteGraph canvas)
+
+
+CURRENT_FRONTEND = Frontend("1.49 (ComfyUI 0.33)", True, False, False, False)
+LEGACY_FRONTEND = Frontend("1.32 (ComfyUI 0.3.75)", False, True, True, True, "LG")
 
 
 class WorkflowSpecError(ValueError):
@@ -47,6 +71,26 @@ class InputSpec:
     @property
     def is_text(self) -> bool:
         return self.type == "STRING" and bool(self.options.get("multiline"))
+
+    @property
+    def is_autogrow(self) -> bool:
+        return self.type == AUTOGROW
+
+    def grown(self) -> list[InputSpec]:
+        """An autogrow input's sockets in order: "<name>.<prefix><k>" (or "<name>.<names[k]>"), the first
+        ``min`` required; each carries its short name as ``label`` (what the node shows)."""
+        template = self.options["template"]
+        section = next(s for s in ("required", "optional") if template["input"].get(s))
+        (spec,) = template["input"][section].values()
+        if "prefix" in template:
+            names = [f"{template['prefix']}{k}" for k in range(template["max"])]
+        else:
+            names = list(template["names"])
+        low = template.get("min", 1) if section == "required" else 0
+        return [
+            InputSpec(f"{self.name}.{short}", str(spec[0]), {"label": short}, self.optional or k >= low)
+            for k, short in enumerate(names)
+        ]
 
 
 @dataclass
@@ -74,7 +118,27 @@ class NodeSpec:
 
     @property
     def sockets(self) -> list[InputSpec]:
-        return [i for i in self.inputs if not i.is_widget]
+        """The sockets of a node with no autogrow input (see :meth:`sockets_for`)."""
+        return self.sockets_for({})
+
+    def sockets_for(self, inputs: Mapping[str, Any]) -> list[InputSpec]:
+        """The sockets a node with these API inputs shows: an autogrow input as its linked sockets
+        (a leading run) plus one empty socket to link the next, as the frontend draws it."""
+        out: list[InputSpec] = []
+        for i in self.inputs:
+            if i.is_widget:
+                continue
+            if not i.is_autogrow:
+                out.append(i)
+                continue
+            grown = i.grown()
+            used = sum(1 for g in grown if g.name in inputs)
+            out.extend(grown[: min(len(grown), max(used + 1, sum(not g.optional for g in grown)))])
+        return out
+
+    def input_names(self) -> list[str]:
+        """Every input the host accepts, autogrow sockets spelt out, in the host's order."""
+        return [g.name for i in self.inputs for g in (i.grown() if i.is_autogrow else [i])]
 
     @property
     def widgets(self) -> list[InputSpec]:
@@ -126,7 +190,7 @@ def validate(prompt: ApiPrompt, specs: Mapping[str, NodeSpec]) -> None:
     """Every input known, every required one set, widgets hold literals, links join matching types."""
     for node_id, node in prompt.items():
         spec = specs[node["class_type"]]
-        known = {i.name: i for i in spec.inputs}
+        known = {g.name: g for i in spec.inputs for g in (i.grown() if i.is_autogrow else [i])}
         for name, value in node["inputs"].items():
             where = f"node {node_id} ({node['class_type']}) input '{name}'"
             if name not in known:
@@ -140,7 +204,7 @@ def validate(prompt: ApiPrompt, specs: Mapping[str, NodeSpec]) -> None:
                 out_type = specs[source["class_type"]].outputs[value[1]][1]
                 if out_type != known[name].type and "*" not in (out_type, known[name].type):
                     raise WorkflowSpecError(f"{where}: {out_type} output into a {known[name].type} input")
-        for i in spec.inputs:
+        for i in known.values():
             if not i.optional and i.name not in node["inputs"]:
                 raise WorkflowSpecError(
                     f"node {node_id} ({node['class_type']}): required input '{i.name}' unset"
@@ -150,6 +214,14 @@ def validate(prompt: ApiPrompt, specs: Mapping[str, NodeSpec]) -> None:
                     f"node {node_id} ({node['class_type']}): set optional widget '{i.name}' explicitly "
                     "(the frontend saves every widget, so the API twin must too)"
                 )
+        for i in spec.inputs:
+            if i.is_autogrow:
+                linked = [g.name in node["inputs"] for g in i.grown()]
+                if not all(linked[: sum(linked)]):
+                    raise WorkflowSpecError(
+                        f"node {node_id} ({node['class_type']}): link '{i.name}' sockets in order, "
+                        "without gaps (the frontend renumbers them)"
+                    )
 
 
 def api_twin(wf: Workflow, specs: Mapping[str, NodeSpec]) -> ApiPrompt:
@@ -157,7 +229,7 @@ def api_twin(wf: Workflow, specs: Mapping[str, NodeSpec]) -> ApiPrompt:
     out = {}
     for node_id, node in wf.prompt.items():
         spec = specs[node["class_type"]]
-        order = [i.name for i in spec.inputs]
+        order = spec.input_names()
         inputs = {k: node["inputs"][k] for k in sorted(node["inputs"], key=order.index)}
         # graphToPrompt lists widget values first in widget order, then the links in socket order.
         widgets = {k: v for k, v in inputs.items() if not _is_link(v)}
@@ -171,18 +243,22 @@ def api_twin(wf: Workflow, specs: Mapping[str, NodeSpec]) -> ApiPrompt:
     return out
 
 
-def _estimate_size(spec: NodeSpec) -> list[int]:
-    """The size the frontend gives a new node (LiteGraph's computeSize, measured on frontend 1.32),
-    plus room for the image preview of loaders and output nodes."""
+def _estimate_size(spec: NodeSpec, inputs: Mapping[str, Any], title: str) -> list[int]:
+    """At least the size the frontend gives a new node (LiteGraph's computeSize, measured on frontends
+    1.32 and 1.49; it enlarges a smaller saved size on load), plus room for the image preview of loaders
+    and output nodes. An autogrow node gets one more socket row: linking its sockets on load adds and
+    removes the spare one, and the node keeps the largest size it had."""
     widgets = spec.widgets
     count = len(widgets) + sum(1 for i in widgets if _extra_widget(i) is not None)
     text = sum(1 for i in widgets if i.is_text)
-    height = NODE_MARGIN + SLOT_HEIGHT * max(len(spec.sockets), len(spec.outputs))
+    rows = len(spec.sockets_for(inputs)) + sum(1 for i in spec.inputs if i.is_autogrow)
+    height = NODE_MARGIN + SLOT_HEIGHT * max(rows, len(spec.outputs))
     if count:
         height += WIDGET_MARGIN + WIDGET_HEIGHT * (count - text) + TEXT_HEIGHT * text
     if text:
         return [TEXT_NODE_SIZE[0], max(height, TEXT_NODE_SIZE[1])]
-    return [NODE_WIDTH if count else BARE_NODE_WIDTH, height + (PREVIEW_HEIGHT if spec.shows_image else 0)]
+    width = NODE_WIDTH if count else max(BARE_NODE_WIDTH, TITLE_CHAR_WIDTH * len(title) + TITLE_PAD)
+    return [width, height + (PREVIEW_HEIGHT if spec.shows_image else 0)]
 
 
 @dataclass(frozen=True)
@@ -226,7 +302,10 @@ def _columns(wf: Workflow) -> dict[str, int]:
 def _layout(wf: Workflow, specs: Mapping[str, NodeSpec], note_ids: list[str]) -> tuple[dict, dict]:
     """(pos, size) per node id: columns left to right by link depth, notes in a band above."""
     cols = _columns(wf)
-    sizes = {nid: _estimate_size(specs[n["class_type"]]) for nid, n in wf.prompt.items()}
+    sizes = {
+        nid: _estimate_size(specs[n["class_type"]], n["inputs"], _title(wf, specs, nid))
+        for nid, n in wf.prompt.items()
+    }
     used = sorted(set(cols.values()))  # hinted columns may skip numbers: close the gaps
     widths = [max(sizes[n][0] for n in cols if cols[n] == c) for c in used]
     x_of = [sum(widths[:k]) + COLUMN_GAP * k for k in range(len(used))]
@@ -267,7 +346,7 @@ def _links(prompt: ApiPrompt, specs: Mapping[str, NodeSpec]) -> list[list]:
     """[id, source, slot, target, target slot, type], numbered by source node, output slot, target."""
     found = []
     for target, node in prompt.items():
-        sockets = [i.name for i in specs[node["class_type"]].sockets]
+        sockets = [i.name for i in specs[node["class_type"]].sockets_for(node["inputs"])]
         for name in sockets:
             value = node["inputs"].get(name)
             if value is not None:
@@ -276,12 +355,13 @@ def _links(prompt: ApiPrompt, specs: Mapping[str, NodeSpec]) -> list[list]:
     return [[k, *link] for k, link in enumerate(sorted(found), start=1)]
 
 
-def _ui_inputs(spec: NodeSpec, node_id: str, links: list[list]) -> list[dict]:
+def _ui_inputs(spec: NodeSpec, node_id: str, inputs: Mapping[str, Any], links: list[list]) -> list[dict]:
     """Sockets first, then one entry per widget (the frontend lists widgets as inputs too)."""
     incoming = {(str(link[3]), link[4]): link[0] for link in links}
     entries = []
-    for slot, i in enumerate(spec.sockets):
-        entry: dict[str, Any] = {"localized_name": i.name, "name": i.name}
+    for slot, i in enumerate(spec.sockets_for(inputs)):
+        entry: dict[str, Any] = {"label": i.options["label"]} if "label" in i.options else {}
+        entry.update(localized_name=i.name, name=i.name)
         if i.optional:
             entry["shape"] = OPTIONAL_SHAPE
         entry.update(type=i.type, link=incoming.get((node_id, slot)))
@@ -316,8 +396,57 @@ def _widget_values(spec: NodeSpec, inputs: Mapping[str, Any]) -> list[Any]:
     return values
 
 
-def to_ui(wf: Workflow, specs: Mapping[str, NodeSpec]) -> dict:
-    """The UI-format workflow (version 0.4) for ``wf``; node ids equal the API ids."""
+def values_dropped_on_load(spec: NodeSpec, frontend: Frontend) -> list[str]:
+    """The forceInput inputs for which ``frontend`` drops a saved widget value on load ([] = safe).
+
+    The frontend migrates files from before widgets became sockets (``migrateWidgetsValues``): when a
+    node's saved ``widgets_values`` has exactly one entry per widget input and per forceInput input (two
+    for an input whose options set ``control_after_generate``), it takes the values at the forceInput
+    positions for stale and drops them. Frontends 1.39 and 1.49 count a "seed" widget whose control
+    widget comes by its name only (no ``control_after_generate`` option) once, so a node with such a
+    seed and one forceInput input hits the guess with a file the frontend itself saved: every value after
+    the forceInput's position lands in the widget before it (seen in 1.49 in the browser; 1.32 counts
+    "seed" twice). The cure is in the node: ``control_after_generate: True`` on the seed."""
+    saved = len(_widget_names(spec))
+    counted, dropped = 0, []
+    for i in spec.inputs:
+        if not (i.is_widget or i.options.get("forceInput")):
+            continue
+        twice = i.options.get("control_after_generate") or (
+            frontend.seed_names_count_twice and i.name in SEED_NAMES
+        )
+        counted += 2 if twice else 1
+        if i.options.get("forceInput"):
+            dropped.append(i.name)
+    return dropped if counted == saved else []
+
+
+def _title(wf: Workflow, specs: Mapping[str, NodeSpec], node_id: str) -> str:
+    return (wf.ui.get(node_id) or UiNode()).title or specs[wf.prompt[node_id]["class_type"]].display_name
+
+
+def _widget_entries(frontend: Frontend, names: list[str], values: list[Any]) -> dict:
+    if not values and not frontend.empty_widgets_values:
+        return {}
+    entries: dict[str, Any] = {"widgets_values": values}
+    if frontend.named_values and values:
+        entries["widgets_values_named"] = dict(zip(names, values, strict=True))
+    return entries
+
+
+def _widget_names(spec: NodeSpec) -> list[str]:
+    names = []
+    for i in spec.widgets:
+        names.append(i.name)
+        extra = _extra_widget(i)
+        if extra is not None:
+            names.append(extra.name)
+    return names
+
+
+def to_ui(wf: Workflow, specs: Mapping[str, NodeSpec], frontend: Frontend = CURRENT_FRONTEND) -> dict:
+    """The UI-format workflow (version 0.4) for ``wf`` as ``frontend`` saves it; node ids equal the API
+    ids."""
     validate(wf.prompt, specs)
     note_ids = [str(len(wf.prompt) + 1 + k) for k in range(len(wf.notes))]
     pos, sizes = _layout(wf, specs, note_ids)
@@ -336,9 +465,10 @@ def to_ui(wf: Workflow, specs: Mapping[str, NodeSpec]) -> dict:
             for slot, (name, t) in enumerate(spec.outputs)
         ]
         entry = {"id": int(nid), "type": node["class_type"], "pos": pos[nid], "size": sizes[nid], "flags": {}}
-        entry.update(order=order.index(nid), mode=0, inputs=_ui_inputs(spec, nid, links), outputs=outputs)
+        inputs = _ui_inputs(spec, nid, node["inputs"], links)
+        entry.update(order=order.index(nid), mode=0, inputs=inputs, outputs=outputs)
         entry["properties"] = {"Node name for S&R": node["class_type"]}
-        entry["widgets_values"] = _widget_values(spec, node["inputs"])
+        entry.update(_widget_entries(frontend, _widget_names(spec), _widget_values(spec, node["inputs"])))
         title = (wf.ui.get(nid) or UiNode()).title
         if title:
             entry["title"] = title
@@ -356,7 +486,7 @@ def to_ui(wf: Workflow, specs: Mapping[str, NodeSpec]) -> dict:
                 "inputs": [],
                 "outputs": [],
                 "properties": {},
-                "widgets_values": [note.text],
+                **_widget_entries(frontend, ["text"], [note.text]),
                 "color": NOTE_COLOR,
                 "bgcolor": NOTE_BGCOLOR,
             }
@@ -368,14 +498,19 @@ def to_ui(wf: Workflow, specs: Mapping[str, NodeSpec]) -> dict:
         "last_link_id": len(links),
         "nodes": nodes,
         "links": links,
-        "groups": _groups(wf, pos, sizes),
+        "groups": _groups(wf, pos, sizes, frontend),
         "config": {},
-        "extra": {"ds": {"scale": 1, "offset": [0, 0]}},
+        "extra": {
+            "ds": {"scale": 1, "offset": [0, 0]},
+            **({"workflowRendererVersion": frontend.renderer} if frontend.renderer else {}),
+        },
         "version": 0.4,
     }
 
 
-def _groups(wf: Workflow, pos: Mapping[str, list[int]], sizes: Mapping[str, list[int]]) -> list[dict]:
+def _groups(
+    wf: Workflow, pos: Mapping[str, list[int]], sizes: Mapping[str, list[int]], frontend: Frontend
+) -> list[dict]:
     members: dict[str, list[str]] = {}
     for nid, ui in wf.ui.items():
         if ui.group:
@@ -386,14 +521,8 @@ def _groups(wf: Workflow, pos: Mapping[str, list[int]], sizes: Mapping[str, list
         y0 = min(pos[n][1] for n in ids) - GROUP_PAD - TITLE_HEIGHT
         x1 = max(pos[n][0] + sizes[n][0] for n in ids) + GROUP_PAD // 2
         y1 = max(pos[n][1] + sizes[n][1] for n in ids) + GROUP_PAD // 2
-        groups.append(
-            {
-                "id": k,
-                "title": title,
-                "bounding": [x0, y0, x1 - x0, y1 - y0],
-                "color": GROUP_COLOR,
-                "font_size": 24,
-                "flags": {},
-            }
-        )
+        group = {"id": k, "title": title, "bounding": [x0, y0, x1 - x0, y1 - y0], "color": GROUP_COLOR}
+        if frontend.group_font_size:
+            group["font_size"] = 24
+        groups.append({**group, "flags": {}})
     return groups
