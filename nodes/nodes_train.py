@@ -150,6 +150,9 @@ class PerfusionTrainConcept:
                         "default": 0,
                         "min": 0,
                         "max": 0xFFFFFFFFFFFFFFFF,
+                        # declared, not only implied by the name "seed": the 0.33 frontend counts a
+                        # saved node's values by it, and shifts them when it is missing
+                        "control_after_generate": True,
                         "tooltip": "Same seed, same device: same concept.",
                     },
                 ),
