@@ -1,9 +1,9 @@
 """Run prompts through ComfyUI's real ``PromptExecutor`` inside this Python process.
 
-Only the transport is replaced (the host's own ``server.PromptServer`` is built, its events recorded): validation (``execution.validate_prompt``), the executor, its caches,
+Only the transport is replaced: validation (``execution.validate_prompt``), the executor, its caches,
 the node registry (core nodes, ``comfy_extras``, custom nodes loaded from the base directory's
-``custom_nodes/``) and ``comfy.utils.ProgressBar`` are the host's own. The stand-in for
-``server.PromptServer`` records every event the executor would have sent over the websocket.
+``custom_nodes/``), ``comfy.utils.ProgressBar`` and ``server.PromptServer`` are the host's own. The
+server's ``send_sync`` records every event it would have sent over the websocket.
 
 ComfyUI keeps its state in module globals (parsed CLI args, ``folder_paths``, the node registry), so
 there can be only one host per process: :meth:`ComfyHost.get` returns a singleton and refuses a second

@@ -87,9 +87,9 @@ def prepare_images(images, masks, resolution: int):
     if not batches or any(b.ndim != 4 for b in batches):
         raise ValueError("images: connect at least one training image")
     pixels = torch.cat([square_resize(b.movedim(-1, 1)[:, :3], resolution) for b in batches])
-    mask_batches = _batches(masks, "mask")
     if masks is None:
         return pixels, None
+    mask_batches = _batches(masks, "mask")
     n_masks = sum(m.shape[0] for m in mask_batches)
     if n_masks != pixels.shape[0]:
         raise ValueError(f"mask: {n_masks} masks for {pixels.shape[0]} images; give one mask per image")
