@@ -20,8 +20,11 @@ log = logging.getLogger("comfyui-perfusion")
 
 
 def model_compute_dtype(model) -> torch.dtype:
-    """The dtype ComfyUI runs this model's layers in (its manual-cast dtype, else the weights')."""
-    return model.model.manual_cast_dtype or model.model.get_dtype()
+    """The dtype ComfyUI runs this model's layers in (its manual-cast dtype, else the weights').
+
+    Read through the patcher: the ModelComputeDtype node sets it as an object patch, which reaches
+    `model.model` only while the model is loaded."""
+    return model.get_model_object("manual_cast_dtype") or model.model.get_dtype()
 
 
 def resolve(choice: str, model, device: torch.device) -> tuple[torch.dtype, str]:

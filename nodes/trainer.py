@@ -401,8 +401,9 @@ class TrainingRun:
 
     @torch.no_grad()
     def _init_v_targets(self, layers) -> None:
-        """o*_V starts at W_V ī_super, through the host's own (cast, LoRA-aware) projection."""
-        enc = self.state.superclass_encoding[None, None].to(self.device, self.model.model.get_dtype())
+        """o*_V starts at W_V ī_super, through the host's own (cast, LoRA-aware) projection, in the
+        dtype training computes in (not the storage dtype: CUDA has no fp8 matmul)."""
+        enc = self.state.superclass_encoding[None, None].to(self.device, self.precision.dtype)
         for layer, target in zip(layers, self.state.v_targets):
             projection = self.model.get_model_object(f"{layer.value_path}.forward")
             target.copy_(projection.prev_forward(enc).float()[0, 0])

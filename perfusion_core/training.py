@@ -59,6 +59,9 @@ class TrainingConfig:
     grad_accumulation: int = 4
     lr_v: float = 0.03
     lr_embedding: float = 0.006
+    # AdamW's decay pulls o*_V toward 0, not toward W_V ī_super where it starts: 0.01 shrinks the
+    # targets by ~11 % over 400 steps at lr 0.03 whatever the data say, so training uses none.
+    weight_decay: float = 0.0
     beta: float = 0.75
     tau: float = 0.10
     i_star_momentum: float = 0.99
@@ -87,6 +90,7 @@ class TrainingConfig:
             "grad_accumulation": str(self.grad_accumulation),
             "lr_v": str(self.lr_v),
             "lr_embedding": str(self.lr_embedding),
+            "weight_decay": str(self.weight_decay),
             "beta": str(self.beta),
             "tau": str(self.tau),
             "i_star_update": "micro_batch" if self.i_star_per_micro_batch else "step",
@@ -161,11 +165,14 @@ class ConceptTrainingState(torch.nn.Module):
         self.v_targets = torch.nn.ParameterList(
             [torch.nn.Parameter(v_targets[n].detach().float().clone()) for n in self.layer_names]
         )
-        self.register_buffer("superclass_encoding", superclass_encoding.detach().float().clone())
+        # What is not optimised stays on the CPU when the state moves to the training device (plain
+        # attributes, not buffers): the edit is folded from them in float64, which MPS lacks, once per
+        # step, and then moved. float64 C⁻¹: C of a few thousand prompts is ill-conditioned, and
+        # u = C⁻¹ i* cancels large terms.
+        self.superclass_encoding = superclass_encoding.detach().to("cpu", torch.float32).clone()
         start = superclass_encoding if i_star is None else i_star
-        self.register_buffer("i_star", start.detach().float().clone())
-        # float64: C⁻¹ of a few thousand prompts is ill-conditioned, and u = C⁻¹ i* cancels large terms
-        self.register_buffer("c_inv", c_inv.detach().double().clone())
+        self.i_star = start.detach().to("cpu", torch.float32).clone()
+        self.c_inv = c_inv.detach().to("cpu", torch.float64).clone()
         self.beta, self.tau = beta, tau
         self._edit: GatedRank1Edit | None = None
 
@@ -177,6 +184,7 @@ class ConceptTrainingState(torch.nn.Module):
 
     @property
     def u(self) -> torch.Tensor:
+        """u = C⁻¹ i*, float32 on the CPU (computed there in float64)."""
         return (self.c_inv @ self.i_star.double()).float()
 
     def v_target(self, layer: str) -> torch.Tensor:
@@ -186,7 +194,7 @@ class ConceptTrainingState(torch.nn.Module):
     def update_i_star(self, concept_encodings: torch.Tensor, momentum: float) -> None:
         """i* ← m i* + (1 − m) mean(e_concept): no gradient flows into i* (spec §3)."""
         mean = concept_encodings.detach().float().reshape(-1, self.i_star.shape[0]).mean(0)
-        self.i_star.mul_(momentum).add_(mean.to(self.i_star.device), alpha=1 - momentum)
+        self.i_star.mul_(momentum).add_(mean.cpu(), alpha=1 - momentum)
         self._edit = None
 
     @contextlib.contextmanager
@@ -202,10 +210,10 @@ class ConceptTrainingState(torch.nn.Module):
 
     def plan(self, layer: str, kind: Projection, device: torch.device) -> ProjectionPlan | None:
         if self._edit is None or self._edit.i_star.device != torch.device(device):
-            edit = GatedRank1Edit(self.i_star, self.u, self.beta, self.tau)
-            self._edit = edit.to(device)
+            self._edit = GatedRank1Edit(self.i_star, self.u, self.beta, self.tau).to(device)
+            self._key_inputs = self.superclass_encoding[None].to(device)
         if kind == "k":
-            return ProjectionPlan(self._edit, self.superclass_encoding[None].to(device), None)
+            return ProjectionPlan(self._edit, self._key_inputs, None)
         return ProjectionPlan(self._edit, None, self.v_target(layer)[None].to(device))
 
     def optimizer(self, config: TrainingConfig) -> torch.optim.Optimizer:
@@ -213,7 +221,8 @@ class ConceptTrainingState(torch.nn.Module):
             [
                 {"params": list(self.token_embeddings), "lr": config.lr_embedding},
                 {"params": list(self.v_targets), "lr": config.lr_v},
-            ]
+            ],
+            weight_decay=config.weight_decay,
         )
 
     def to_concept(self, info: ConceptInfo) -> Concept:

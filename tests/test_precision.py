@@ -175,10 +175,27 @@ def test_fp8_stored_weights_train_in_their_compute_dtype(
     reference = first_gradients["fp32", "64px"]
     with opened_run(perfusion_pack, model_set, toy_pixels) as run:
         assert run.precision.dtype == model_set[0].model.manual_cast_dtype
+        # o*_V starts at W_V ī_super computed in that dtype: ī is not rounded to fp8 on its way in
+        # (CUDA has no fp8 matmul; here the rounding would move the start by a few per cent)
+        superclass = run.state.superclass_encoding[None, None].to(run.device, run.precision.dtype)
+        for layer, target in zip(
+            perfusion_pack.nodes.model_patch.cross_attention_layers(run.model), run.state.v_targets
+        ):
+            projection = run.model.get_model_object(f"{layer.value_path}.forward").prev_forward
+            torch.testing.assert_close(target.detach(), projection(superclass).float()[0, 0])
         grads = run.gradients(*fixed_batch(run))
     for name, ref in reference.items():
         print(f"fp8 storage {name[-48:]}: cosine {cosine(grads[name], ref):.5f}")
         assert torch.isfinite(grads[name]).all() and cosine(grads[name], ref) >= 0.95, name
+
+
+def test_auto_precision_follows_the_model_compute_dtype_node(perfusion_pack, models):
+    """ModelComputeDtype sets the compute dtype as an object patch, which reaches the model only once
+    it loads: `auto` reads it through the patcher, so training computes as the sampler will."""
+    model = models["fp32"][0].clone()
+    model.set_model_compute_dtype(torch.float16)  # what the ModelComputeDtype node does
+    dtype, _ = perfusion_pack.nodes.precision.resolve("auto", model, torch.device("cpu"))
+    assert dtype == torch.float16
 
 
 def movement(pack, models, embedding: torch.Tensor, v_targets: dict) -> torch.Tensor:
