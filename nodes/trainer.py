@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -199,6 +200,15 @@ def _copy_norm_inputs(model) -> None:
                 model.add_object_patch(f"diffusion_model.{name}.{norm}.forward", _CopyingNorm(forward))
 
 
+def _own_weight_copies(patcher) -> None:
+    """Gives a training clone its own `patches_uuid`. Dynamic VRAM (ComfyUI 0.33 on NVIDIA) keeps
+    each layer's device copy of its weights until a patcher with another `patches_uuid` loads the
+    model, and `clone()` keeps the uuid: a run after a KSampler would otherwise compute with the
+    copies made under inference mode, which autograd cannot save for backward. The next sampler,
+    with the user's uuid, then makes its copies afresh."""
+    patcher.patches_uuid = uuid.uuid4()
+
+
 def _release_inference_weights(module: torch.nn.Module) -> None:
     """Weights loaded under the executor's inference mode cannot be saved for backward; swap in
     ordinary tensors with the same values (the model's outputs do not change)."""
@@ -352,6 +362,7 @@ class TrainingRun:
             self.vectors = model_vectors(model, clip, superclass, config.templates, config.resolution)
         self.model = model_patch.install_source(model, self.state, key_edits=config.key_lock)
         self.clones.append(self.model)
+        _own_weight_copies(self.model)
         if dtype != precision_module.model_compute_dtype(model):
             self.model.set_model_compute_dtype(dtype)  # ComfyUI casts each weight as it is used
         if checkpointing:
@@ -361,6 +372,7 @@ class TrainingRun:
         embeddings = {e.key: p for e, p in zip(encoders, self.state.token_embeddings, strict=True)}
         self.clip = _trainable_clip(clip, word, embeddings, checkpointing)
         self.clones.append(self.clip.patcher)
+        _own_weight_copies(self.clip.patcher)
         # Previews encode as generation will: the same learned embeddings on the user's CLIP, with the
         # pooled vector of the superclass prompt (SDXL), which training feeds through `y` instead.
         superclass_embeddings = text_encoder.split_embedding(
@@ -370,6 +382,9 @@ class TrainingRun:
             clip, [text_encoder.ConceptWord(word, embeddings, superclass_embeddings)]
         )
         self.clones.append(self.preview_clip.patcher)
+        # the training CLIP's weight copies: the two alternate at every preview, and a uuid that
+        # changed in between would make ComfyUI unpatch and reload the text encoder each time
+        self.preview_clip.patcher.patches_uuid = self.clip.patcher.patches_uuid
         comfy.model_management.load_models_gpu([self.model, self.clip.patcher], force_full_load=True)
         _release_inference_weights(self.model.model.diffusion_model)
         _release_inference_weights(self.clip.cond_stage_model)

@@ -198,6 +198,16 @@ def test_auto_precision_follows_the_model_compute_dtype_node(perfusion_pack, mod
     assert dtype == torch.float16
 
 
+def test_training_clones_get_their_own_weight_copies(perfusion_pack, models, toy_pixels):
+    """Dynamic VRAM reuses a layer's device copy of its weights while the loading patcher's
+    patches_uuid is the one that made it, and clone() keeps it: the training clones get new ones, so a
+    run after a KSampler does not compute with copies made under inference mode."""
+    model, clip, _ = models["fp32"]
+    with opened_run(perfusion_pack, models["fp32"], toy_pixels) as run:
+        assert run.model.patches_uuid != model.patches_uuid
+        assert run.clip.patcher.patches_uuid != clip.patcher.patches_uuid
+
+
 def movement(pack, models, embedding: torch.Tensor, v_targets: dict) -> torch.Tensor:
     """How far training moved the embedding and every V target from where it started, as one vector
     (each layer's part relative to its start's norm, so wide layers do not dominate)."""
