@@ -269,3 +269,18 @@ def test_schedule_includes_step_0_and_the_last_and_stays_bounded(perfusion_pack)
     )
     with pytest.raises(ValueError, match="at most 8"):
         previews.validation_prompts("\n".join(["{}"] * 9), "hugsy")
+
+
+def test_previews_are_held_as_8_bit_images_while_training_runs(perfusion_pack):
+    """A quarter of float32's memory per preview while the run goes on; the output has the values a
+    saved image would (within half a level of what the sampler gave)."""
+    previews = perfusion_pack.nodes.previews
+    settings = previews.PreviewSettings(("a photo of hugsy",), every=1, size=8, steps=1, beta=0.7, tau=0.15)
+    keeper = previews.TrainingPreviews(None, settings, total_steps=2)
+    sampled = [torch.rand(1, 8, 8, 3, generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    keeper.sample = lambda _run: sampled[len(keeper.images)]  # what the sampler gave at each step
+    for step in range(3):
+        keeper(step, None, None)
+    assert [image.dtype for image in keeper.images] == [torch.uint8] * 3
+    out = keeper.output()
+    assert out.dtype == torch.float32 and (out - torch.cat(sampled)).abs().max() <= 0.5 / 255 + 1e-6
