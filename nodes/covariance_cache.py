@@ -49,6 +49,7 @@ def inverse_covariance(clip, n_prompts: int) -> torch.Tensor:
         prompt_corpus(n_prompts),
         progress=lambda done, total: bar.update_absolute(done, total),
         should_stop=comfy.model_management.throw_exception_if_processing_interrupted,
+        device=comfy.model_management.get_torch_device(),
     )
     cache.put(key, c_inv, {"encoder_fingerprint": fingerprint, "prompts": str(n_prompts)})
     return c_inv

@@ -34,9 +34,20 @@ class SecondMomentAccumulator:
     float32, and C is later inverted where it is near-singular.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | str | None = None) -> None:
+        """`device`: where the products and the running sum live (default: each batch's own device).
+        The compute device is the fast place: encoders hand their outputs back on the CPU, where an
+        SDXL-wide float64 product over thousands of prompts takes minutes. MPS has no float64, so
+        the CPU does its share."""
+        device = None if device is None else torch.device(device)
+        self._device = torch.device("cpu") if device is not None and device.type == "mps" else device
         self._sum: torch.Tensor | None = None
         self._count = 0.0
+
+    @property
+    def device(self) -> torch.device | None:
+        """Where the running sum lives (None before the first batch)."""
+        return None if self._sum is None else self._sum.device
 
     @property
     def dim(self) -> int | None:
@@ -58,8 +69,9 @@ class SecondMomentAccumulator:
         d = int(encodings.shape[-1])
         if self._sum is not None and d != self._sum.shape[0]:
             raise ValueError(f"encoding width {d} does not match earlier batches ({self._sum.shape[0]})")
-        # MPS has no float64; other accelerators that do (CUDA) compute the product where the data is.
-        device = encodings.device if encodings.device.type in ("cpu", "cuda") else torch.device("cpu")
+        device = self._device
+        if device is None:
+            device = encodings.device if encodings.device.type != "mps" else torch.device("cpu")
         x = encodings.detach().to(device=device, dtype=torch.float64).reshape(-1, d)
         if weights is None:
             total = float(x.shape[0])
@@ -75,15 +87,14 @@ class SecondMomentAccumulator:
                 raise ValueError("weights must be non-negative")
             total = float(w.sum())
             s = (x * w[:, None]).T @ x
-        s = s.cpu()
-        self._sum = s if self._sum is None else self._sum + s
+        self._sum = s if self._sum is None else self._sum + s.to(self._sum.device)
         self._count += total
 
     def matrix(self) -> torch.Tensor:
         """C (D, D), float64, exactly symmetric."""
         if self._sum is None or self._count <= 0:
             raise ValueError("no encodings (or only zero weights) have been added")
-        c = self._sum / self._count
+        c = self._sum.cpu() / self._count
         return (c + c.T) / 2
 
 
@@ -128,8 +139,10 @@ def compute_second_moment(
     batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], None] | None = None,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """C (D, D) float64 from `encode(batch) -> (N, T, D)` over all prompts, all token positions.
+    """C (D, D) float64 on the CPU from `encode(batch) -> (N, T, D)` over all prompts, all token
+    positions, the products computed on `device` (SecondMomentAccumulator).
 
     N may exceed the batch size: a long prompt is encoded as several T-token chunks, all of which
     the denoiser attends to.
@@ -141,7 +154,7 @@ def compute_second_moment(
         raise ValueError("prompts is empty")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    acc = SecondMomentAccumulator()
+    acc = SecondMomentAccumulator(device)
     total = len(prompts)
     for start in range(0, total, batch_size):
         if should_stop is not None:
@@ -165,10 +178,11 @@ def compute_inverse_covariance(
     ridge: float = 1e-6,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], None] | None = None,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """C⁻¹ (D, D) float64: `compute_second_moment` followed by `invert_covariance`."""
     c = compute_second_moment(
-        encode, prompts, batch_size=batch_size, progress=progress, should_stop=should_stop
+        encode, prompts, batch_size=batch_size, progress=progress, should_stop=should_stop, device=device
     )
     return invert_covariance(c, ridge=ridge)
 

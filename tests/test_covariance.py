@@ -71,6 +71,17 @@ def test_accumulator_mask_selects_positions():
     assert acc.count == 3
 
 
+def test_accumulator_computes_on_the_device_it_is_given():
+    """Encoders hand their outputs back on the CPU; the products go to the compute device ('meta'
+    stands in for a GPU), except on MPS, which has no float64."""
+    on_device = SecondMomentAccumulator(torch.device("meta"))
+    on_device.add(torch.randn(2, 5, 4))
+    assert on_device.device.type == "meta"
+    on_mps = SecondMomentAccumulator(torch.device("mps"))
+    on_mps.add(torch.randn(2, 5, 4))
+    assert on_mps.device.type == "cpu" and on_mps.matrix().dtype == torch.float64
+
+
 def test_accumulator_rejects_bad_input():
     acc = SecondMomentAccumulator()
     with pytest.raises(ValueError):
