@@ -35,6 +35,7 @@ from ..perfusion_core.training import (
 )
 from . import apply, covariance_cache, model_patch, text_encoder
 from . import precision as precision_module
+from .checkpointing import Checkpointed, checkpoint_unet
 
 log = logging.getLogger("comfyui-perfusion")
 _WORD = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -116,16 +117,6 @@ class _OutOfPlaceLayer:
         return x + layer.mlp(layer.layer_norm2(x))
 
 
-class _Checkpointed:
-    """A block forward recomputed in backward (gradient checkpointing for small GPUs)."""
-
-    def __init__(self, forward) -> None:
-        self.forward = forward
-
-    def __call__(self, *args, **kwargs):
-        return torch.utils.checkpoint.checkpoint(self.forward, *args, use_reentrant=False, **kwargs)
-
-
 def _grad_safe_operations(operations):
     """The host's layer classes with an Embedding whose weight does not require grad.
 
@@ -155,20 +146,9 @@ def _trainable_clip(clip, word: str, embeddings: dict[str, torch.Tensor], checkp
         for i, layer in enumerate(encoder.module.transformer.text_model.encoder.layers):
             forward = _OutOfPlaceLayer(layer)
             patched.patcher.add_object_patch(
-                f"{prefix}.{i}.forward", _Checkpointed(forward) if checkpointing else forward
+                f"{prefix}.{i}.forward", Checkpointed(forward) if checkpointing else forward
             )
     return patched
-
-
-def _checkpoint_blocks(model) -> None:
-    unet = model.model.diffusion_model
-    for name in ("input_blocks", "output_blocks"):
-        for i, block in enumerate(getattr(unet, name)):
-            model.add_object_patch(f"diffusion_model.{name}.{i}.forward", _Checkpointed(block.forward))
-    if getattr(unet, "middle_block", None) is not None:
-        model.add_object_patch(
-            "diffusion_model.middle_block.forward", _Checkpointed(unet.middle_block.forward)
-        )
 
 
 class _CopyingNorm:
@@ -366,7 +346,7 @@ class TrainingRun:
         if dtype != precision_module.model_compute_dtype(model):
             self.model.set_model_compute_dtype(dtype)  # ComfyUI casts each weight as it is used
         if checkpointing:
-            _checkpoint_blocks(self.model)
+            checkpoint_unet(self.model)
         if _blocks_add_in_place():
             _copy_norm_inputs(self.model)
         embeddings = {e.key: p for e, p in zip(encoders, self.state.token_embeddings, strict=True)}
