@@ -27,7 +27,7 @@ import safetensors.torch
 import torch
 
 from .concept import FORMAT_VERSION, Concept, ConceptInfo
-from .concept_integrity import CHECKSUM_KEY, checksum_format_defect, content_checksum, gate_defect
+from .concept_integrity import CHECKSUM_KEY, COVERED_KEY, checksum_defect, content_checksum, gate_defect
 from .safetensors_header import (
     HEADER_LENGTH_BYTES,
     MAX_HEADER_BYTES,
@@ -191,7 +191,9 @@ def _serialize(concept: Concept, path: str | os.PathLike[str], v_dtype: torch.dt
     except (TypeError, ValueError) as e:
         raise fail("metadata", f"concept metadata cannot be encoded ({e})") from None
     try:
-        # Hash the bytes exactly as safetensors lays them out, then write them again, sealed.
+        # Hash the bytes exactly as safetensors lays them out, then write them again, sealed. The
+        # checksum covers the keys written here: keys a tool adds later are not the pack's.
+        metadata[COVERED_KEY] = json.dumps(sorted(metadata), separators=(",", ":"))
         unsealed = safetensors.torch.save(tensors, metadata=metadata)
         metadata[CHECKSUM_KEY] = _checksum(_parse(unsealed, len(unsealed), path), unsealed)
         data = safetensors.torch.save(tensors, metadata=metadata)
@@ -491,9 +493,15 @@ def _validate_metadata(header: ParsedHeader) -> tuple[str, ConceptInfo, int, dic
     )
     text_encoders = _text_encoders_field(metadata, encoder_width) if version != "1" else None
     if CHECKSUM_KEY in metadata:
-        malformed = checksum_format_defect(metadata[CHECKSUM_KEY])
+        malformed = checksum_defect(metadata)
         if malformed:
             raise HeaderError("checksum", malformed)
+    elif version != "1":
+        raise HeaderError(
+            "checksum",
+            f"it is a format-{version} file without its '{CHECKSUM_KEY}' (the pack writes one into "
+            "every such file), so it was altered or damaged; get a fresh copy or retrain",
+        )
 
     names = _json_field(metadata, "layer_names")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
@@ -562,7 +570,7 @@ def _validate_metadata(header: ParsedHeader) -> tuple[str, ConceptInfo, int, dic
 
 
 def _checksum(header: ParsedHeader, data: bytes) -> str:
-    """The canonical checksum of a parsed file's tensors (raw bytes) and metadata."""
+    """The canonical checksum of a parsed file's tensors (raw bytes) and the pack's metadata."""
     start = HEADER_LENGTH_BYTES + header.header_length
     tensors = (
         (e.name, e.dtype, (e.length,), data[start + e.begin : start + e.end]) for e in header.entries.values()
@@ -577,8 +585,8 @@ def _verify_integrity(
     recorded = (header.metadata or {}).get(CHECKSUM_KEY)
     if recorded is None:
         log.warning(
-            "Perfusion concept file '%s' has no checksum (written by an older version of the pack): "
-            "damage to it cannot be detected. Load it with 'Load Perfusion Concept File' and save it "
+            "Perfusion concept file '%s' has no checksum (format 1, written by an older version of the "
+            "pack): damage to it cannot be detected. Load it with 'Load Perfusion Concept File' and save it "
             "again with 'Save Perfusion Concept' to add one.",
             os.path.basename(os.fspath(path)) or os.fspath(path),
         )
@@ -633,8 +641,9 @@ def load_concept(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_B
 
     Sizes are checked against the real file size and fixed caps before anything is allocated, the
     header is validated by our own code before safetensors sees the bytes, and tensors come back as
-    float32 with NaN/Inf refused. Then the content must match the checksum written with it (a file
-    without one, from before checksums, loads with a warning) and must form a valid gate (i*ᵀu > 0).
+    float32 with NaN/Inf refused. Then the content must match the checksum written with it (a format-1
+    file without one, from before checksums, loads with a warning; a format-2 file without one is
+    refused) and must form a valid gate (i*ᵀu > 0).
     V targets are returned in the file's layer order (model order).
     """
     data, size = _read_bounded(path, max_bytes, header_only=False)

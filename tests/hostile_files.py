@@ -29,9 +29,10 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from perfusion_core.concept_integrity import CHECKSUM_KEY, content_checksum  # noqa: E402
+from perfusion_core.concept_integrity import CHECKSUM_KEY, COVERED_KEY, content_checksum  # noqa: E402
 
-_OPTIONAL_METADATA = (CHECKSUM_KEY, "clip_layer", "training_images")  # absent in older files: no defect
+# Absent in older files: no defect (the checksum's key list: a sealed file without it is an older one).
+_OPTIONAL_METADATA = (CHECKSUM_KEY, COVERED_KEY, "clip_layer", "training_images")
 
 
 @dataclass(frozen=True)
@@ -661,6 +662,25 @@ def generate_hostile_files(
     ]:
         content = _pack(tensors, {**metadata, CHECKSUM_KEY: value}, seal=False)
         add(f"checksum-{label}", content, "checksum", {"checksum"})
+    covered = json.loads(metadata[COVERED_KEY])
+    for label, value in [
+        ("not-json", "word,superclass"),
+        ("not-a-list", '{"word":1}'),
+        ("numbers", "[1,2]"),
+        ("drops-word", json.dumps([k for k in covered if k != "word"])),
+        ("names-an-absent-key", json.dumps([*covered, "absent"])),
+    ]:
+        content = _pack(tensors, {**metadata, COVERED_KEY: value}, seal=False)
+        add(f"checksum-covers-{label}", content, "checksum", {"checksum"})
+    unlisted = {k: v for k, v in metadata.items() if k != COVERED_KEY}
+    add("checksum-covers-removed", _pack(tensors, unlisted, seal=False), "checksum", {"checksum"})
+    v2 = {**metadata, "format_version": "2", "text_encoders": json.dumps([["l", d]])}
+    add(
+        "checksum-v2-without",
+        _pack(tensors, {k: v for k, v in v2.items() if k != CHECKSUM_KEY}),
+        "checksum",
+        {"checksum"},
+    )
 
     # Values that no trained concept has (sealed: the checksum is right, the content is not) ---------
     def vector(*values: float) -> tuple[str, list, bytes]:

@@ -173,3 +173,45 @@ def test_save_refuses_a_concept_whose_gate_is_invalid(tmp_path: Path) -> None:
         save_concept(replace(concept, u=-concept.u), tmp_path / NAME)
     assert err.value.kind == "inconsistent" and err.value.writing
     assert list(tmp_path.iterdir()) == []
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# Written by the pack before the checksum named the keys it covers (commit 6de3949): both hash every
+# metadata key but 'checksum'.
+EARLIER_FILES = ("format1_with_checksum.safetensors", "format2_before_checksum_covers.safetensors")
+
+
+def resaved(blob: bytes, path: Path, metadata: dict) -> Path:
+    """The file as a tool that rewrites safetensors writes it: same tensors, this metadata."""
+    safetensors.torch.save_file(safetensors.torch.load(blob), str(path), metadata=metadata)
+    return path
+
+
+FOREIGN_KEYS = {"modelspec.title": "Teddy", "ss_output_name": "hugsy", "description": "re-saved by a tool"}
+
+
+@pytest.mark.parametrize("name", [NAME, *EARLIER_FILES])
+def test_a_file_re_saved_with_foreign_metadata_keys_still_verifies(
+    tmp_path: Path, original, name, caplog
+) -> None:
+    """The checksum covers the pack's own metadata only: keys a tool adds are not the pack's, so a good
+    file re-saved with them loads (today's files, and files written before the checksum named its keys);
+    a changed pack key is still refused."""
+    concept, blob = (
+        original if name == NAME else (load_concept(FIXTURES / name), (FIXTURES / name).read_bytes())
+    )
+    metadata = {**header_of(blob)[0]["__metadata__"], **FOREIGN_KEYS}
+    with caplog.at_level(logging.WARNING, logger="comfyui-perfusion"):
+        assert same_concept(load_concept(resaved(blob, tmp_path / name, metadata)), concept)
+    assert not caplog.records
+    stale = resaved(blob, tmp_path / "stale.safetensors", {**metadata, "superclass": "bears"})
+    assert refusal(stale).kind == "checksum"
+
+
+def test_a_format_2_file_without_its_checksum_is_refused_naming_it(tmp_path: Path) -> None:
+    """Every format-2 file is written with a checksum, so one without it was altered (format 1 files
+    from before checksums still load, with a warning: see above)."""
+    blob = (FIXTURES / "format2_before_checksum_covers.safetensors").read_bytes()
+    metadata = {k: v for k, v in header_of(blob)[0]["__metadata__"].items() if k != CHECKSUM_KEY}
+    error = refusal(resaved(blob, tmp_path / NAME, metadata))
+    assert error.kind == "checksum" and "format-2" in error.defect and "checksum" in error.defect
