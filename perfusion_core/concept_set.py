@@ -7,6 +7,7 @@ differ per layer.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -16,6 +17,7 @@ from .concept import Concept
 from .gated_edit import GatedRank1Edit
 
 Projection = Literal["k", "v"]
+log = logging.getLogger("comfyui-perfusion")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,35 @@ class PlanSource(Protocol):
     def plan(self, layer: str, kind: Projection, device: torch.device) -> ProjectionPlan | None: ...
 
 
+def crosstalk_warnings(applied: tuple[AppliedConcept, ...]) -> list[str]:
+    """One warning per pair of concepts where one's gate opens (g ≥ ½) on the other's i*.
+
+    Why: concepts of one superclass trained briefly keep i* near the superclass encoding, so the gate
+    cannot tell their words apart: each word then brings both concepts, and their joint projection
+    treats them as one direction (gated_edit._projection_inverse).
+    """
+    if len(applied) < 2:
+        return []
+    i_star = torch.stack([a.concept.i_star for a in applied]).double()
+    u = torch.stack([a.concept.u for a in applied]).double()
+    m = u @ i_star.T
+    relevance = m / torch.diagonal(m)[:, None]  # [k, j]: r_k(i*_j), 1 on the diagonal
+    out = []
+    for k, a in enumerate(applied):
+        for j, b in enumerate(applied[:k]):
+            margin = max(float(relevance[k, j]) - a.beta, float(relevance[j, k]) - b.beta)
+            if margin >= 0:
+                out.append(
+                    f"Perfusion concepts '{b.concept.word}' and '{a.concept.word}' have nearly the same "
+                    f"target input i* (each gate reads the other's word as its own: relevance "
+                    f"{float(relevance[j, k]):.3f} and {float(relevance[k, j]):.3f} against bias "
+                    f"{b.beta:g} and {a.beta:g}), so each word brings both concepts. Train them longer "
+                    "(i* starts at the superclass encoding) or from different superclass words, apply "
+                    "them one at a time, or raise bias above those relevances."
+                )
+    return out
+
+
 class ConceptSet:
     """An immutable, ordered set of applied concepts; caches device copies of its tensors."""
 
@@ -59,6 +90,8 @@ class ConceptSet:
         if len(widths) > 1:
             raise ValueError("concepts from text encoders of different widths cannot be combined")
         self.applied = applied
+        for warning in crosstalk_warnings(applied):
+            log.warning(warning)
         self._edits: dict[tuple[Projection, str], GatedRank1Edit | None] = {}
         self._tensors: dict[tuple[str, str, str], torch.Tensor] = {}
 

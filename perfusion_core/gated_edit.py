@@ -6,6 +6,7 @@ For concepts j = 1..J with target inputs i*_j, u_j = C⁻¹ i*_j and target outp
     r_j(e) = s_j(e) / (i*_jᵀ u_j)          1 at e = i*_j, ≈ 0 for unrelated tokens
     g_j(e) = sigmoid((r_j(e) − β_j) / τ_j)  the gate
     c(e)   = M⁻¹ s(e), M_kj = u_kᵀ i*_j    coefficients of e's C⁻¹-projection onto span{i*_j}
+                                          (M⁻¹ guarded where concepts' i* coincide: _projection_inverse)
     h(e)   = W e − Σ_j c_j(e) W i*_j + Σ_j g_j(e) o*_j
 
 `W e` and `W i*_j` come from the host's own projection (so weight casting, offloading and
@@ -23,6 +24,27 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+
+# Directions of span{i*_j} this much thinner than the widest (relative singular value of the scaled
+# M) are dropped from the projection: there the concepts' i* have a cosine above 1 − 1e-4 in the C⁻¹
+# metric, and float32 cannot apply coefficients 1e4 times larger than the gates without cancelling
+# them to noise.
+_COINCIDENT_RTOL = 1e-4
+
+
+def _projection_inverse(m: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
+    """M⁻¹ for c(e) = M⁻¹ s(e), in float64, guarded against concepts whose i* (nearly) coincide.
+
+    Two concepts of one superclass trained briefly both have i* near the superclass encoding, so M
+    is (nearly) singular and an exact inverse is huge or fails. M is solved in its scaled form S M S
+    (S = diag(E)^-½: ones on the diagonal, the concepts' cosines in the C⁻¹ metric elsewhere) by a
+    pseudo-inverse that drops the thin directions, so coinciding concepts are projected out as one
+    direction, once, and tokens unrelated to both stay as one concept's edit leaves them. For J = 1
+    this is 1 / E exactly.
+    """
+    scale = energy.rsqrt()
+    scaled = scale[:, None] * m * scale[None, :]
+    return scale[:, None] * torch.linalg.pinv(scaled, rtol=_COINCIDENT_RTOL) * scale[None, :]
 
 
 class GatedRank1Edit:
@@ -50,13 +72,12 @@ class GatedRank1Edit:
         tau = torch.as_tensor(tau, dtype=torch.float64).reshape(-1).expand(j)
         if bool((tau <= 0).any()):
             raise ValueError("temperature must be > 0")
-        # M[k, j] = u_k · i*_j, inverted in float64: nearly parallel concepts make it ill-conditioned.
         m = u @ i_star.T
         energy = torch.diagonal(m)
         if bool((energy <= 0).any()):
             raise ValueError("every concept needs i*ᵀ C⁻¹ i* > 0 (is u = C⁻¹ i*?)")
         self.i_star = i_star.float()
-        self.mixing = torch.cat([torch.linalg.inv(m) @ u, u / (energy * tau)[:, None]]).float()
+        self.mixing = torch.cat([_projection_inverse(m, energy) @ u, u / (energy * tau)[:, None]]).float()
         self.offset = torch.cat([torch.zeros(j, dtype=torch.float64), -beta / tau]).float()
 
     @property

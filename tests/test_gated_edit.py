@@ -160,3 +160,62 @@ def test_rejects_bad_parameters():
         GatedRank1Edit(torch.ones(4), torch.ones(4), beta=0.5, tau=0.0)
     with pytest.raises(ValueError, match="C⁻¹"):
         GatedRank1Edit(torch.ones(4), -torch.ones(4), beta=0.5, tau=0.1)
+
+
+def twin_concepts(seed: int, offset: float):
+    """Two concepts whose i* coincide up to `offset` (same superclass start, little training)."""
+    cov, weight, i_star, o_star, e = random_problem(seed, concepts=2)
+    noise = torch.randn(i_star.shape[1], generator=torch.Generator().manual_seed(seed), dtype=cov.dtype)
+    i_star = torch.stack([i_star[0], i_star[0] + offset * noise])
+    return cov, weight, i_star, (torch.linalg.inv(cov) @ i_star.T).T, o_star, e
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e-9, 1e-6])
+def test_concepts_with_coinciding_i_star_stay_finite_and_leave_other_tokens_alone(offset):
+    """Near-identical i* make M = U I*ᵀ singular: the projection falls back to their shared direction,
+    so tokens unrelated to both are edited as by one concept (before: a LinAlgError, or c(e) blown up
+    along the noise between the two i*, changing every token)."""
+    cov, weight, i_star, u, o_star, e = twin_concepts(11, offset)
+    beta, tau = [0.6, 0.7], [0.15, 0.2]
+    edit = GatedRank1Edit(i_star, u, beta, tau)
+    assert torch.isfinite(edit.mixing).all()
+    w_i = (weight @ i_star.T).T
+    out = correction(edit, e, w_i, o_star).double()
+    # One concept's projection, both gates: h(e) − W e = −r(e) W i*_1 + Σ_j g_j(e) o*_j.
+    r = (e @ u[0]) / (i_star[0] @ u[0])
+    gates = edit.gates(e).double()
+    reference = -r[..., None] * w_i[0] + gates @ o_star
+    torch.testing.assert_close(out, reference, rtol=1e-3, atol=1e-3)
+    # The twins' own tokens: W i* is taken out once, and both gates open.
+    twin = correction(edit, i_star[:1], w_i, o_star).double()
+    torch.testing.assert_close(
+        twin[0], -w_i[0] + edit.gates(i_star[0]).double() @ o_star, rtol=1e-3, atol=1e-3
+    )
+
+
+def test_a_concept_set_with_twin_concepts_warns_naming_both_and_plans_finite_edits(caplog):
+    """Same superclass, short training: the set says which two concepts the gates cannot tell apart."""
+    import dataclasses
+    import logging
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from hostile_files import make_sd15_concept
+
+    from perfusion_core.concept_set import AppliedConcept, ConceptSet
+
+    hugsy = make_sd15_concept(0, word="hugsy")
+    zorbo = make_sd15_concept(1, word="zorbo")
+    apart = (AppliedConcept(hugsy, 0.7, 0.15), AppliedConcept(zorbo, 0.7, 0.15))
+    with caplog.at_level(logging.WARNING, logger="comfyui-perfusion"):
+        ConceptSet(apart)
+    assert not caplog.records
+    twin = dataclasses.replace(zorbo, i_star=hugsy.i_star + 1e-7, u=hugsy.u)
+    with caplog.at_level(logging.WARNING, logger="comfyui-perfusion"):
+        concepts = ConceptSet((apart[0], AppliedConcept(twin, 0.7, 0.15)))
+    (record,) = caplog.records
+    assert "'hugsy' and 'zorbo'" in record.getMessage() and "nearly the same" in record.getMessage()
+    layer = next(iter(hugsy.v_targets))
+    plan = concepts.plan(layer, "v", torch.device("cpu"))
+    assert torch.isfinite(plan.edit.mixing).all()
