@@ -90,6 +90,15 @@ LAYOUTS: dict[str, dict] = {
         transformer_depth_output=[1, 1],
         transformer_depth_middle=-2,  # -2: no middle block at all
     ),
+    # An inpainting model: 9 input channels (latent + mask + masked-image latent), read as SD15 inpaint.
+    "tiny_inpaint": dict(
+        channel_mult=[1],
+        num_res_blocks=[1],
+        transformer_depth=[1],
+        transformer_depth_output=[1, 1],
+        transformer_depth_middle=-2,
+        in_channels=9,
+    ),
     "two_level": dict(
         channel_mult=[1, 2],
         num_res_blocks=[1, 1],

@@ -262,6 +262,31 @@ def model_vectors(model, clip, superclass: str, templates: tuple[str, ...], reso
     return vectors
 
 
+def extra_inputs(model, x_t: torch.Tensor) -> torch.Tensor | None:
+    """The channels a model reads beside the latent (None for most): an inpainting model's mask and
+    masked image, as ComfyUI fills them for a sampler with no mask (everything to generate), so the
+    concept is learnt for text-to-image use; pix2pix and depth models have their own defaults."""
+    concat_cond = getattr(model.model, "concat_cond", None)
+    return None if concat_cond is None else concat_cond(noise=x_t, device=x_t.device, latent_image=x_t)
+
+
+def check_input_channels(model) -> None:
+    """Refuses models whose extra input channels the host fills in no way training can reuse."""
+    unet = model.model.diffusion_model
+    wanted = getattr(unet, "in_channels", None)
+    latent = model.model.latent_format.latent_channels
+    if wanted is None or wanted == latent:
+        return
+    probe = torch.zeros(1, latent, 8, 8)
+    given = extra_inputs(model, probe)
+    if given is None or latent + given.shape[1] != wanted:
+        family = type(model.model).__name__
+        raise ValueError(
+            f"the loaded model ({family}) reads {wanted} input channels where its latent has {latent}, "
+            "and ComfyUI gives no default for the rest: train on its base model instead"
+        )
+
+
 def native_resolution(model) -> int:
     """The family's training resolution: 1024 for models conditioned on image size (SDXL family),
     768 for v-prediction (SD2.x 768-v), else 512."""
@@ -416,7 +441,12 @@ class TrainingRun:
         vectors = [self.vectors[t] for t in batch.templates]
         extra = {} if vectors[0] is None else {"y": torch.cat(vectors).to(self.device)}
         denoised = self.model.model.apply_model(
-            x_t, sigma, c_crossattn=cond, transformer_options=self.transformer_options, **extra
+            x_t,
+            sigma,
+            c_concat=extra_inputs(self.model, x_t),
+            c_crossattn=cond,
+            transformer_options=self.transformer_options,
+            **extra,
         )
         mask = self.masks[rows].to(self.device) if self.masks is not None else None
         concept = torch.stack([cond[k, p] for k, p in enumerate(positions)]).detach()
@@ -519,6 +549,7 @@ def open_run(
     `torch.enable_grad()` (the executor runs nodes in inference mode), as a context manager (or call
     `close()`) so the training clones are unloaded when it ends."""
     model_patch.served_layers(model, clip)
+    check_input_channels(model)
     check_words(clip, word, superclass)
     if config.steps < 1:
         raise ValueError("steps must be at least 1")

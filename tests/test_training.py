@@ -336,3 +336,14 @@ def test_key_lock_off_trains_and_applies_without_a_key_edit(perfusion_pack, base
             torch.testing.assert_close(plain, w_k @ concept.i_star, rtol=1e-3, atol=1e-3)
             edited = locked.get_model_object(f"{layer.key_path}.forward")(x)[0, 0].float()
             assert not torch.allclose(edited, plain, rtol=1e-3, atol=1e-3)
+
+
+def test_an_inpainting_model_trains_with_the_hosts_default_mask(perfusion_pack, comfy_host, toy_pixels):
+    """9 input channels: the latent, and the mask + masked image that ComfyUI gives a sampler with
+    no mask (everything to generate); the trained concept then samples on that model."""
+    name = comfy_host.add_checkpoint("tiny_inpaint")
+    with torch.inference_mode():
+        models = sys.modules["nodes"].CheckpointLoaderSimple().load_checkpoint(name)[:3]
+    assert models[0].model.diffusion_model.in_channels == 9
+    result = run_trainer(perfusion_pack, models, toy_pixels, steps=1)
+    assert np.isfinite(result.losses).all() and np.isfinite(result.eval_after)
