@@ -232,14 +232,17 @@ def _tokenize_with_concepts(self, text: str, return_word_ids: bool = False, **kw
     (`a` then `b` placeholders): the positions whose tokens differ are the concept words' and nothing
     else, so a placeholder word typed in the prompt stays itself. Weights, chunking into 77-token
     windows and word ids are the host's: a one-token word is chunked as a one-vector embedding is.
+    A concept word inside an `embedding:` name is part of the name (see _concept_pattern).
     """
     stock = type(self).tokenize_with_weights
-    if self._perfusion_pattern.search(text) is None:
+    if not any(m.group("word") for m in self._perfusion_pattern.finditer(text)):
         return stock(self, text, return_word_ids, **kwargs)
 
     def with_placeholders(placeholders: dict[str, str]) -> list:
-        swapped = self._perfusion_pattern.sub(lambda m: f" {placeholders[m.group(0).lower()]} ", text)
-        return stock(self, swapped, True, **kwargs)
+        def swap(m: re.Match) -> str:
+            return f" {placeholders[m.group('word').lower()]} " if m.group("word") else m.group(0)
+
+        return stock(self, self._perfusion_pattern.sub(swap, text), True, **kwargs)
 
     first, second = (with_placeholders(p) for p in self._perfusion_placeholders)
     if [len(b) for b in first] != [len(b) for b in second]:
@@ -276,16 +279,31 @@ def _placeholders(inner, words: dict[str, ConceptWord]) -> tuple[tuple[dict, dic
     return (first, second), by_token
 
 
+def _concept_pattern(inner, words: dict[str, ConceptWord]) -> re.Pattern:
+    """Matches the concept words as whole words (group "word"), and the textual-inversion names
+    (`embedding:NAME`) of a tokenizer that reads them as a whole, so that a concept word inside one
+    is left to the host: it names the user's embedding file, not the concept.
+
+    A name starts where the host looks for one (the start of a weighted segment or after white space;
+    segments begin at brackets) and ends at white space or at '<' / '[' (its leftover text rule).
+    """
+    alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+    word = rf"(?<![\w-])(?P<word>{alternatives})(?![\w-])"
+    identifier = getattr(inner, "embedding_identifier", None)
+    if not identifier or getattr(inner, "embedding_directory", None) is None:
+        return re.compile(word, re.IGNORECASE)
+    name = rf"(?:^|(?<=[\s()]))(?-i:{re.escape(identifier)})[^\s<\[]*"  # the host's match is case-sensitive
+    return re.compile(rf"{name}|{word}", re.IGNORECASE)
+
+
 def _concept_tokenizer(clip, words: dict[str, ConceptWord]):
     """A copy of the CLIP's tokenizer (CLIP.clone() shares it) whose inner tokenizers know `words`."""
     outer = copy.copy(clip.tokenizer)
-    alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
-    pattern = re.compile(rf"(?<![\w-])(?:{alternatives})(?![\w-])", re.IGNORECASE)
     for encoder in text_encoders(clip):
         inner = copy.copy(getattr(clip.tokenizer, encoder.attribute))
         inner._perfusion_words = words
         inner._perfusion_key = encoder.key
-        inner._perfusion_pattern = pattern
+        inner._perfusion_pattern = _concept_pattern(inner, words)
         inner._perfusion_placeholders, inner._perfusion_by_token = _placeholders(inner, words)
         inner.tokenize_with_weights = types.MethodType(_tokenize_with_concepts, inner)
         setattr(outer, encoder.attribute, inner)

@@ -2,6 +2,7 @@
 lacks what the pack hooks."""
 
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,19 +45,61 @@ def test_a_concept_word_is_one_embedding_token_where_the_stock_tokenizer_has_one
     """The concept prompt tokenizes as the stock tokenizer tokenizes the prompt with a one-token word
     in each concept word's place (weights, windows and word ids included), the concept words' tokens
     being their embeddings."""
-    got, want = tokens(concept_clip, prompt), tokens(clip, stock)
-    teddy = tokens(clip, "teddy")[1][0]
+    swapped = concept_tokens(tokens(concept_clip, prompt), tokens(clip, stock), tokens(clip, "teddy")[1][0])
+    assert swapped == prompt.lower().count("hugsy") + prompt.count("zorbo") - prompt.count("hugsy-")
+
+
+def concept_tokens(got: list, want: list, teddy: int) -> int:
+    """How many concept embeddings `got` holds where `want` (the stock tokens) has `teddy`; every other
+    token, weight and word id as in `want` (a textual inversion's vectors included)."""
     assert len(got) == len(want)
     swapped = 0
     for (token, weight, word_id), (stock_token, stock_weight, stock_id) in zip(got, want, strict=True):
         assert (weight, word_id) == (stock_weight, stock_id)
-        if isinstance(token, torch.Tensor):
+        if isinstance(stock_token, torch.Tensor):
+            assert isinstance(token, torch.Tensor) and torch.equal(token, stock_token)
+        elif isinstance(token, torch.Tensor):
             assert stock_token == teddy
             assert float(token[0]) in (1.0, 2.0)
             swapped += 1
         else:
             assert token == stock_token
-    assert swapped == prompt.lower().count("hugsy") + prompt.count("zorbo") - prompt.count("hugsy-")
+    return swapped
+
+
+@pytest.fixture(scope="module")
+def user_embeddings(comfy_host):
+    """Textual inversions (two CLIP-L vectors) in the host's embeddings folder whose names hold the
+    concept word 'hugsy'; removed afterwards (the session host is shared)."""
+    import folder_paths
+    import safetensors.torch
+
+    folder = Path(folder_paths.get_folder_paths("embeddings")[0])
+    names = ("hugsy", "hugsy.v2", "styles/hugsy")
+    paths = [folder / f"{name}.safetensors" for name in names]
+    for i, path in enumerate(paths):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        safetensors.torch.save_file(
+            {"emb_params": torch.randn(2, 768, generator=torch.Generator().manual_seed(i))}, str(path)
+        )
+    yield names
+    for path in paths:
+        path.unlink()
+
+
+@pytest.mark.parametrize("template", ["a photo of embedding:{} by hugsy", "hugsy, (embedding:{}:1.2), a dog"])
+def test_an_embedding_whose_name_holds_a_concept_word_stays_the_users_embedding(
+    clip, concept_clip, user_embeddings, template
+):
+    """The concept word inside an `embedding:` name is part of the name: the host's textual inversion
+    is used there (before: the concept's embedding, or none), and the concept word outside it still
+    becomes the concept."""
+    teddy = tokens(clip, "teddy")[1][0]
+    for name in user_embeddings:
+        text = template.format(name)
+        want = tokens(clip, text.replace(" hugsy", " teddy").replace("hugsy,", "teddy,"))
+        assert sum(isinstance(t[0], torch.Tensor) for t in want) == 2  # the host found the file
+        assert concept_tokens(tokens(concept_clip, text), want, teddy) == 1, text
 
 
 def test_prompts_without_a_concept_word_tokenize_as_the_stock_tokenizer(clip, concept_clip):
