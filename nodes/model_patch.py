@@ -8,14 +8,21 @@ offloading and LoRA in force. Replacing the module itself would drop LoRA (comfy
 
 from __future__ import annotations
 
+import logging
+import types
 from collections.abc import Callable
 
+import comfy.patcher_extension
+import comfy.utils
 import torch
 
 from ..perfusion_core.concept_set import AppliedConcept, ConceptSet, PlanSource, Projection, ProjectionPlan
 from ..perfusion_core.layers import CrossAttentionLayer, find_cross_attention_layers
 from . import key_lock, sampling_run, text_encoder
 from .sampling_run import SamplingRun
+
+log = logging.getLogger("comfyui-perfusion")
+_REBIND_KEY = "perfusion_rebind_projections"
 
 
 class PerfusionProjection:
@@ -47,6 +54,21 @@ class PerfusionProjection:
         if plan is None:
             return base
         return plan.edit.apply(base, x, self.output_rows(plan, x))
+
+    def on_model(self, model: torch.nn.Module, path: str) -> PerfusionProjection:
+        """This edit on another instance of the model: the previous forward, when it is a projection's
+        own, bound to that instance's projection at `path` (a `.forward` object-patch path)."""
+        prev = self.prev_forward
+        owner = getattr(prev, "__self__", None)
+        if isinstance(owner, torch.nn.Module):
+            prev = types.MethodType(prev.__func__, comfy.utils.get_attr(model, path.rsplit(".", 1)[0]))
+        else:
+            log.warning(
+                "Perfusion: %s was patched by another node before the concept; a copy of the model keeps "
+                "calling that patch on the original model's weights",
+                path,
+            )
+        return PerfusionProjection(prev, self.source, self.layer, self.kind, self.run)
 
     def output_rows(self, plan: ProjectionPlan, x: torch.Tensor) -> torch.Tensor:
         """−W i* and the targets, through the host's own projection: once per sampling run."""
@@ -109,8 +131,29 @@ def current_concepts(model) -> tuple[AppliedConcept, ...]:
     return ()
 
 
+def _rebind_on_clone(original, clone) -> None:
+    """ON_CLONE callback. Clones made on a new instance of the model (`force_deepcopy`,
+    `disable_dynamic`: TorchCompileModel, hooks, multi-GPU) copy the object patches, whose previous
+    forwards are bound to the original's projections: rebound to the clone's own, the edit reads the
+    clone's weights, LoRA patches included."""
+    if clone.model is original.model:
+        return
+    for path, patch in list(clone.object_patches.items()):
+        if isinstance(patch, PerfusionProjection):
+            clone.object_patches[path] = patch.on_model(clone.model, path)
+
+
+def _rebind_clones(patched) -> None:
+    """Registers _rebind_on_clone once per patcher (hosts without ON_CLONE have no such clones)."""
+    on_clone = getattr(comfy.patcher_extension.CallbacksMP, "ON_CLONE", None)
+    if on_clone is not None and hasattr(patched, "add_callback_with_key"):
+        patched.remove_callbacks_with_key(on_clone, _REBIND_KEY)
+        patched.add_callback_with_key(on_clone, _REBIND_KEY, _rebind_on_clone)
+
+
 def _install(model, source: PlanSource, *, key_edits: bool, per_run_rows: bool):
     patched = model.clone()
+    _rebind_clones(patched)
     run = sampling_run.install(patched) if per_run_rows else None
     for layer in cross_attention_layers(model):
         for kind in ("k", "v"):

@@ -113,3 +113,34 @@ def test_training_leaves_the_base_model_unchanged(comfy_host, tiny_ckpt_name, tr
     after = [run_image(comfy_host, p)[0] for p in (plain, patched)]
     for a, b in zip(before, after, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_copy_of_a_patched_model_edits_its_own_weights(
+    perfusion_pack, comfy_host, tiny_ckpt_name, trained_concepts
+):
+    """clone(force_deepcopy=True) (TorchCompileModel, hooks, multi-GPU) rebuilds the model and copies
+    the object patches: the edit must call the copy's projections, so that the copy's weights (a LoRA
+    patched into them, say) are the ones it edits, not the original's."""
+    import sys
+
+    import comfy.utils
+    import torch
+
+    from perfusion_core.concept_file import load_concept
+
+    concept = load_concept(comfy_host.base_dir / "models" / "perfusion" / trained_concepts["hugsy"])
+    with torch.inference_mode():
+        model, clip = sys.modules["nodes"].CheckpointLoaderSimple().load_checkpoint(tiny_ckpt_name)[:2]
+        patched, _ = perfusion_pack.nodes.apply.apply_concept(
+            model, clip, concept, 0.7, 0.15, "local", "test"
+        )
+        copy = patched.clone(force_deepcopy=True)
+        assert copy.model is not patched.model
+        for layer in perfusion_pack.nodes.model_patch.cross_attention_layers(patched):
+            path = f"{layer.value_path}.forward"
+            projection = comfy.utils.get_attr(copy.model, layer.value_path)
+            x = torch.randn(1, 3, layer.context_dim)
+            before = copy.get_model_object(path)(x)
+            projection.weight.add_(1.0)  # what a weight patch on the copy does when it loads
+            assert not torch.allclose(copy.get_model_object(path)(x), before), path
+            assert patched.get_model_object(path).prev_forward.__self__ is not projection
