@@ -346,7 +346,8 @@ def _swapped(token_weight_pairs: dict, swaps: dict[int, torch.Tensor]) -> dict |
 class ConceptEncoder:
     """Replacement `encode_token_weights` of a CLIP that knows concept words.
 
-    Refuses a prompt holding a concept word when an encoder is set to another layer than the
+    Refuses a prompt whose encoders hold a concept word at different tokens (SDXL's text_g and
+    text_l), and one holding a concept word when an encoder is set to another layer than the
     concept's: `CLIP.encode_from_tokens` has applied the encoding CLIP's layer to the shared modules
     just before, so this also catches a CLIP Set Last Layer placed after the loader. A prompt with a
     concept word gets the pooled output of its superclass prompt. With globally key-locked concepts it
@@ -373,8 +374,37 @@ class ConceptEncoder:
             ):
                 raise ValueError(problem)
 
+    def _check_positions(self, token_weight_pairs) -> None:
+        """Refuse a concept word at different tokens for different encoders (CLIPTextEncodeSDXL's
+        text_g and text_l are tokenized apart): the model reads their encodings side by side, token
+        by token, so no token would carry the whole learned encoding."""
+        if len(token_weight_pairs) < 2:
+            return
+        owner = {id(e): (w.word, key) for w in self.words for key, e in w.embeddings.items()}
+        found: dict[str, dict[str, list[int]]] = {}
+        for key, sequences in token_weight_pairs.items():
+            flat = (t[0] for seq in sequences for t in seq)
+            for position, token in enumerate(flat):
+                word, word_key = owner.get(id(token), (None, None))
+                if word is not None and word_key == key:
+                    found.setdefault(word, {}).setdefault(key, []).append(position)
+        for word, by_key in found.items():
+            where = {key: by_key.get(key, []) for key in token_weight_pairs}
+            if len({tuple(p) for p in where.values()}) > 1:
+                told = " but ".join(
+                    f"token {', '.join(map(str, p))} of text_{key}" if p else f"nowhere in text_{key}"
+                    for key, p in where.items()
+                )
+                raise ValueError(
+                    f"concept word '{word}' is at {told} (CLIPTextEncodeSDXL tokenizes them apart): the "
+                    "model reads both text encoders' tokens side by side, so the concept acts only where "
+                    "both have its word at the same token. Write the same words before it in text_g and "
+                    "text_l (or the same prompt in both)"
+                )
+
     def __call__(self, token_weight_pairs):
         self._check_layer(token_weight_pairs)
+        self._check_positions(token_weight_pairs)
         out = self.original(token_weight_pairs)
         superclass_tokens = _swapped(token_weight_pairs, self.pooled_swaps)
         if superclass_tokens is None and not self.key_swaps:

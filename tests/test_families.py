@@ -368,3 +368,30 @@ def test_a_model_without_unet_cross_attention_is_refused_naming_its_type(
     assert result.error_kind == "execution"
     assert "SD3" in result.error_text and "no UNet cross-attention" in result.error_text, result.error_text
     assert comfy_host.run(generate_prompt(tiny_ckpt_name, positive="a dog")).success
+
+
+def test_sdxl_text_g_and_text_l_with_the_concept_word_at_different_tokens_is_refused_naming_both(
+    comfy_host, perfusion_pack, sdxl_models, sdxl_concepts
+):
+    """CLIPTextEncodeSDXL tokenizes text_g and text_l apart, and SDXL reads both encoders' tokens side
+    by side: where the word's tokens differ, no token carries the whole learned encoding (before: a
+    weaker concept, silently). The same prompt in both, or the word at the same token, still works."""
+    from comfy_extras.nodes_clip_sdxl import CLIPTextEncodeSDXL
+
+    model, clip, _ = sdxl_models
+    concept = load_concept(concept_path(comfy_host, sdxl_concepts["hugsy"]))
+    _, pclip = perfusion_pack.nodes.apply.apply_concept(model, clip, concept, 0.7, 0.15, "local", "hugsy")
+
+    def encode_sdxl(text_g: str, text_l: str):
+        with torch.inference_mode():
+            return CLIPTextEncodeSDXL.execute(pclip, 1024, 1024, 0, 0, 1024, 1024, text_g, text_l)
+
+    encode_sdxl("a photo of hugsy", "one more of hugsy, watercolour")  # same token: other words are free
+    for text_g, text_l, where in [
+        ("a photo of hugsy", "hugsy", "token 4 of text_g but token 1 of text_l"),
+        ("hugsy on a beach", "a beach, high detail", "token 1 of text_g but nowhere in text_l"),
+    ]:
+        with pytest.raises(ValueError) as error:
+            encode_sdxl(text_g, text_l)
+        message = str(error.value)
+        assert "'hugsy'" in message and where in message and "CLIPTextEncodeSDXL" in message, message
