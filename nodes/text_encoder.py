@@ -8,9 +8,9 @@ nothing else. The encoders, their keys and widths come from the loaded CLIP, nev
 
 The concept word must not change anything but what the edit reads, so the pooled output (SDXL's
 size-and-style vector) is that of the prompt with each concept word replaced by its superclass word,
-as the key lock does for K. For global key-locking the clone's encoder also attaches the encoding of
-the prompt with the globally locked words swapped (positions stay aligned) as a model cond for the K
-projections (spec §5).
+as the key lock does for K. For global key-locking the clone's encoder also attaches, as a model
+cond for the K projections, the encoding of the prompt with the globally locked words swapped
+(positions stay aligned) for each 77-token window that holds one (spec §5, key_lock.py).
 
 The gate recognises a concept word by its encoding at the text-encoder layer it was trained on, so
 a prompt with the word encoded at another layer (CLIP Set Last Layer) is refused, not mis-applied.
@@ -25,13 +25,12 @@ import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import comfy.conds
 import comfy.sd1_clip
 import torch
 
 from ..perfusion_core.covariance import text_encoder_fingerprint
 from .host_support import incompatible
-from .key_lock import KEY_CONTEXT
+from .key_lock import KEY_CONTEXT, KeyWindows
 
 _ENCODE = "encode_token_weights"
 
@@ -351,9 +350,9 @@ class ConceptEncoder:
     concept's: `CLIP.encode_from_tokens` has applied the encoding CLIP's layer to the shared modules
     just before, so this also catches a CLIP Set Last Layer placed after the loader. A prompt with a
     concept word gets the pooled output of its superclass prompt. With globally key-locked concepts it
-    adds the superclass prompt's encoding for K (spec §5); prompts without a globally locked concept
-    then carry their own, so a negative prompt encoded by the same CLIP still batches with the
-    positive one.
+    adds, for K, the superclass prompt's encoding of each window holding a locked word (spec §5,
+    key_lock.KeyWindows); prompts without one carry an empty set, so a negative prompt encoded by the
+    same CLIP still batches with the positive one.
     """
 
     def __init__(self, original, modules: Sequence[torch.nn.Module], words: Sequence[ConceptWord]) -> None:
@@ -422,9 +421,10 @@ class ConceptEncoder:
                 key_context = superclass_out[0]
             else:
                 key_context = self.original(key_tokens)[0]
+            window = len(next(iter(token_weight_pairs.values()))[0])
             extra["model_conds"] = {
                 **extra.get("model_conds", {}),
-                KEY_CONTEXT: comfy.conds.CONDCrossAttn(key_context),
+                KEY_CONTEXT: KeyWindows.of(cond, key_context, window),
             }
         return (cond, pooled, extra) if extra else (cond, pooled)
 

@@ -114,3 +114,56 @@ def test_an_edited_concept_file_is_reloaded(comfy_host, tiny_ckpt_name, trained_
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     assert "20" in comfy_host.run(prompt).raise_for_error().executed_nodes
+
+
+def test_global_key_lock_follows_conditioning_concat_window_by_window(
+    comfy_host, perfusion_pack, tiny_ckpt_name, trained_concepts
+):
+    """ConditioningConcat makes the context two 77-token windows: K reads the superclass prompt in
+    the concept's window and the appended window as it is, V the personalised context, and the
+    negative prompt (repeated by the host to the positive's length to batch them) its own encoding
+    (before: the lock turned off, silently). Watched at every K/V input by an attn2 patch after the
+    pack's, through the host's own sampler."""
+    import sys
+
+    import torch
+
+    from perfusion_core.concept_file import load_concept
+
+    nodes = sys.modules["nodes"]
+    path = comfy_host.base_dir / "models" / "perfusion" / trained_concepts["hugsy"]
+    with torch.inference_mode():
+        model, clip, _ = nodes.CheckpointLoaderSimple().load_checkpoint(tiny_ckpt_name)[:3]
+        pmodel, pclip = perfusion_pack.nodes.apply.apply_concept(
+            model, clip, load_concept(path), 0.5, 0.15, "global", "hugsy"
+        )
+
+        def encode(c, text: str):
+            return nodes.CLIPTextEncode().encode(c, text)[0]
+
+        appended = encode(pclip, "a red car, studio light")
+        (positive,) = nodes.ConditioningConcat().concat(
+            encode(pclip, "a photo of hugsy on the beach"), appended
+        )
+        negative = encode(pclip, "blurry")
+        superclass = encode(clip, "a photo of teddy on the beach")[0][0][0]
+    seen = []
+
+    def watch(n, context, value, extra_options):
+        seen.append((list(extra_options["cond_or_uncond"]), context.clone(), value.clone()))
+        return n, context, value
+
+    watched = pmodel.clone()
+    watched.set_model_attn2_patch(watch)
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    with torch.inference_mode():
+        nodes.common_ksampler(watched, 1, 1, 7.0, "euler", "normal", positive, negative, latent)
+    assert seen
+    personalised = positive[0][0][0]
+    want_key = torch.cat([superclass, appended[0][0][0]])
+    for order, key, value in seen:
+        assert key.shape == value.shape == (2, 154, 768)
+        row = order.index(0)  # the positive prompt's row
+        torch.testing.assert_close(key[row], want_key.to(key.dtype), rtol=0, atol=1e-5)
+        torch.testing.assert_close(value[row], personalised.to(value.dtype), rtol=0, atol=0)
+        torch.testing.assert_close(key[1 - row], negative[0][0][0].repeat(2, 1).to(key.dtype), rtol=0, atol=0)
