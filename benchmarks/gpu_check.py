@@ -99,17 +99,18 @@ class Plan:
 
 
 GPU = Plan(
-    "full", "sdxl_full", 512, 1024, steps=6, batch=4, accumulation=4, sdxl_batch=1, sdxl_accumulation=4,
-    sdxl_precision="bf16", sdxl_training=True, precisions=("fp16", "bf16"), gradient_precisions=("fp16", "bf16"),
-    covariance_prompts=2000,
+    "full", "sdxl_full", sd15_px=512, sdxl_px=1024, steps=6, batch=4, accumulation=4,
+    sdxl_batch=1, sdxl_accumulation=4, sdxl_precision="bf16", sdxl_training=True,
+    precisions=("fp16", "bf16"), gradient_precisions=("fp16", "bf16"), covariance_prompts=2000,
     sample_steps=20, sample_repeats=3, budget_s=420,
 )  # fmt: skip
 # Half precision on a CPU was 10-30x slower than fp32 here, so the CPU run trains in fp32; its
 # gradient comparison is `auto` (fp32 there) against fp32: the control, the same run twice (cosine 1).
 # SDXL training is left out: its covariance and bigG's backward took 160 s on this CPU.
 CPU = Plan(
-    "tiny", "sdxl", 64, 64, steps=2, batch=2, accumulation=2, sdxl_batch=1, sdxl_accumulation=1,
-    sdxl_precision="auto", sdxl_training=False, precisions=("fp32",), gradient_precisions=("auto",), covariance_prompts=64,
+    "tiny", "sdxl", sd15_px=64, sdxl_px=64, steps=2, batch=2, accumulation=2,
+    sdxl_batch=1, sdxl_accumulation=1, sdxl_precision="auto", sdxl_training=False,
+    precisions=("fp32",), gradient_precisions=("auto",), covariance_prompts=64,
     sample_steps=3, sample_repeats=1, budget_s=240,
 )  # fmt: skip
 
@@ -482,6 +483,62 @@ def failed_imports(log: str) -> list[str]:
     return [line.split("Cannot import ", 1)[1][:200] for line in log.splitlines() if "Cannot import " in line]
 
 
+def prepare_server(args: argparse.Namespace, plan: Plan, budget: float, report: dict) -> ComfyServer:
+    """The fixtures (built here, timed) in a new base directory, with the kit's node, not started."""
+    builds, checkpoints = {}, []
+    for layout in (plan.sd15, plan.sdxl):
+        t0 = time.monotonic()
+        checkpoints.append(fixture_checkpoint(layout))
+        builds[layout] = time.monotonic() - t0
+    report["environment"]["fixture_build_s"] = builds
+    base = Path(args.base or tempfile.mkdtemp(prefix="perfusion-kit-"))
+    extra_args = ["--preview-method", "none"]
+    if needs_front_end_root(args.simulate_device):
+        front_end = base / "front_end"
+        front_end.mkdir(parents=True, exist_ok=True)
+        (front_end / "index.html").write_text("<!doctype html><title>Perfusion device kit</title>\n")
+        extra_args += ["--front-end-root", str(front_end)]
+    return ComfyServer(
+        base, checkpoints=checkpoints, custom_nodes={"perfusion_kit_nodes.py": KIT_NODES},
+        extra_args=extra_args, env=simulated_env() if args.simulate_device else None,
+        startup_timeout=max(60.0, min(240.0, budget / 2)),
+    )  # fmt: skip
+
+
+def measure(kit: Kit, plan: Plan, args: argparse.Namespace, report: dict) -> None:
+    """Every section that fits the budget, in order, the report rewritten after each."""
+    server = kit.server
+    report["environment"]["startup_s"] = server.startup_s
+    report["environment"]["failed_node_imports"] = failed_imports(server.log_text())
+    report["environment"].update(kit.environment())
+    images = write_toy_images(server.layout.input, "kit", 4)
+    names = dict(zip(("sd15", "sdxl"), server.layout.checkpoint_names, strict=True))
+    print(
+        f"device kit: {report['environment'].get('device_name')}, {report['kit']['budget_s']:.0f} s",
+        flush=True,
+    )
+    write_report(report, args.out)
+    floors = [needs_s if not args.cpu else 1.0 for _, _, needs_s, _ in SECTIONS]
+    for index, (name, section, _, model) in enumerate(SECTIONS):
+        floor, kit.later_s = floors[index], sum(floors[index + 1 :])
+        if kit.left() < floor:
+            report["skipped"][name] = f"{kit.left():.0f} s left, needs about {floor:.0f} s"
+            continue
+        t0 = time.monotonic()
+        try:
+            report["sections"][name] = section(kit, plan, names[model], images, report)
+        except OutOfTime as error:
+            report["skipped"][name] = f"stopped: {error}"
+        except Exception as error:  # recorded; the next section still runs
+            report["errors"][name] = "".join(traceback.format_exception(error))[-4000:]
+            if not server.running:
+                report["errors"][name] += "\n" + server.log_text(60)
+                return
+        report["kit"].setdefault("section_s", {})[name] = time.monotonic() - t0
+        print(f"{name}: {_brief(report['sections'].get(name, report['errors'].get(name)))}", flush=True)
+        write_report(report, args.out)
+
+
 def run(args: argparse.Namespace) -> dict:
     plan = CPU if args.cpu else GPU
     budget = args.budget_s or plan.budget_s
@@ -495,59 +552,20 @@ def run(args: argparse.Namespace) -> dict:
         "skipped": {},
         "errors": {},
     }  # fmt: skip
-    builds = {}
-    checkpoints = []
-    for layout in (plan.sd15, plan.sdxl):
-        t0 = time.monotonic()
-        checkpoints.append(fixture_checkpoint(layout))
-        builds[layout] = time.monotonic() - t0
-    report["environment"]["fixture_build_s"] = builds
-    base = Path(args.base or tempfile.mkdtemp(prefix="perfusion-kit-"))
-    extra_args = ["--preview-method", "none"]
-    if needs_front_end_root(args.simulate_device):
-        front_end = base / "front_end"
-        front_end.mkdir(parents=True, exist_ok=True)
-        (front_end / "index.html").write_text("<!doctype html><title>Perfusion device kit</title>\n")
-        extra_args += ["--front-end-root", str(front_end)]
-    server = ComfyServer(
-        base, checkpoints=checkpoints, custom_nodes={"perfusion_kit_nodes.py": KIT_NODES},
-        extra_args=extra_args, env=simulated_env() if args.simulate_device else None,
-        startup_timeout=max(60.0, min(240.0, budget / 2)),
-    )  # fmt: skip
+    server = None
     try:
+        server = prepare_server(args, plan, budget, report)
         server.start()
-        kit = Kit(server, deadline)
-        report["environment"].update(kit.environment(), startup_s=server.startup_s)
-        report["environment"]["failed_node_imports"] = failed_imports(server.log_text())
-        images = write_toy_images(server.layout.input, "kit", 4)
-        names = dict(zip(("sd15", "sdxl"), server.layout.checkpoint_names, strict=True))
-        print(f"device kit: {report['environment'].get('device_name')}, {budget:.0f} s budget", flush=True)
-        write_report(report, args.out)
-        floors = [needs_s if not args.cpu else 1.0 for _, _, needs_s, _ in SECTIONS]
-        for index, (name, section, _, model) in enumerate(SECTIONS):
-            floor, kit.later_s = floors[index], sum(floors[index + 1 :])
-            if kit.left() < floor:
-                report["skipped"][name] = f"{kit.left():.0f} s left, needs about {floor:.0f} s"
-                continue
-            t0 = time.monotonic()
-            try:
-                report["sections"][name] = section(kit, plan, names[model], images, report)
-            except OutOfTime as error:
-                report["skipped"][name] = f"stopped: {error}"
-            except Exception as error:  # recorded; the next section still runs
-                report["errors"][name] = "".join(traceback.format_exception(error))[-4000:]
-                if not server.running:
-                    report["errors"][name] += "\n" + server.log_text(60)
-                    break
-            report["kit"].setdefault("section_s", {})[name] = time.monotonic() - t0
-            print(f"{name}: {_brief(report['sections'].get(name, report['errors'].get(name)))}", flush=True)
-            write_report(report, args.out)
+        measure(Kit(server, deadline), plan, args, report)
+    except Exception as error:  # fixtures, start-up or the kit's node: the report says which
+        report["errors"]["setup"] = "".join(traceback.format_exception(error))[-6000:]
     finally:
         report["kit"]["wall_s"] = time.monotonic() - started
         write_report(report, args.out)
-        server.stop()
-        if args.server_log is not None and server.log_path.is_file():
-            shutil.copyfile(server.log_path, args.server_log)
+        if server is not None:
+            server.stop()
+            if args.server_log is not None and server.log_path.is_file():
+                shutil.copyfile(server.log_path, args.server_log)
     return report
 
 
