@@ -33,6 +33,7 @@ def test_cpu_run_on_the_simulated_device_reports_every_section(tmp_path):
     sections = report["sections"]
     session = sections["session"]
     assert session["train"]["step_s"] > 0 and session["second_equals_first"], session
+    assert session["control_equals_first"]
     rows = sections["training"]["rows"]
     assert [(r["trainer"], r["checkpointing"]) for r in rows] == [
         ("perfusion", False), ("perfusion", True), ("lora", False), ("lora", True),
