@@ -63,7 +63,7 @@ prepare() {
   "$PY" -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
     --python-version 3.12 --implementation cp --platform any -d "$fresh" \
     $("$PY" -m benchmarks.device_bundle requirements --pure) 2> >(grep -v "is ignored: it is neither" >&2)
-  rm -rf "$KIT/wheels" && mkdir -p "$KIT" && mv "$fresh" "$KIT/wheels"
+  chmod 755 "$fresh" && rm -rf "$KIT/wheels" && mkdir -p "$KIT" && mv "$fresh" "$KIT/wheels"
 
   local dir found=""
   for dir in $(hosts_dirs); do
@@ -72,7 +72,7 @@ prepare() {
       echo "[kit] $dir/$TARBALL does not match its SHA256SUMS: not used" >&2
       continue
     fi
-    cp "$dir/$TARBALL" "$KIT/$TARBALL"
+    install -m 644 "$dir/$TARBALL" "$KIT/$TARBALL"
     found=$dir
     break
   done
