@@ -2,11 +2,11 @@
 
 ComfyUI's UNet runs each block through `forward_timestep_embed`, which calls the block's layers one
 by one and never the block's own `forward` (every release from Dec 2024 to 0.33). So the unit here is
-the layer the host does call: each ResBlock, Downsample and Upsample, and, inside a SpatialTransformer,
-each of its transformer blocks (SDXL stacks up to 10 in one; recomputing them one at a time keeps the
-backward's peak at one block's activations). The wraps are object patches on the training clone's
-layer forwards, so they compose with the patches inside a layer (the Perfusion edit on to_k/to_v, the
-pre-2025 norm copies) and leave with the clone when it unloads.
+the layer the host does call: each ResBlock, Downsample, Upsample and SpatialTransformer; one that
+stacks several transformer blocks (SDXL: up to 10) is checkpointed block by block instead, so that a
+recompute holds one block's activations, not ten. The wraps are object patches on the training
+clone's layer forwards, so they compose with the patches inside a layer (the Perfusion edit on
+to_k/to_v, the pre-2025 norm copies) and leave with the clone when it unloads.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ class Checkpointed:
 
 def _unet_layers(unet: torch.nn.Module) -> Iterator[str]:
     """Paths (below the UNet) of the layers to checkpoint: those of every input, middle and output
-    block that have sub-modules, a SpatialTransformer as its transformer blocks. A lone operation (the
-    first input block's convolution) is left alone: it keeps only its input, as a checkpoint would."""
+    block that have sub-modules; a SpatialTransformer of several transformer blocks as its blocks. A
+    lone operation (the first input block's convolution) is left alone: it keeps only its input, as a
+    checkpoint would."""
     blocks = [(f"input_blocks.{i}", b) for i, b in enumerate(getattr(unet, "input_blocks", ()))]
     if getattr(unet, "middle_block", None) is not None:
         blocks.append(("middle_block", unet.middle_block))
@@ -50,7 +51,7 @@ def _unet_layers(unet: torch.nn.Module) -> Iterator[str]:
     for path, block in blocks:
         for name, layer in block.named_children():
             inner = getattr(layer, "transformer_blocks", None)
-            if isinstance(inner, torch.nn.ModuleList):
+            if isinstance(inner, torch.nn.ModuleList) and len(inner) > 1:
                 yield from (f"{path}.{name}.transformer_blocks.{k}" for k in range(len(inner)))
             elif next(layer.children(), None) is not None:
                 yield f"{path}.{name}"

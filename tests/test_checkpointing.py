@@ -27,15 +27,22 @@ def base_models(comfy_host, tiny_ckpt_name):
 
 
 def host_layers(unet) -> tuple[list[str], list[str]]:
-    """Names of the layers checkpointing must cover, by the host's classes, and of the transformer
-    blocks among them."""
-    from comfy.ldm.modules.attention import BasicTransformerBlock
+    """Names of the layers checkpointing must cover, by the host's classes (each ResBlock, Downsample,
+    Upsample, SpatialTransformer of one transformer block, and each block of deeper ones), and of all
+    transformer blocks."""
+    from comfy.ldm.modules.attention import BasicTransformerBlock, SpatialTransformer
     from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, ResBlock, Upsample
 
-    kinds = (ResBlock, Downsample, Upsample, BasicTransformerBlock)
-    modules = list(unet.named_modules())
-    layers = [name for name, module in modules if isinstance(module, kinds)]
-    return layers, [name for name, module in modules if isinstance(module, BasicTransformerBlock)]
+    modules = dict(unet.named_modules())
+    blocks = [name for name, module in modules.items() if isinstance(module, BasicTransformerBlock)]
+    layers = [
+        name for name, module in modules.items() if isinstance(module, (ResBlock, Downsample, Upsample))
+    ]
+    for name, module in modules.items():
+        if isinstance(module, SpatialTransformer):
+            depth = len(module.transformer_blocks)
+            layers += [name] if depth == 1 else [f"{name}.transformer_blocks.{i}" for i in range(depth)]
+    return layers, blocks
 
 
 @contextlib.contextmanager
