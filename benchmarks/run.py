@@ -250,6 +250,7 @@ class Bench:
         self.full_end_to_end(res, prepared, step)
         del prepared
         self.host.unload_all()
+        self.checkpointing_memory(res)
         return res
 
     def full_training(self, res: dict) -> None:
@@ -266,6 +267,23 @@ class Bench:
         res["training"] += rows
         if len(rows) < len(jobs):
             res["skipped"].append("full-size TrainLoraNode fp32 (time budget)")
+
+    def checkpointing_memory(self, res: dict) -> None:
+        """Memory our trainer adds with gradient checkpointing and without (benchmarks/checkpointing.py),
+        when the budget has room for it (several minutes on a 2-core CPU)."""
+        from benchmarks import checkpointing
+
+        if self.left() < checkpointing.ESTIMATED_S:
+            res["skipped"].append(
+                "gradient checkpointing memory (time budget; python -m benchmarks.checkpointing)"
+            )
+            return
+        self.log(
+            "gradient checkpointing on vs off: full SD1.5 layout, 256 px, batch 4, 1 step (one process each)"
+        )
+        res["checkpointing"] = checkpointing.measure(self.base)
+        checkpointing.write(res["checkpointing"], self.args.out)
+        self.log(checkpointing.summary(res["checkpointing"]))
 
     def full_end_to_end(self, res: dict, prepared: list, step: float) -> None:
         """Whole 512 px steps per variant with what is left of the budget (noisy on CPU: ±several %)."""

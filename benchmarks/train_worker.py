@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.perfusion_graphs import load_images, train_prompt
+from harness.sample_images import write_toy_images
 
 from .host import PeakRss, median, start_host
 
@@ -86,11 +87,14 @@ def lora_prompt(
     return prompt
 
 
-def perfusion_prompt(ckpt: str, steps: int, resolution: int, gradient_checkpointing: bool) -> dict:
+def perfusion_prompt(
+    ckpt: str, steps: int, resolution: int, gradient_checkpointing: bool, batch_size: int = 1
+) -> dict:
     return train_prompt(
         ckpt,
         IMAGES,
         steps=steps,
+        batch_size=batch_size,
         resolution=resolution,
         covariance_prompts=128,
         save_name="bench_trained",
@@ -120,14 +124,20 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--dtype", default="bf16", help="TrainLoraNode training/lora dtype")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--batch-size", type=int, default=1, help="ours only (TrainLoraNode: 1)")
     args = parser.parse_args()
+    if args.trainer == "lora" and args.batch_size != 1:
+        parser.error("--batch-size: TrainLoraNode runs at batch 1 here (RebatchLatents 1)")
 
     host = start_host(args.base, (args.layout,))
+    write_toy_images(host.layout.input, "bench", len(IMAGES))
     ckpt = host.add_checkpoint(args.layout)
     if args.trainer == "lora":
         prompt = lora_prompt(ckpt, args.steps, args.resolution, args.dtype, args.gradient_checkpointing)
     else:
-        prompt = perfusion_prompt(ckpt, args.steps, args.resolution, args.gradient_checkpointing)
+        prompt = perfusion_prompt(
+            ckpt, args.steps, args.resolution, args.gradient_checkpointing, args.batch_size
+        )
 
     stamps: list[float] = []
     memory = PeakRss(interval=0.01)
@@ -153,6 +163,7 @@ def main() -> None:
                 "steps": args.steps,
                 "dtype": "fp32" if args.trainer == "perfusion" else args.dtype,
                 "gradient_checkpointing": args.gradient_checkpointing,
+                "batch_size": args.batch_size,
                 "step_s": median(gaps),
                 "step_gaps": len(gaps),
                 "peak_rss_mb": peak_rss_mb(),

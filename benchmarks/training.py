@@ -22,11 +22,13 @@ class TrainJob:
     steps: int
     gradient_checkpointing: bool
     dtype: str = "fp32"  # TrainLoraNode's training/lora dtype (ours runs in the model's dtype)
+    batch_size: int = 1  # ours only (TrainLoraNode runs at batch 1 here)
 
     def argv(self, base: Path) -> list[str]:
         argv = [sys.executable, "-m", "benchmarks.train_worker", "--base", str(base)]
         argv += ["--layout", self.layout, "--trainer", self.trainer, "--steps", str(self.steps)]
         argv += ["--resolution", str(self.resolution), "--dtype", self.dtype]
+        argv += ["--batch-size", str(self.batch_size)]
         return argv + (["--gradient-checkpointing"] if self.gradient_checkpointing else [])
 
 
