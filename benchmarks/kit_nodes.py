@@ -43,12 +43,13 @@ CATEGORY = "perfusion/device kit"
 
 
 def pack_module(sub: str):
-    """A module of the pack as ComfyUI imported it (its name is the custom-node folder's)."""
+    """A module of the pack as ComfyUI imported it (its name is the custom-node folder's); "" for the
+    package itself."""
     init = REPO / "__init__.py"
     for name, module in list(sys.modules.items()):
         path = getattr(module, "__file__", None)
         if path and Path(path).resolve() == init:
-            return importlib.import_module(f"{name}.{sub}")
+            return importlib.import_module(f"{name}.{sub}" if sub else name)
     raise RuntimeError(f"the Perfusion pack ({REPO}) is not loaded in this ComfyUI")
 
 
@@ -282,36 +283,10 @@ class PerfusionKitConcepts:
         }
 
     def write(self, model, clip, count, subfolder):
-        concept_mod = pack_module("perfusion_core.concept")
-        save_concept = pack_module("perfusion_core.concept_file").save_concept
-        text_encoder = pack_module("nodes.text_encoder")
-        layers = pack_module("nodes.model_patch").cross_attention_layers(model)
-        width = text_encoder.encoder_width(clip)
+        synth = pack_module("benchmarks.synth")
         folder = Path(folder_paths.get_folder_paths("perfusion")[0]) / subfolder
-        generator = torch.Generator().manual_seed(0)
-        names, words = [], []
-        for i in range(count):
-            word = f"bxq{chr(ord('a') + i)}"
-            i_star = torch.randn(width, generator=generator)
-            concept = concept_mod.Concept(
-                info=concept_mod.ConceptInfo(
-                    word=word,
-                    superclass="teddy",
-                    model_family=type(model.model.model_config).__name__,
-                    encoder_fingerprint=text_encoder.encoder_fingerprint(clip),
-                    clip_layer=text_encoder.encoder_layer(clip),
-                    text_encoders=text_encoder.encoder_layout(clip),
-                ),
-                token_embedding=torch.randn(width, generator=generator) * 0.01,
-                i_star=i_star,
-                u=i_star.clone(),
-                superclass_encoding=torch.randn(width, generator=generator),
-                v_targets={layer.name: torch.randn(layer.width, generator=generator) for layer in layers},
-            )
-            save_concept(concept, folder / f"{word}.safetensors", overwrite=True)
-            names.append(f"{subfolder}/{word}.safetensors")
-            words.append(word)
-        return {"ui": {"concepts": names, "words": words}}
+        names = synth.write_concepts(pack_module(""), model, clip, folder, count)
+        return {"ui": {"concepts": [f"{subfolder}/{n}" for n in names], "words": synth.concept_words(count)}}
 
 
 class PerfusionKitGradients:

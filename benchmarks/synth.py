@@ -21,10 +21,19 @@ def concept_words(count: int) -> list[str]:
 
 
 def write_concepts(pack, model, clip, folder: Path, count: int, seed: int = 0) -> list[str]:
-    """`count` concept files for `model`/`clip` in `folder` (the host's models/perfusion); returns file names."""
-    concept_mod = pack.perfusion_core.concept
+    """`count` concept files for `model`/`clip` (any family: their layers, encoders and fingerprint,
+    so the real loader takes them) in `folder`; returns the file names. `pack` is the pack's package
+    as the host imported it."""
+    concept_mod, text_encoder = pack.perfusion_core.concept, pack.nodes.text_encoder
     layers = pack.nodes.model_patch.cross_attention_layers(model)
-    fingerprint = pack.nodes.text_encoder.encoder_fingerprint(clip)
+    width = text_encoder.encoder_width(clip)
+    info = {
+        "superclass": "teddy",
+        "model_family": type(model.model.model_config).__name__,
+        "encoder_fingerprint": text_encoder.encoder_fingerprint(clip),
+        "clip_layer": text_encoder.encoder_layer(clip),
+        "text_encoders": text_encoder.encoder_layout(clip),
+    }
     generator = torch.Generator().manual_seed(seed)
     names = []
     for word in concept_words(count):
@@ -32,15 +41,13 @@ def write_concepts(pack, model, clip, folder: Path, count: int, seed: int = 0) -
         def vec(n: int) -> torch.Tensor:
             return torch.randn(n, generator=generator)
 
-        i_star = vec(ENCODER_WIDTH)
+        i_star = vec(width)
         concept = concept_mod.Concept(
-            info=concept_mod.ConceptInfo(
-                word=word, superclass="teddy", model_family="SD15", encoder_fingerprint=fingerprint
-            ),
-            token_embedding=vec(ENCODER_WIDTH) * 0.01,
+            info=concept_mod.ConceptInfo(word=word, **info),
+            token_embedding=vec(width) * 0.01,
             i_star=i_star,
             u=i_star.clone(),
-            superclass_encoding=vec(ENCODER_WIDTH),
+            superclass_encoding=vec(width),
             v_targets={layer.name: vec(layer.width) for layer in layers},
         )
         name = f"bench_{word}.safetensors"
