@@ -14,6 +14,7 @@ import sys
 import pytest
 import torch
 
+from harness import training_runs
 from harness.fixture_checkpoint import fixture_checkpoint
 
 TEMPLATES = ("a photo of a {}", "a good photo of the {}")
@@ -77,22 +78,10 @@ def recording(unet, monkeypatch):
 def open_run(pack, models, pixels, checkpointing: bool, batch_size: int = 1):
     from perfusion_core.training import TrainingConfig
 
-    model, clip, vae = models
     config = TrainingConfig(
         templates=TEMPLATES, batch_size=batch_size, grad_accumulation=1, resolution=64, seed=0, steps=1
     )
-    return pack.nodes.trainer.open_run(
-        model,
-        clip,
-        vae,
-        pixels,
-        None,
-        "hugsy",
-        "teddy",
-        config,
-        covariance_prompts=128,
-        gradient_checkpointing=checkpointing,
-    )
+    return training_runs.open_run(pack, models, pixels, config, gradient_checkpointing=checkpointing)
 
 
 def assert_checkpointed(unet, checkpointed: list[str], calls) -> None:

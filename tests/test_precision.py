@@ -14,6 +14,7 @@ import sys
 import pytest
 import torch
 
+from harness import training_runs
 from perfusion_core.training import BatchPlan, TrainingConfig
 
 TEMPLATES = ("a photo of a {}", "a good photo of the {}")
@@ -87,20 +88,8 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 @contextlib.contextmanager
 def opened_run(pack, model_set, pixels, precision: str = "auto"):
     """A training run on `model_set`, with autograd on, unloaded when the block ends."""
-    model, clip, vae = model_set
     with torch.inference_mode(False), torch.enable_grad():
-        with pack.nodes.trainer.open_run(
-            model,
-            clip,
-            vae,
-            pixels,
-            None,
-            "hugsy",
-            "teddy",
-            config(),
-            covariance_prompts=128,
-            precision=precision,
-        ) as run:
+        with training_runs.open_run(pack, model_set, pixels, config(), precision=precision) as run:
             yield run
 
 
