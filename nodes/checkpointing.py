@@ -24,6 +24,8 @@ class Checkpointed:
         self.forward = forward
 
     def __call__(self, *args, **kwargs):
+        if not torch.is_grad_enabled():  # previews sample on the training clone: nothing to keep
+            return self.forward(*args, **kwargs)
         # The host updates a dict argument (transformer_options: block_index...) after the call; the
         # recompute must see what this call saw.
         args = tuple(dict(a) if isinstance(a, dict) else a for a in args)

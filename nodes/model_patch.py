@@ -55,13 +55,14 @@ class PerfusionProjection:
             return base
         return plan.edit.apply(base, x, self.output_rows(plan, x))
 
-    def on_model(self, model: torch.nn.Module, path: str) -> PerfusionProjection:
-        """This edit on another instance of the model: the previous forward, when it is a projection's
-        own, bound to that instance's projection at `path` (a `.forward` object-patch path)."""
+    def on_model(self, original: torch.nn.Module, model: torch.nn.Module, path: str) -> PerfusionProjection:
+        """This edit moved from `original` to another instance of the model: the previous forward,
+        when it is the projection's own, bound to that instance's projection at `path` (a `.forward`
+        object-patch path)."""
         prev = self.prev_forward
-        owner = getattr(prev, "__self__", None)
-        if isinstance(owner, torch.nn.Module):
-            prev = types.MethodType(prev.__func__, comfy.utils.get_attr(model, path.rsplit(".", 1)[0]))
+        module_path = path.rsplit(".", 1)[0]
+        if getattr(prev, "__self__", None) is comfy.utils.get_attr(original, module_path):
+            prev = types.MethodType(prev.__func__, comfy.utils.get_attr(model, module_path))
         else:
             log.warning(
                 "Perfusion: %s was patched by another node before the concept; a copy of the model keeps "
@@ -140,7 +141,7 @@ def _rebind_on_clone(original, clone) -> None:
         return
     for path, patch in list(clone.object_patches.items()):
         if isinstance(patch, PerfusionProjection):
-            clone.object_patches[path] = patch.on_model(clone.model, path)
+            clone.object_patches[path] = patch.on_model(original.model, clone.model, path)
 
 
 def _rebind_clones(patched) -> None:
@@ -168,7 +169,8 @@ def _install(model, source: PlanSource, *, key_edits: bool, per_run_rows: bool):
 
 def apply_concepts(model, applied: tuple[AppliedConcept, ...]):
     """A clone of `model` whose edits cover earlier concepts plus `applied`, jointly (spec §4)."""
-    source = ConceptSet(current_concepts(model) + applied)
+    earlier = current_concepts(model)
+    source = ConceptSet(earlier + applied, new_from=len(earlier))
     patched = _install(model, source, key_edits=source.has_key_edits, per_run_rows=True)
     if source.has_global_lock:
         key_lock.install_key_context(patched)

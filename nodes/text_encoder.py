@@ -284,14 +284,15 @@ def _concept_pattern(inner, words: dict[str, ConceptWord]) -> re.Pattern:
     is left to the host: it names the user's embedding file, not the concept.
 
     A name starts where the host looks for one (the start of a weighted segment or after white space;
-    segments begin at brackets) and ends at white space or at '<' / '[' (its leftover text rule).
+    segments begin at brackets) and ends at white space, at '<' / '[' (its leftover text rule) or
+    where the segment does, at a bracket.
     """
     alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
     word = rf"(?<![\w-])(?P<word>{alternatives})(?![\w-])"
     identifier = getattr(inner, "embedding_identifier", None)
     if not identifier or getattr(inner, "embedding_directory", None) is None:
         return re.compile(word, re.IGNORECASE)
-    name = rf"(?:^|(?<=[\s()]))(?-i:{re.escape(identifier)})[^\s<\[]*"  # the host's match is case-sensitive
+    name = rf"(?:^|(?<=[\s()]))(?-i:{re.escape(identifier)})[^\s<\[()]*"  # the host's match is case-sensitive
     return re.compile(rf"{name}|{word}", re.IGNORECASE)
 
 

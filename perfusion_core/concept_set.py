@@ -50,8 +50,9 @@ class PlanSource(Protocol):
     def plan(self, layer: str, kind: Projection, device: torch.device) -> ProjectionPlan | None: ...
 
 
-def crosstalk_warnings(applied: tuple[AppliedConcept, ...]) -> list[str]:
-    """One warning per pair of concepts where one's gate opens (g ≥ ½) on the other's i*.
+def crosstalk_warnings(applied: tuple[AppliedConcept, ...], new_from: int = 0) -> list[str]:
+    """One warning per pair of concepts where one's gate opens (g ≥ ½) on the other's i*, among the
+    pairs that hold a concept from index `new_from` on (earlier pairs were warned about before).
 
     Why: concepts of one superclass trained briefly keep i* near the superclass encoding, so the gate
     cannot tell their words apart: each word then brings both concepts, and their joint projection
@@ -64,7 +65,7 @@ def crosstalk_warnings(applied: tuple[AppliedConcept, ...]) -> list[str]:
     m = u @ i_star.T
     relevance = m / torch.diagonal(m)[:, None]  # [k, j]: r_k(i*_j), 1 on the diagonal
     out = []
-    for k, a in enumerate(applied):
+    for k, a in enumerate(applied[new_from:], start=new_from):
         for j, b in enumerate(applied[:k]):
             margin = max(float(relevance[k, j]) - a.beta, float(relevance[j, k]) - b.beta)
             if margin >= 0:
@@ -82,7 +83,8 @@ def crosstalk_warnings(applied: tuple[AppliedConcept, ...]) -> list[str]:
 class ConceptSet:
     """An immutable, ordered set of applied concepts; caches device copies of its tensors."""
 
-    def __init__(self, applied: tuple[AppliedConcept, ...]) -> None:
+    def __init__(self, applied: tuple[AppliedConcept, ...], new_from: int = 0) -> None:
+        """`new_from`: where the concepts this set adds to an earlier one start (crosstalk_warnings)."""
         words = [a.concept.word.lower() for a in applied]
         if len(set(words)) != len(words):
             raise ValueError(f"the same concept word is applied twice: {words}")
@@ -90,13 +92,13 @@ class ConceptSet:
         if len(widths) > 1:
             raise ValueError("concepts from text encoders of different widths cannot be combined")
         self.applied = applied
-        for warning in crosstalk_warnings(applied):
+        for warning in crosstalk_warnings(applied, new_from):
             log.warning(warning)
         self._edits: dict[tuple[Projection, str], GatedRank1Edit | None] = {}
         self._tensors: dict[tuple[str, str, str], torch.Tensor] = {}
 
     def extended(self, more: tuple[AppliedConcept, ...]) -> ConceptSet:
-        return ConceptSet(self.applied + more)
+        return ConceptSet(self.applied + more, new_from=len(self.applied))
 
     def members(self, kind: Projection) -> tuple[AppliedConcept, ...]:
         """Concepts that edit this projection: all for V; K only where the lock is local and on."""

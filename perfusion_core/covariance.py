@@ -26,6 +26,11 @@ COVARIANCE_FORMAT_VERSION = "1"
 _TENSOR_NAME = "c_inv"
 
 
+def _float64_device(device: torch.device) -> torch.device:
+    """`device` where it computes in float64 (CUDA, the CPU; meta: shapes only), else the CPU."""
+    return device if device.type in ("cuda", "cpu", "meta") else torch.device("cpu")
+
+
 class SecondMomentAccumulator:
     """Running uncentered second moment C = Σ w e eᵀ / Σ w, in float64.
 
@@ -37,10 +42,9 @@ class SecondMomentAccumulator:
     def __init__(self, device: torch.device | str | None = None) -> None:
         """`device`: where the products and the running sum live (default: each batch's own device).
         The compute device is the fast place: encoders hand their outputs back on the CPU, where an
-        SDXL-wide float64 product over thousands of prompts takes minutes. MPS has no float64, so
-        the CPU does its share."""
-        device = None if device is None else torch.device(device)
-        self._device = torch.device("cpu") if device is not None and device.type == "mps" else device
+        SDXL-wide float64 product over thousands of prompts takes minutes. Devices other than CUDA
+        (MPS, Intel XPU, DirectML) may lack float64, so the CPU does their share."""
+        self._device = None if device is None else _float64_device(torch.device(device))
         self._sum: torch.Tensor | None = None
         self._count = 0.0
 
@@ -69,9 +73,7 @@ class SecondMomentAccumulator:
         d = int(encodings.shape[-1])
         if self._sum is not None and d != self._sum.shape[0]:
             raise ValueError(f"encoding width {d} does not match earlier batches ({self._sum.shape[0]})")
-        device = self._device
-        if device is None:
-            device = encodings.device if encodings.device.type != "mps" else torch.device("cpu")
+        device = self._device or _float64_device(encodings.device)
         x = encodings.detach().to(device=device, dtype=torch.float64).reshape(-1, d)
         if weights is None:
             total = float(x.shape[0])

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 
 # Directions of span{i*_j} this much thinner than the widest (relative singular value of the scaled
-# M) are dropped from the projection: there the concepts' i* have a cosine above 1 − 1e-4 in the C⁻¹
-# metric, and float32 cannot apply coefficients 1e4 times larger than the gates without cancelling
-# them to noise.
+# M) are dropped from the projection: for two concepts, where their i* have a cosine above
+# (1 − 1e-4) / (1 + 1e-4) ≈ 1 − 2e-4 in the C⁻¹ metric; float32 cannot apply coefficients 1e4 times
+# larger than the gates without cancelling them to noise.
 _COINCIDENT_RTOL = 1e-4
 
 

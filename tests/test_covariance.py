@@ -73,13 +73,14 @@ def test_accumulator_mask_selects_positions():
 
 def test_accumulator_computes_on_the_device_it_is_given():
     """Encoders hand their outputs back on the CPU; the products go to the compute device ('meta'
-    stands in for a GPU), except on MPS, which has no float64."""
+    stands in for a GPU), except on devices that may lack float64 (MPS, XPU, DirectML)."""
     on_device = SecondMomentAccumulator(torch.device("meta"))
     on_device.add(torch.randn(2, 5, 4))
     assert on_device.device.type == "meta"
-    on_mps = SecondMomentAccumulator(torch.device("mps"))
-    on_mps.add(torch.randn(2, 5, 4))
-    assert on_mps.device.type == "cpu" and on_mps.matrix().dtype == torch.float64
+    for without_float64 in ("mps", "xpu", "privateuseone"):
+        acc = SecondMomentAccumulator(torch.device(without_float64))
+        acc.add(torch.randn(2, 5, 4))
+        assert acc.device.type == "cpu" and acc.matrix().dtype == torch.float64, without_float64
 
 
 def test_accumulator_rejects_bad_input():

@@ -216,6 +216,10 @@ def test_a_concept_set_with_twin_concepts_warns_naming_both_and_plans_finite_edi
         concepts = ConceptSet((apart[0], AppliedConcept(twin, 0.7, 0.15)))
     (record,) = caplog.records
     assert "'hugsy' and 'zorbo'" in record.getMessage() and "nearly the same" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="comfyui-perfusion"):  # a third concept chained on
+        concepts.extended((AppliedConcept(make_sd15_concept(2, word="blorp"), 0.7, 0.15),))
+    assert not caplog.records  # the pair was warned about when it was applied
     layer = next(iter(hugsy.v_targets))
     plan = concepts.plan(layer, "v", torch.device("cpu"))
     assert torch.isfinite(plan.edit.mixing).all()

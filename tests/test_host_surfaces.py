@@ -87,7 +87,14 @@ def user_embeddings(comfy_host):
         path.unlink()
 
 
-@pytest.mark.parametrize("template", ["a photo of embedding:{} by hugsy", "hugsy, (embedding:{}:1.2), a dog"])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "a photo of embedding:{} by hugsy",
+        "hugsy, (embedding:{}:1.2), a dog",
+        "(embedding:{})hugsy on a beach",
+    ],
+)
 def test_an_embedding_whose_name_holds_a_concept_word_stays_the_users_embedding(
     clip, concept_clip, user_embeddings, template
 ):
@@ -97,7 +104,9 @@ def test_an_embedding_whose_name_holds_a_concept_word_stays_the_users_embedding(
     teddy = tokens(clip, "teddy")[1][0]
     for name in user_embeddings:
         text = template.format(name)
-        want = tokens(clip, text.replace(" hugsy", " teddy").replace("hugsy,", "teddy,"))
+        want = tokens(
+            clip, text.replace(" hugsy", " teddy").replace("hugsy,", "teddy,").replace(")hugsy", ")teddy")
+        )
         assert sum(isinstance(t[0], torch.Tensor) for t in want) == 2  # the host found the file
         assert concept_tokens(tokens(concept_clip, text), want, teddy) == 1, text
 
