@@ -419,7 +419,20 @@ class ComfyServer:
         entry = self.history(prompt_id)
         if not entry:
             raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout}s.\n{self.log_text(30)}")
+        self._await_last_messages(prompt_id)
         return ServerResult(prompt_id, entry, self.messages(prompt_id))
+
+    def _await_last_messages(self, prompt_id: str, grace: float = 10.0) -> None:
+        """The host writes a prompt's history entry before its event loop has sent the run's last
+        websocket messages (``execution_success``, then ``executing`` with ``node: null``): a result
+        read as soon as the entry appears could miss them."""
+        ws = self._ws
+        end = time.monotonic() + grace
+        while ws is not None and not ws.closed and not self._finished_on_ws(prompt_id):
+            if time.monotonic() > end:
+                break
+            with ws.cond:
+                ws.cond.wait(0.1)
 
     def _finished_on_ws(self, prompt_id: str) -> bool:
         if self._ws is None:
