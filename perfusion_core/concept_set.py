@@ -80,11 +80,70 @@ def crosstalk_warnings(applied: tuple[AppliedConcept, ...], new_from: int = 0) -
     return out
 
 
+IDENTICAL_KEY_ADVICE = (
+    "set key_lock to global for both (each word then keys from its own place in the prompt), "
+    "or train them with different superclass words"
+)
+_SAME_KEY_COSINE = 0.9999  # superclass encodings this close give keys no attention can tell apart
+
+
+def identical_key_warning(first: str, second: str, superclass: str) -> str:
+    """The one wording of the identical-key warning (`superclass`: the shared word, or both words)."""
+    return (
+        f"Perfusion concepts '{first}' and '{second}' share the superclass {superclass}: they will get "
+        "identical keys under the local key lock (each word's key is W_K applied to the superclass "
+        "encoding), so cross-attention cannot tell them apart and one image mixes them. To use them "
+        f"together, {IDENTICAL_KEY_ADVICE}."
+    )
+
+
+def _superclass_word(a: AppliedConcept) -> str:
+    return a.concept.info.superclass.strip().lower()  # CLIP's tokenizer lowercases and strips
+
+
+def _same_direction(x: torch.Tensor, y: torch.Tensor) -> bool:
+    if x.shape != y.shape:
+        return False
+    x, y = x.double().flatten(), y.double().flatten()
+    norms = float(x.norm() * y.norm())
+    return norms > 0 and float(x @ y) / norms > _SAME_KEY_COSINE
+
+
+def identical_key_warnings(applied: tuple[AppliedConcept, ...], new_from: int = 0) -> list[str]:
+    """One warning per pair of concepts that both lock their keys locally to one superclass, among
+    the pairs that hold a concept from index `new_from` on (earlier pairs were warned about before).
+
+    Why: under the local key lock a concept's K edit maps its word to W_K · (superclass encoding), so
+    two concepts of one superclass give their words the same key: every image position attends to
+    both words alike, so the two concepts' values blend wherever either is drawn. The same superclass
+    word, or superclass encodings that coincide (cosine > 0.9999) under different words, count as
+    one. Global key lock (keys from each word's own place in the prompt) and no key edit do not warn.
+    """
+    local = [k for k, a in enumerate(applied) if a.key_edit and not a.global_lock]
+    out = []
+    for k in (k for k in local if k >= new_from):
+        a = applied[k]
+        for j in (j for j in local if j < k):
+            b = applied[j]
+            if _superclass_word(a) == _superclass_word(b):
+                superclass = f"'{b.concept.info.superclass.strip()}'"
+            elif _same_direction(a.concept.superclass_encoding, b.concept.superclass_encoding):
+                superclass = (
+                    f"encoding (the superclass words '{b.concept.info.superclass.strip()}' and "
+                    f"'{a.concept.info.superclass.strip()}' encode alike)"
+                )
+            else:
+                continue
+            out.append(identical_key_warning(b.concept.word, a.concept.word, superclass))
+    return out
+
+
 class ConceptSet:
     """An immutable, ordered set of applied concepts; caches device copies of its tensors."""
 
     def __init__(self, applied: tuple[AppliedConcept, ...], new_from: int = 0) -> None:
-        """`new_from`: where the concepts this set adds to an earlier one start (crosstalk_warnings)."""
+        """`new_from`: where the concepts this set adds to an earlier one start (crosstalk_warnings,
+        identical_key_warnings: each pair is warned about once, when its second concept is added)."""
         words = [a.concept.word.lower() for a in applied]
         if len(set(words)) != len(words):
             raise ValueError(f"the same concept word is applied twice: {words}")
@@ -92,7 +151,7 @@ class ConceptSet:
         if len(widths) > 1:
             raise ValueError("concepts from text encoders of different widths cannot be combined")
         self.applied = applied
-        for warning in crosstalk_warnings(applied, new_from):
+        for warning in crosstalk_warnings(applied, new_from) + identical_key_warnings(applied, new_from):
             log.warning(warning)
         self._edits: dict[tuple[Projection, str], GatedRank1Edit | None] = {}
         self._tensors: dict[tuple[str, str, str], torch.Tensor] = {}

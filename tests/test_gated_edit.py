@@ -205,21 +205,24 @@ def test_a_concept_set_with_twin_concepts_warns_naming_both_and_plans_finite_edi
 
     from perfusion_core.concept_set import AppliedConcept, ConceptSet
 
+    def crosstalk():  # one superclass also warns of identical keys (tests/test_concept_set.py)
+        return [r.getMessage() for r in caplog.records if "nearly the same" in r.getMessage()]
+
     hugsy = make_sd15_concept(0, word="hugsy")
     zorbo = make_sd15_concept(1, word="zorbo")
     apart = (AppliedConcept(hugsy, 0.7, 0.15), AppliedConcept(zorbo, 0.7, 0.15))
     with caplog.at_level(logging.WARNING, logger="comfyui-perfusion"):
         ConceptSet(apart)
-    assert not caplog.records
+    assert not crosstalk()
     twin = dataclasses.replace(zorbo, i_star=hugsy.i_star + 1e-7, u=hugsy.u)
     with caplog.at_level(logging.WARNING, logger="comfyui-perfusion"):
         concepts = ConceptSet((apart[0], AppliedConcept(twin, 0.7, 0.15)))
-    (record,) = caplog.records
-    assert "'hugsy' and 'zorbo'" in record.getMessage() and "nearly the same" in record.getMessage()
+    (message,) = crosstalk()
+    assert "'hugsy' and 'zorbo'" in message
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="comfyui-perfusion"):  # a third concept chained on
         concepts.extended((AppliedConcept(make_sd15_concept(2, word="blorp"), 0.7, 0.15),))
-    assert not caplog.records  # the pair was warned about when it was applied
+    assert not crosstalk()  # the pair was warned about when it was applied
     layer = next(iter(hugsy.v_targets))
     plan = concepts.plan(layer, "v", torch.device("cpu"))
     assert torch.isfinite(plan.edit.mixing).all()

@@ -1,0 +1,166 @@
+"""ConceptSet's warnings about concepts that cannot be told apart when applied together."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from hostile_files import make_sd15_concept  # noqa: E402
+
+from perfusion_core import concept_set  # noqa: E402
+from perfusion_core.concept_set import AppliedConcept, ConceptSet  # noqa: E402
+
+ADVICE = (
+    "set key_lock to global for both (each word then keys from its own place in the prompt), "
+    "or train them with different superclass words"
+)
+
+
+def applied(seed: int, word: str, superclass: str, key_lock: str = "local") -> AppliedConcept:
+    """As nodes/apply.py builds it from the node's key_lock input."""
+    return AppliedConcept(
+        make_sd15_concept(seed, word=word, superclass=superclass),
+        beta=0.7,
+        tau=0.15,
+        global_lock=key_lock == "global",
+        key_edit=key_lock != "off",
+    )
+
+
+def key_records(caplog) -> list[str]:
+    """The identical-key warnings among what was logged (crosstalk warnings are another matter)."""
+    return [r.getMessage() for r in caplog.records if "identical keys" in r.getMessage()]
+
+
+def build(caplog, concepts, new_from: int = 0) -> tuple[ConceptSet, list[str]]:
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="comfyui-perfusion"):
+        built = ConceptSet(tuple(concepts), new_from=new_from)
+    return built, key_records(caplog)
+
+
+def test_two_local_concepts_of_one_superclass_warn_once_naming_both_and_the_superclass(caplog):
+    _, (message,) = build(caplog, [applied(0, "hugsy", "teddy"), applied(1, "zorbo", "teddy")])
+    assert "'hugsy'" in message and "'zorbo'" in message and "'teddy'" in message
+    assert "identical keys under the local key lock" in message
+    assert "one image mixes them" in message
+    assert ADVICE in message
+
+
+def test_the_superclass_word_is_compared_as_the_tokenizer_reads_it(caplog):
+    _, messages = build(caplog, [applied(0, "hugsy", "teddy"), applied(1, "zorbo", " Teddy")])
+    assert len(messages) == 1
+
+
+def test_different_superclasses_do_not_warn(caplog):
+    _, messages = build(caplog, [applied(0, "hugsy", "teddy"), applied(1, "zorbo", "cat")])
+    assert messages == []
+    _, messages = build(caplog, [applied(0, "hugsy", "teddy"), applied(1, "zorbo", "teddy")])
+    assert len(messages) == 1  # the control: the same pair with one superclass does warn
+
+
+def test_coinciding_superclass_encodings_warn_even_when_the_words_differ(caplog):
+    hugsy = applied(0, "hugsy", "teddy")
+    zorbo = applied(1, "zorbo", "bear")
+    zorbo = dataclasses.replace(
+        zorbo,
+        concept=dataclasses.replace(
+            zorbo.concept, superclass_encoding=hugsy.concept.superclass_encoding * 1.5 + 1e-6
+        ),
+    )
+    _, (message,) = build(caplog, [hugsy, zorbo])
+    assert "'hugsy'" in message and "'zorbo'" in message
+    assert "'teddy'" in message and "'bear'" in message
+    assert ADVICE in message
+
+
+@pytest.mark.parametrize(
+    "locks", [("global", "global"), ("global", "local"), ("local", "off"), ("off", "off")]
+)
+def test_no_warning_unless_both_keys_are_locked_locally(caplog, locks):
+    """Global lock: each word keys from the superclass in its own place in the prompt; off: K unedited."""
+    pair = [applied(0, "hugsy", "teddy", locks[0]), applied(1, "zorbo", "teddy", locks[1])]
+    _, messages = build(caplog, pair)
+    assert messages == []
+    _, messages = build(caplog, [applied(0, "hugsy", "teddy"), applied(1, "zorbo", "teddy")])
+    assert len(messages) == 1  # the control: both locked locally
+
+
+def test_chaining_does_not_repeat_a_warning(caplog):
+    first, messages = build(caplog, [applied(0, "hugsy", "teddy"), applied(1, "zorbo", "teddy")])
+    assert len(messages) == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="comfyui-perfusion"):
+        second = first.extended((applied(2, "blorp", "cat"),))
+    assert key_records(caplog) == []  # hugsy/zorbo was warned about when zorbo was applied
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="comfyui-perfusion"):
+        second.extended((applied(3, "quib", "teddy"),))
+    messages = key_records(caplog)
+    assert len(messages) == 2  # quib with hugsy and with zorbo, nothing about hugsy/zorbo again
+    assert all("'quib'" in m for m in messages)
+    assert any("'hugsy'" in m for m in messages) and any("'zorbo'" in m for m in messages)
+
+
+def test_the_pure_function_reports_only_pairs_with_a_new_concept():
+    identical_key_warnings = concept_set.identical_key_warnings
+    concepts = (applied(0, "hugsy", "teddy"), applied(1, "zorbo", "teddy"), applied(2, "quib", "teddy"))
+    assert len(identical_key_warnings(concepts)) == 3
+    (message,) = identical_key_warnings(concepts[:2])
+    assert identical_key_warnings(concepts[:2], new_from=2) == []
+    assert len(identical_key_warnings(concepts, new_from=2)) == 2
+    assert message.index("'hugsy'") < message.index("'zorbo'")  # the earlier concept first
+
+
+def test_chained_apply_nodes_on_the_fixture_warn_once_per_pair(
+    comfy_host, perfusion_pack, tiny_ckpt_name, caplog
+):
+    """Through PerfusionApplyConcept, chained as in a graph: the second node's patch rebuilds the set
+    from the first's concepts (model_patch.apply_concepts), and only the new pairs are warned about."""
+    import torch
+
+    from perfusion_core.concept import Concept, ConceptInfo
+
+    nodes = sys.modules["nodes"]
+    pack = perfusion_pack.nodes
+    with torch.inference_mode():
+        model, clip, _ = nodes.CheckpointLoaderSimple().load_checkpoint(tiny_ckpt_name)[:3]
+    signature = pack.apply.model_signature(model, clip)
+
+    def concept(seed: int, word: str, superclass: str) -> Concept:
+        g = torch.Generator().manual_seed(seed)
+        d = signature.encoder_width
+        i_star = torch.randn(d, generator=g)
+        info = ConceptInfo(
+            word=word,
+            superclass=superclass,
+            model_family=signature.model_family,
+            encoder_fingerprint=signature.encoder_fingerprint,
+            text_encoders=signature.text_encoders,
+        )
+        return Concept(
+            info=info,
+            token_embedding=pack.text_encoder.input_embedding(clip, superclass),
+            i_star=i_star,
+            u=i_star * 1e-2,
+            superclass_encoding=torch.randn(d, generator=g),
+            v_targets={name: torch.randn(w, generator=g) for name, w in signature.layers.items()},
+        )
+
+    node = perfusion_pack.NODE_CLASS_MAPPINGS["PerfusionApplyConcept"]()
+    chain = [("hugsy", "teddy", "local"), ("zorbo", "teddy", "local"), ("blorp", "teddy", "global")]
+    warned = []
+    for seed, (word, superclass, key_lock) in enumerate(chain):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="comfyui-perfusion"):
+            model, clip = node.apply(model, clip, concept(seed, word, superclass), 0.7, 0.15, key_lock)
+        warned.append(key_records(caplog))
+    assert warned[0] == [] and warned[2] == []  # one concept; then a globally locked one
+    (message,) = warned[1]
+    assert "'hugsy' and 'zorbo' share the superclass 'teddy'" in message and ADVICE in message
