@@ -41,21 +41,25 @@ def copy_image(host, result, node_id: str, dest: Path) -> Path:
 
 
 def labelled_row(tiles: Sequence[tuple[str, Path]], title: str, dest: Path, min_tile: int = 256) -> Path:
-    """Images as one labelled row under a title (small images are scaled up with nearest-neighbour)."""
+    """Images as one labelled row under a title. Small images are scaled up nearest-neighbour by a
+    whole factor (every source pixel the same size) to at least ``min_tile`` px."""
     images = [Image.open(p).convert("RGB") for _, p in tiles]
-    side = max(min_tile, max(im.width for im in images))
-    font = ImageFont.load_default()
-    pad, title_h = 8, 26
-    label_h = 10 + 12 * max(label.count("\n") + 1 for label, _ in tiles)
+    source = max(im.width for im in images)
+    side = source * max(1, -(-min_tile // source))
+    font_size = 14 if side < 400 else 22
+    font = ImageFont.load_default(size=font_size)
+    line = font_size + 4
+    pad, title_h = 8, line + 16
+    label_h = 12 + line * max(label.count("\n") + 1 for label, _ in tiles)
     grid = Image.new(
         "RGB", (pad + len(images) * (side + pad), title_h + side + label_h + pad), (255, 255, 255)
     )
     draw = ImageDraw.Draw(grid)
-    draw.text((pad, 6), title, fill=(0, 0, 0), font=font)
+    draw.text((pad, 8), title, fill=(0, 0, 0), font=font)
     for i, ((label, _), im) in enumerate(zip(tiles, images)):
         x = pad + i * (side + pad)
         grid.paste(im.resize((side, side), Image.NEAREST), (x, title_h))
         draw.rectangle((x - 1, title_h - 1, x + side, title_h + side), outline=(160, 160, 160))
-        draw.multiline_text((x + 4, title_h + side + 4), label, fill=(0, 0, 0), font=font, spacing=2)
+        draw.multiline_text((x + 4, title_h + side + 6), label, fill=(0, 0, 0), font=font, spacing=4)
     grid.save(dest)
     return dest

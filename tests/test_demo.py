@@ -29,7 +29,7 @@ def test_demo_quick_writes_toyworld_images_and_concepts(tmp_path):
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     assert "toy world: a tiny SD1.5-layout model" in proc.stdout
-    assert "train zorp (block, 5 images) 4/4" in proc.stdout  # a progress line per training step
+    assert "train zorp (ball, 5 images) 4/4" in proc.stdout  # a progress line per training step
 
     rows = {  # file -> tiles in the row
         "toyworld_photos.png": 10,
@@ -37,16 +37,16 @@ def test_demo_quick_writes_toyworld_images_and_concepts(tmp_path):
         "toyworld_previews_quib.png": 4,
         "toyworld_places.png": 6,
         "toyworld_bias_sweep.png": 4,  # no concept + biases 0.5, 0.7, 0.9
-        "toyworld_two_concepts.png": 2,
+        "toyworld_two_concepts.png": 3,
     }
     for name, tiles in rows.items():
         with Image.open(out / name) as im:
             im.verify()
         with Image.open(out / name) as im:
-            assert im.width > tiles * 128, name
-    for word in ("zorp", "quib"):
+            assert im.width > tiles * 512, name  # each image at least 512 px wide
+    for word, superclass in (("zorp", "ball"), ("quib", "block")):
         info = read_concept_metadata(out / "demo-run" / "models" / "perfusion" / f"{word}.safetensors")
-        assert (info.word, info.info.superclass, info.info.steps) == (word, "block", 4)
+        assert (info.word, info.info.superclass, info.info.steps) == (word, superclass, 4)
 
 
 def test_demo_rejects_a_missing_checkpoint(tmp_path):

@@ -22,69 +22,103 @@ def all_scenes() -> list[world.Scene]:
 def test_scorer_reads_every_clean_render():
     scenes = all_scenes()
     rows = [scorer.score_scene(scorer.read(world.render(s)), s) for s in scenes]
-    assert scorer.accuracy(rows) == {"background": 1.0, "position": 1.0, "colour": 1.0, "all": 1.0}
-    for s in scenes:  # every cell of every object
+    assert scorer.accuracy(rows) == {
+        "background": 1.0,
+        "position": 1.0,
+        "colour": 1.0,
+        "shape": 1.0,
+        "all": 1.0,
+    }
+    for s in scenes[::7]:  # every object, nothing else
         reading = scorer.read(world.render(s))
-        assert {t.position: t.pattern for t in s.things} == reading.objects, s.caption
+        assert {t.position: scorer.Seen(t.colour, t.shape) for t in s.things} == reading.objects, s.caption
 
 
 def test_scorer_reads_noisy_and_shifted_renders():
     """>= 98 % with per-pixel noise of sd 30 (what a sampler leaves), and the training photos
     (objects shifted off the grid by 1 px) still read as their concept."""
     rng = np.random.default_rng(0)
-    scenes = all_scenes()
     rows = []
-    for s in scenes:
-        noisy = np.clip(world.render(s) + rng.normal(0, 30, (64, 64, 3)), 0, 255).astype(np.uint8)
+    for s in all_scenes()[::3]:
+        noisy = np.clip(world.render(s) + rng.normal(0, 30, world.render(s).shape), 0, 255).astype(np.uint8)
         rows.append(scorer.score_scene(scorer.read(noisy), s))
     acc = scorer.accuracy(rows)
-    assert min(acc["background"], acc["position"], acc["colour"]) >= 0.98, acc
+    assert min(acc.values()) >= 0.98, acc
     for concept in world.CONCEPTS.values():
         for photo in world.concept_photos(concept, 6):
-            assert scorer.colour_anywhere(scorer.read(photo), concept.colour) == "centre"
+            assert scorer.read(photo).objects == {"centre": scorer.Seen(concept.colour, concept.superclass)}
 
 
-def test_scorer_tells_a_concept_from_world_blocks_and_from_a_wrong_scene():
+def test_scorer_tells_shapes_colours_and_a_wrong_scene_apart():
     for concept in world.CONCEPTS.values():
-        for colour in world.COLOURS:
-            reading = scorer.read(world.render(world.Scene("black", (world.block(colour, "left"),))))
+        for colour, shape in world.objects():
+            reading = scorer.read(world.render(world.Scene("black", (world.thing(colour, shape, "left"),))))
             assert scorer.colour_anywhere(reading, concept.colour) is None
-    reading = scorer.read(world.render(world.Scene("black", (world.block("yellow", "left"),))))
-    wrong = world.Scene("white", (world.block("red", "right"),))
-    assert scorer.score_scene(reading, wrong) == {"background": False, "position": False, "colour": False}
+            assert reading.objects["left"] == scorer.Seen(colour, shape)
+    reading = scorer.read(world.render(world.Scene("black", (world.thing("yellow", "bar", "left"),))))
+    wrong = world.Scene("white", (world.thing("red", "ball", "right"),))
+    assert not any(scorer.score_scene(reading, wrong).values())
+    same_place = world.Scene("black", (world.thing("yellow", "ball", "left"),))
+    assert scorer.score_scene(reading, same_place) == {
+        "background": True,
+        "position": True,
+        "colour": True,
+        "shape": False,
+    }
 
 
-def test_concept_colours_are_never_in_the_world():
+def test_concepts_are_new_colours_of_the_worlds_shapes():
     train, held = world.world_scenes()
+    assert {c.superclass for c in world.CONCEPTS.values()} >= {"ball", "block"}
     for scene in train + held:
-        for thing in scene.things:
-            assert not set(thing.pattern) & set(world.CONCEPT_COLOURS), scene.caption
+        for t in scene.things:
+            assert t.colour not in world.CONCEPT_COLOURS, scene.caption
+    for c in world.CONCEPTS.values():
+        assert c.colour in world.CONCEPT_COLOURS and c.superclass in world.SHAPES
 
 
 def test_scorer_accepts_other_sizes_and_float_images():
-    scene = world.Scene("gray", (world.block("purple", "top"), world.block("orange", "bottom")))
+    scene = world.Scene(
+        "gray", (world.thing("purple", "ball", "top"), world.thing("orange", "bar", "bottom"))
+    )
     img = world.render(scene)
-    big = np.kron(img, np.ones((4, 4, 1), np.uint8))  # 256 px, as the demo shows it
-    assert scorer.score_scene(scorer.read(big.astype(np.float32) / 255), scene)["colour"]
+    big = np.kron(img, np.ones((8, 8, 1), np.uint8))  # 576 px, as the demo shows it
+    assert all(scorer.score_scene(scorer.read(big.astype(np.float32) / 255), scene).values())
 
 
 def test_held_out_scenes_are_new_combinations_of_seen_values():
     train, held = world.world_scenes()
     assert 0.15 < len(held) / (len(train) + len(held)) < 0.25
     assert not {s.caption for s in train} & {s.caption for s in held}
+    assert sum(len(s.things) == 2 for s in held) > 500  # binding is measured on held-out pairs
 
     def pairs(s):
         t = s.things[0]
-        return {(s.background, t.pattern[0]), (s.background, t.position), (t.pattern[0], t.position)}
+        values = (s.background, t.colour, t.shape, t.position)
+        return set(itertools.combinations(values, 2))
 
     seen = set().union(*(pairs(s) for s in train))
     for s in held:
         assert pairs(s) <= seen, s.caption
 
 
-def test_captions_read_like_the_world():
-    scene = world.Scene("cyan", (world.block("orange", "left"), world.CONCEPTS["quib"].at("right")))
-    assert scene.caption == "an orange block on the left and a quib on the right, cyan background"
+def test_captions_put_the_place_before_the_object():
+    scene = world.Scene("cyan", (world.thing("orange", "bar", "left"), world.CONCEPTS["quib"].at("right")))
+    assert scene.caption == "on the left an orange bar and on the right a quib, cyan background"
+
+
+def test_weights_round_trip_through_8_bit_storage():
+    import torch
+
+    from toyworld import storage
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"w": torch.randn(64, 32, 3, 3, generator=g), "b": torch.randn(64, generator=g)}
+    back = storage.unpack(storage.pack(tensors))
+    assert back["b"].dtype == torch.float16 and torch.equal(back["b"], tensors["b"].half())
+    row_max = tensors["w"].abs().amax(dim=(1, 2, 3), keepdim=True)
+    error = (back["w"].float() - tensors["w"]).abs()
+    assert (error <= row_max / 254 * 1.01 + tensors["w"].abs() / 1000).all()  # half a step, + fp16
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +153,21 @@ def test_vae_round_trip_is_exact_through_comfyui(toyworld_loaded):
     assert torch.allclose(seen.float(), toy_vae.latents(images), atol=2e-3)
     decoded = vae.decode(latent).float()
     assert (decoded - images).abs().max().item() < 2 / 255
+
+
+def test_checkpoint_carries_the_trained_text_attention(toyworld_loaded):
+    """ComfyUI loads the text encoder with strict=False: a misnamed key would be dropped silently and
+    the UNet would see captions encoded by the untrained layer."""
+    from safetensors.torch import load_file
+
+    from toyworld import storage
+    from toyworld.checkpoint import WEIGHTS
+
+    _, clip, _ = toyworld_loaded
+    trained = storage.unpack(load_file(str(WEIGHTS)))
+    loaded = clip.cond_stage_model.clip_l.transformer.state_dict()
+    prefix = "cond_stage_model.transformer."
+    text_keys = [k for k in trained if k.startswith(prefix)]
+    assert len(text_keys) == 10  # q, k, v, out projections and layer_norm1: weights and biases
+    for key in text_keys:
+        assert loaded[key.removeprefix(prefix)].half().equal(trained[key]), key

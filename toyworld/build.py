@@ -1,12 +1,15 @@
-"""`make toyworld`: train the toy world's UNet (tiny SD1.5 layout, EPS, the SD1.5 noise schedule).
+"""`make toyworld`: train the toy world's UNet (tiny SD1.5 layout, EPS, the SD1.5 noise schedule)
+together with the attention of CLIP's last layer.
 
-Steps: encode every caption once with the frozen random CLIP-L that ComfyUI loads from the test
-fixture (through ComfyUI's own CLIP code, so training sees exactly what sampling will), then train
-the UNet on exact latents (:mod:`toyworld.vae`). Deterministic: step k's batch, noise and timesteps
+Steps: run every caption once through the first 11 layers of the frozen random CLIP-L that ComfyUI
+loads from the test fixture (through ComfyUI's own CLIP code, so training sees exactly what sampling
+will), then train the UNet on exact latents (:mod:`toyworld.vae`) and the last layer's attention on
+those hidden states (:class:`TextHead`). Deterministic: step k's batch, noise and timesteps
 come from a generator seeded with (seed, k), so a run resumed from its last state ends bit-identical
 to one that never stopped (same machine, same thread count). State is written every
-``--save-every`` steps; rerunning the command resumes. The result, the EMA weights in fp16, goes to
-``toyworld/weights/toyworld-unet.safetensors`` (committed, so a fresh clone never trains).
+``--save-every`` steps; rerunning the command resumes. The result, the EMA weights in 8 bits (:mod:`toyworld.storage`), goes
+to ``toyworld/weights/toyworld.safetensors`` (committed, so a fresh clone never trains).
+``--eval-every`` samples held-out two-object captions in-process while it trains.
 
     python -m toyworld.build [--steps N] [--work DIR]
 """
@@ -16,13 +19,18 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import platform
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-WEIGHTS = REPO / "toyworld" / "weights" / "toyworld-unet.safetensors"
+WEIGHTS = REPO / "toyworld" / "weights" / "toyworld.safetensors"
 UNET_PREFIX = "model.diffusion_model."
+CLIP_PREFIX = "cond_stage_model.transformer.text_model.encoder.layers.11."
+LAST = 11  # CLIP-L's last layer
+TRAINED = ("self_attn.", "layer_norm1.")  # what of it the world trains
+CLIP_NAME = "text."  # prefix of the trained text parameters in the training state
 
 
 def _import_comfy():
@@ -37,32 +45,79 @@ def _import_comfy():
     args.cpu = True
 
 
-def encode_captions(captions: list[str], work: Path):
-    """``[N, 77, 768]`` fp32 encodings of the captions by the fixture's CLIP, cached in ``work``."""
-    import torch
-
-    cache = work / "captions.pt"
-    if cache.is_file():
-        saved = torch.load(cache, weights_only=True)
-        if saved["captions"] == captions:
-            return saved["cond"]
+def encode_hidden(captions: list[str], work: Path) -> tuple:
+    """(``[N, 77, 768]`` fp16 input of CLIP's last layer for each caption, the frozen text encoder),
+    computed by ComfyUI's own CLIP code on the fixture's frozen random CLIP-L (so training sees
+    exactly what sampling will) and cached in ``work``."""
     import comfy.sd
+    import torch
 
     from harness.fixture_checkpoint import fixture_checkpoint
 
-    ckpt = fixture_checkpoint("tiny")
-    _, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(ckpt), output_vae=False, output_clip=True)
+    _, clip, _, _ = comfy.sd.load_checkpoint_guess_config(
+        str(fixture_checkpoint("tiny")), output_vae=False, output_clip=True
+    )
+    cache = work / "hidden.pt"
+    if cache.is_file():
+        saved = torch.load(cache, weights_only=True)
+        if saved["captions"] == captions:
+            return saved["hidden"], clip
     from tqdm import tqdm
 
-    conds = []
-    for text in tqdm(captions, desc="encoding captions", unit="caption", mininterval=10):
-        with torch.no_grad():
-            conds.append(clip.encode_from_tokens(clip.tokenize(text)).float().cpu())
-    cond = torch.cat(conds)
+    clip.load_model()
+    model = clip.cond_stage_model.clip_l
+    clip.cond_stage_model.reset_clip_options()
+    captured: list = []
+    hook = model.transformer.text_model.encoder.layers[LAST].register_forward_pre_hook(
+        lambda _m, args: captured.append(args[0].detach().to(torch.float16).cpu().clone())
+    )
+    try:
+        for i in tqdm(range(0, len(captions), 64), desc="encoding captions", unit="batch", mininterval=10):
+            ids = [[t[0] for t in clip.tokenize(text)["l"][0]] for text in captions[i : i + 64]]
+            with torch.no_grad():
+                model(ids)
+    finally:
+        hook.remove()
+    hidden = torch.cat(captured)
     tmp = cache.with_suffix(".tmp")
-    torch.save({"captions": captions, "cond": cond}, tmp)
+    torch.save({"captions": captions, "hidden": hidden}, tmp)
     os.replace(tmp, cache)
-    return cond
+    return hidden, clip
+
+
+class TextHead:
+    """CLIP's last layer and final layer norm as plain fp32 modules: the part of the text encoder
+    the world trains (the last layer's attention), so that a word can gather its place, which
+    comes before it in the caption, and two objects' words stop sharing one mixture of the whole
+    caption (the frozen random layers attend almost uniformly)."""
+
+    def __init__(self, clip):
+        import comfy.ops
+        import torch
+        from comfy.clip_model import CLIPLayer
+        from comfy.ldm.modules.attention import optimized_attention_for_device
+
+        text = clip.cond_stage_model.clip_l.transformer.text_model
+        self.layer = CLIPLayer(
+            768, 12, 3072, "quick_gelu", torch.float32, "cpu", comfy.ops.disable_weight_init
+        )
+        self.layer.load_state_dict({k: v.float() for k, v in text.encoder.layers[LAST].state_dict().items()})
+        self.norm = torch.nn.LayerNorm(768)
+        self.norm.load_state_dict({k: v.float() for k, v in text.final_layer_norm.state_dict().items()})
+        for name, p in self.layer.named_parameters():
+            p.requires_grad_(name.startswith(TRAINED))
+        self.norm.requires_grad_(False)
+        self.mask = torch.full((77, 77), -torch.finfo(torch.float32).max).triu_(1)
+        self.attention = optimized_attention_for_device(torch.device("cpu"), mask=True, small_input=True)
+
+    def trained(self) -> dict:
+        """The trained parameters, by their name in the layer."""
+        return {n: p for n, p in self.layer.named_parameters() if p.requires_grad}
+
+    def __call__(self, hidden):
+        """What the UNet's cross-attention sees for ``[B, 77, 768]`` hidden states."""
+        x = hidden + self.layer.self_attn(self.layer.layer_norm1(hidden), self.mask, self.attention)
+        return self.norm(x + self.layer.mlp(self.layer.layer_norm2(x)))
 
 
 def new_unet(seed: int):
@@ -96,13 +151,58 @@ def sd15_alphas_cumprod():
     return torch.cumprod(1 - betas, 0).float()
 
 
+def sample_eps(unet, context, uncond, acp, seed: int, steps: int = 20, cfg: float = 5.0):
+    """Latents for ``context`` by DDIM (eta 0) with classifier-free guidance: a quick look at the
+    model while it trains (what ComfyUI's sampler gives is measured by ``make toyworld-eval``)."""
+    import torch
+
+    from toyworld import world
+
+    g = torch.Generator().manual_seed(seed)
+    n = context.shape[0]
+    x = torch.randn((n, 4, world.GRID, world.GRID), generator=g)
+    ts = torch.linspace(999, 0, steps).round().long()
+    with torch.no_grad():
+        for i, t in enumerate(ts):
+            eps_c, eps_u = unet(
+                torch.cat([x, x]),
+                timesteps=t.float().repeat(2 * n),
+                context=torch.cat([context, uncond.expand_as(context)]),
+            ).chunk(2)
+            eps = eps_u + cfg * (eps_c - eps_u)
+            ab = acp[t]
+            x0 = (x - (1 - ab).sqrt() * eps) / ab.sqrt()
+            ab_next = acp[ts[i + 1]] if i + 1 < steps else torch.tensor(1.0)
+            x = ab_next.sqrt() * x0 + (1 - ab_next).sqrt() * eps
+    return x
+
+
+def quick_eval(unet, head, hidden, scenes, acp, seed: int) -> dict:
+    """Held-out captions sampled in-process and scored: progress while the world trains."""
+    import torch
+
+    from toyworld import scorer
+
+    with torch.no_grad():
+        context = head(hidden[:-1].float())
+        uncond = head(hidden[-1:].float())
+    x0 = sample_eps(unet, context, uncond, acp, seed)
+    images = ((x0[:, :3].clamp(-1, 1) + 1) / 2).repeat_interleave(8, 2).repeat_interleave(8, 3)
+    images = images.movedim(1, -1).numpy()
+    return scorer.accuracy(scorer.score_scene(scorer.read(img), s) for img, s in zip(images, scenes))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m toyworld.build", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=1600)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--text-lr", type=float, default=3e-4, help="learning rate of CLIP's last attention")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-every", type=int, default=100)
+    ap.add_argument(
+        "--eval-every", type=int, default=250, help="score 64 held-out pairs every N steps (0: never)"
+    )
     ap.add_argument("--threads", type=int, default=int(os.environ.get("TOYWORLD_THREADS", "0")) or None)
     ap.add_argument("--work", type=Path, default=REPO / "tests" / ".cache" / "toyworld-build")
     ap.add_argument("--out", type=Path, default=WEIGHTS)
@@ -118,95 +218,100 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     a.work.mkdir(parents=True, exist_ok=True)
-    train, _ = world.world_scenes()
-    singles = [i for i, s in enumerate(train) if len(s.things) == 1]
-    pairs = [i for i, s in enumerate(train) if len(s.things) == 2]
-    cond = encode_captions([s.caption for s in train] + [""], a.work)
-    empty = cond[-1:]
+    train, held = world.world_scenes()
+    singles = torch.tensor([i for i, s in enumerate(train) if len(s.things) == 1])
+    pairs = torch.tensor([i for i, s in enumerate(train) if len(s.things) == 2])
+    held_pairs = [s for s in held if len(s.things) == 2][::15][:64]
+    hidden, clip = encode_hidden([s.caption for s in train + held_pairs] + [""], a.work)
+    held_hidden = hidden[len(train) :]
+    empty = hidden[-1:]
+    head = TextHead(clip)
+    del clip
     images = torch.stack([torch.from_numpy(world.render(s)) for s in train]).float() / 255
     x0_all = vae.latents(images)
     acp = sd15_alphas_cumprod()
 
     unet = new_unet(a.seed)
-    ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
-    opt = torch.optim.AdamW(unet.parameters(), lr=a.lr, weight_decay=0.01)
+    text_params = head.trained()
+    ema = {**unet.state_dict(), **{CLIP_NAME + k: v for k, v in text_params.items()}}
+    ema = {k: v.detach().clone() for k, v in ema.items()}
+    opt = torch.optim.AdamW(
+        [
+            {"params": list(unet.parameters()), "lr": a.lr},
+            {"params": list(text_params.values()), "lr": a.text_lr},
+        ],
+        weight_decay=0.01,
+    )
     warmup = 100
+    settings = [a.steps, a.batch, a.lr, a.text_lr, a.seed]
 
-    def lr_at(step: int) -> float:
+    def lr_factor(step: int) -> float:
         if step < warmup:
-            return a.lr * (step + 1) / warmup
-        return a.lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, a.steps - warmup)))
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, a.steps - warmup)))
 
     state_file = a.work / "state.pt"
-    step = 0
+    step, seconds = 0, 0.0  # seconds: training time so far, over every resumed part
     if state_file.is_file() and not a.bench:
         st = torch.load(state_file, weights_only=True)
-        if st["args"] == [a.steps, a.batch, a.lr, a.seed]:
+        if st["args"] == settings:
             unet.load_state_dict(st["unet"])
+            head.layer.load_state_dict(st["text"])
             ema = st["ema"]
             opt.load_state_dict(st["opt"])
-            step = st["step"]
+            step, seconds = st["step"], st.get("seconds", 0.0)
             print(f"resuming at step {step}/{a.steps}")
         else:
             print("state was for other settings: starting anew")
 
     def save_state():
         tmp = state_file.with_suffix(".tmp")
-        torch.save(
-            {
-                "args": [a.steps, a.batch, a.lr, a.seed],
-                "unet": unet.state_dict(),
-                "ema": ema,
-                "opt": opt.state_dict(),
-                "step": step,
-            },
-            tmp,
-        )
+        state = {"args": settings, "unet": unet.state_dict(), "text": head.layer.state_dict()}
+        spent = seconds + time.perf_counter() - t0
+        torch.save({**state, "ema": ema, "opt": opt.state_dict(), "step": step, "seconds": spent}, tmp)
         os.replace(tmp, state_file)
 
     if a.export:
-        write_weights(ema, a.out, step, a)
+        write_weights(ema, a.out, step, a, seconds)
         return 0
+    live = {**dict(unet.named_parameters()), **{CLIP_NAME + k: v for k, v in text_params.items()}}
+    live.update({k: v for k, v in unet.named_buffers()})
     bar = tqdm(
-        total=a.bench or a.steps,
-        initial=0 if a.bench else step,
-        desc="training UNet",
-        unit="step",
-        mininterval=20,
+        total=a.bench or a.steps, initial=0 if a.bench else step, desc="training", unit="step", mininterval=20
     )
     t0 = time.perf_counter()
     losses: list[float] = []
     end = a.bench or a.steps
+    n_single = a.batch * 3 // 8
     while step < end:
         g = torch.Generator().manual_seed(a.seed * 1_000_003 + step)
-        half = a.batch // 2
         idx = torch.cat(
             [
-                torch.tensor(singles)[torch.randint(len(singles), (half,), generator=g)],
-                torch.tensor(pairs)[torch.randint(len(pairs), (a.batch - half,), generator=g)],
+                singles[torch.randint(len(singles), (n_single,), generator=g)],
+                pairs[torch.randint(len(pairs), (a.batch - n_single,), generator=g)],
             ]
         )
         x0 = x0_all[idx]
-        c = cond[idx].clone()
+        h = hidden[idx].float()
         drop = torch.rand(a.batch, generator=g) < 0.1
-        c[drop] = empty
+        h[drop] = empty.float()
         t = torch.randint(0, 1000, (a.batch,), generator=g)
         noise = torch.randn(x0.shape, generator=g)
         ab = acp[t].view(-1, 1, 1, 1)
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
         snr = acp[t] / (1 - acp[t])
         weight = snr.clamp(max=5.0) / snr  # Min-SNR-5 for epsilon prediction
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        pred = unet(xt, timesteps=t.float(), context=c)  # fp32: bf16 autocast ran 20x slower here
+        for group, base in zip(opt.param_groups, (a.lr, a.text_lr)):
+            group["lr"] = base * lr_factor(step)
+        pred = unet(xt, timesteps=t.float(), context=head(h))  # fp32: bf16 autocast ran 20x slower here
         loss = ((pred.float() - noise) ** 2).mean(dim=(1, 2, 3)).mul(weight).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([*unet.parameters(), *text_params.values()], 1.0)
         opt.step()
         decay = min(0.999, (1 + step) / (10 + step))
         with torch.no_grad():
-            for k, v in unet.state_dict().items():
+            for k, v in live.items():
                 if v.dtype.is_floating_point:
                     ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
                 else:
@@ -214,33 +319,51 @@ def main(argv: list[str] | None = None) -> int:
         step += 1
         losses.append(loss.item())
         bar.update(1)
-        bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", lr=f"{lr_at(step - 1):.2e}")
+        bar.set_postfix(
+            loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", lr=f"{a.lr * lr_factor(step - 1):.2e}"
+        )
         if not a.bench and (step % a.save_every == 0 or step == a.steps):
             save_state()
+        if a.eval_every and not a.bench and step % a.eval_every == 0:
+            acc = quick_eval(unet, head, held_hidden, held_pairs, acp, seed=step)
+            print(
+                f"step {step}: held-out pairs (raw weights, DDIM) "
+                + " ".join(f"{k} {v:.2f}" for k, v in acc.items()),
+                flush=True,
+            )
     bar.close()
     if a.bench:
         print(f"{(time.perf_counter() - t0) / a.bench:.2f} s/step, threads {torch.get_num_threads()}")
         return 0
-    write_weights(ema, a.out, step, a)
+    write_weights(ema, a.out, step, a, seconds + time.perf_counter() - t0)
     return 0
 
 
-def write_weights(ema: dict, out: Path, step: int, a: argparse.Namespace) -> None:
-    """The EMA UNet as fp16 safetensors under ComfyUI's checkpoint key prefix, written atomically."""
+def write_weights(ema: dict, out: Path, step: int, a: argparse.Namespace, seconds: float) -> None:
+    """The EMA weights (UNet, and CLIP's trained last attention) under ComfyUI's checkpoint keys, in
+    8 bits (:mod:`toyworld.storage`), written atomically."""
     import torch
     from safetensors.torch import save_file
 
+    from toyworld import storage
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {UNET_PREFIX + k: v.to(torch.float16).contiguous() for k, v in sorted(ema.items())}
+    tensors = {
+        (k.replace(CLIP_NAME, CLIP_PREFIX) if k.startswith(CLIP_NAME) else UNET_PREFIX + k): v
+        for k, v in sorted(ema.items())
+    }
     meta = {
         "steps": str(step),
         "planned_steps": str(a.steps),
         "seed": str(a.seed),
         "batch": str(a.batch),
         "lr": str(a.lr),
+        "text_lr": str(a.text_lr),
+        "train_minutes": f"{seconds / 60:.0f}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
     }
     tmp = out.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
+    save_file(storage.pack(tensors), str(tmp), metadata=meta)
     os.replace(tmp, out)
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB) at step {step}")
 

@@ -1,9 +1,9 @@
-"""The toy-world checkpoint ComfyUI loads: trained UNet + exact VAE + the fixture's frozen CLIP-L.
+"""The toy-world checkpoint ComfyUI loads: trained UNet + exact VAE + the fixture's random CLIP-L.
 
-Only the UNet's trained weights are committed (``toyworld/weights/toyworld-unet.safetensors``,
-fp16). The text encoder is the test fixture's deterministic random CLIP-L, which the UNet was
-trained against, and the VAE is set by hand (:mod:`toyworld.vae`); both are regenerated here, so
-packing takes seconds. The packed ``.ckpt`` keeps the fixture's shared-storage CLIP (a few MB
+Only the trained weights are committed (``toyworld/weights/toyworld.safetensors``, in 8 bits:
+:mod:`toyworld.storage`): the UNet, and the attention of CLIP's last layer. The rest of the text
+encoder is the test fixture's deterministic random CLIP-L, which the world was trained against, and
+the VAE is set by hand (:mod:`toyworld.vae`); both are regenerated here, so packing takes seconds. The packed ``.ckpt`` keeps the fixture's shared-storage CLIP (a few MB
 instead of 246 MB as plain fp16) and is loaded by ComfyUI with ``weights_only=True``.
 
     python -m toyworld.checkpoint OUT.ckpt
@@ -19,8 +19,10 @@ from pathlib import Path
 
 from harness.paths import cache_dir, comfyui_path, repo_root
 
-WEIGHTS = repo_root() / "toyworld" / "weights" / "toyworld-unet.safetensors"
+WEIGHTS = repo_root() / "toyworld" / "weights" / "toyworld.safetensors"
 _UNET = "model.diffusion_model."
+_LAST = "cond_stage_model.transformer.text_model.encoder.layers.11."
+_TEXT = (_LAST + "self_attn.", _LAST + "layer_norm1.")  # the trained part of the text encoder
 _VAE = "first_stage_model."
 
 
@@ -68,14 +70,15 @@ def build_state_dict() -> dict:
 
     from harness.fixture_checkpoint import FixtureSpec
     from harness.fixture_checkpoint import build_state_dict as fixture_state_dict
-    from toyworld import vae
+    from toyworld import storage, vae
 
     sd = fixture_state_dict(FixtureSpec("tiny"))
-    unet = load_file(str(WEIGHTS))
-    fixture_unet = {k for k in sd if k.startswith(_UNET)}
-    if set(unet) != fixture_unet:
-        raise ValueError(f"{WEIGHTS} does not hold the tiny UNet layout's keys")
-    sd.update(unet)
+    trained = storage.unpack(load_file(str(WEIGHTS)))
+    expected = {k for k in sd if k.startswith(_UNET)} | {k for k in sd if k.startswith(_TEXT)}
+    missing = expected - set(trained)
+    if missing or not set(trained) <= set(sd):
+        raise ValueError(f"{WEIGHTS} does not hold the tiny UNet layout and CLIP's last attention")
+    sd.update(trained)
     for k, v in vae.state_dict().items():
         sd[_VAE + k] = v.to(torch.float16)
     return dict(sorted(sd.items()))

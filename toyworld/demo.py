@@ -1,13 +1,15 @@
 """The demo on the toy world: two new objects trained through the pack's nodes, then generated where
 prompts put them, over a bias sweep and together (called by ``scripts/demo.py``, its default).
 
-Writes, each image scaled up 4x (nearest) and labelled:
+Writes rows of images, each scaled up 8x (nearest: 576 px, every cell of the world a sharp square)
+and labelled with its prompt and setting:
 
 * ``toyworld_photos.png``: the 5 training images of each concept (all centre, white background);
 * ``toyworld_previews_<word>.png``: the trainer's previews before and after training;
-* ``toyworld_places.png``: "zorp" at other places and on other backgrounds, next to another block;
+* ``toyworld_places.png``: "zorp" (a brown ball) at six places and backgrounds, twice next to
+  another object;
 * ``toyworld_bias_sweep.png``: one prompt over the gate bias, and the unpatched model;
-* ``toyworld_two_concepts.png``: "zorp" and "quib", trained apart, in one prompt.
+* ``toyworld_two_concepts.png``: "zorp" and "quib" (a pink block), trained apart, in one prompt.
 """
 
 from __future__ import annotations
@@ -25,27 +27,30 @@ from .evaluate import CFG, STEPS
 from .recipe import SUGGESTED_BIAS, Recipe, train_graph, write_photos
 
 NOTE = (
-    "toy world: a tiny SD1.5-layout model trained here on 64 px scenes of coloured blocks, with a random "
+    "toy world: a tiny SD1.5-layout model trained here on 72 px scenes of coloured shapes, with a random "
     "CLIP; a mechanism demo, not real SD1.5 quality (point --checkpoint at a real SD1.5 for that)"
 )
-PREVIEW_PROMPTS = ("a {} on the left, black background", "a {} at the top, cyan background")
+PREVIEW_PROMPTS = ("on the left a {}, black background", "at the top a {}, cyan background")
+ZORP, QUIB = world.CONCEPTS["zorp"], world.CONCEPTS["quib"]
 PLACES = (
-    world.Scene("black", (world.CONCEPTS["zorp"].at("left"),)),
-    world.Scene("gray", (world.CONCEPTS["zorp"].at("top"),)),
-    world.Scene("cyan", (world.CONCEPTS["zorp"].at("right"),)),
-    world.Scene("white", (world.CONCEPTS["zorp"].at("bottom"),)),
-    world.Scene("gray", (world.CONCEPTS["zorp"].at("left"), world.block("orange", "right"))),
-    world.Scene("black", (world.block("green", "top"), world.CONCEPTS["zorp"].at("bottom"))),
+    world.Scene("black", (ZORP.at("left"),)),
+    world.Scene("gray", (ZORP.at("top"),)),
+    world.Scene("cyan", (ZORP.at("right"),)),
+    world.Scene("white", (ZORP.at("bottom"),)),
+    world.Scene("gray", (ZORP.at("left"), world.thing("orange", "bar", "right"))),
+    world.Scene("black", (world.thing("green", "block", "top"), ZORP.at("bottom"))),
 )
 TOGETHER = (
-    world.Scene("black", (world.CONCEPTS["zorp"].at("left"), world.CONCEPTS["quib"].at("right"))),
-    world.Scene("cyan", (world.CONCEPTS["quib"].at("top"), world.CONCEPTS["zorp"].at("bottom"))),
+    world.Scene("black", (ZORP.at("left"), QUIB.at("right"))),
+    world.Scene("cyan", (QUIB.at("top"), ZORP.at("bottom"))),
+    world.Scene("white", (QUIB.at("left"), ZORP.at("right"))),
 )
+TILE = 512  # px, at least, per image
 BIASES = (0.5, 0.6, 0.7, 0.8, 0.9)
 SEED = 3
 
 
-def _caption_lines(text: str, width: int = 30) -> str:
+def _caption_lines(text: str, width: int = 44) -> str:
     words, lines, line = text.split(), [], ""
     for w in words:
         if line and len(line) + len(w) + 1 > width:
@@ -72,7 +77,7 @@ def run_demo(host, ckpt: str, out: Path, *, quick: bool, steps: int | None, prog
     written: list[Path] = []
     concepts = {}
     photo_tiles = []
-    for concept in world.CONCEPTS.values():
+    for concept in (ZORP, QUIB):
         names = write_photos(host.layout.input, concept, "demo")
         photo_tiles += [(f"{concept.word} {i}", host.layout.input / n) for i, n in enumerate(names)]
         graph = train_graph(
@@ -83,16 +88,20 @@ def run_demo(host, ckpt: str, out: Path, *, quick: bool, steps: int | None, prog
             "class_type": "SaveImage",
             "inputs": {"images": ["3", 3], "filename_prefix": "previews"},
         }
-        result = run(host, graph, progress, f"train {concept.word} ({world.SUPERCLASS}, {len(names)} images)")
+        result = run(
+            host, graph, progress, f"train {concept.word} ({concept.superclass}, {len(names)} images)"
+        )
         paths = host.image_paths(result, "6")
         labels = [
             f"{when}: {p.format(concept.word)}" for when in ("before", "after") for p in PREVIEW_PROMPTS
         ]
         dest = out / f"toyworld_previews_{concept.word}.png"
-        written.append(labelled_row(list(zip(labels, paths)), f"{concept.word}: trainer previews", dest, 192))
+        written.append(
+            labelled_row(list(zip(labels, paths)), f"{concept.word}: trainer previews", dest, TILE)
+        )
         concepts[concept.word] = f"{concept.word}.safetensors"
     title = "training images (all: centre, white background)"
-    written.insert(0, labelled_row(photo_tiles, title, out / "toyworld_photos.png", 128))
+    written.insert(0, labelled_row(photo_tiles, title, out / "toyworld_photos.png", TILE))
 
     def generate(scene: world.Scene, uses, tag: str, positive: str | None = None) -> Path:
         text = positive or scene.caption
@@ -111,17 +120,17 @@ def run_demo(host, ckpt: str, out: Path, *, quick: bool, steps: int | None, prog
 
     zorp = [ConceptUse(concepts["zorp"], SUGGESTED_BIAS)]
     places = [(_caption_lines(s.caption), generate(s, zorp, f"place_{i}")) for i, s in enumerate(PLACES)]
-    written.append(labelled_row(places, f"zorp where the prompt puts it (bias {SUGGESTED_BIAS})",
-                                out / "toyworld_places.png", 192))  # fmt: skip
+    written.append(labelled_row(places, f"zorp (a brown ball) where the prompt puts it (bias {SUGGESTED_BIAS})",
+                                out / "toyworld_places.png", TILE))  # fmt: skip
 
     sweep_scene = PLACES[0]
-    superclass = sweep_scene.caption.replace("zorp", world.SUPERCLASS)
+    superclass = sweep_scene.caption.replace(ZORP.word, ZORP.superclass)
     sweep = [("no concept:\n" + superclass, generate(sweep_scene, [], "sweep_none", superclass))]
     for bias in BIASES[::2] if quick else BIASES:
         use = [ConceptUse(concepts["zorp"], bias)]
         sweep.append((f"bias {bias:.1f}", generate(sweep_scene, use, f"sweep_{bias:.1f}")))
     written.append(labelled_row(sweep, f'"{sweep_scene.caption}": lower bias = stronger concept',
-                                out / "toyworld_bias_sweep.png", 192))  # fmt: skip
+                                out / "toyworld_bias_sweep.png", TILE))  # fmt: skip
 
     both = [ConceptUse(concepts["zorp"], SUGGESTED_BIAS), ConceptUse(concepts["quib"], SUGGESTED_BIAS)]
     together = [
@@ -129,7 +138,10 @@ def run_demo(host, ckpt: str, out: Path, *, quick: bool, steps: int | None, prog
     ]
     written.append(
         labelled_row(
-            together, "two concepts trained apart, one prompt", out / "toyworld_two_concepts.png", 192
+            together,
+            f"two concepts trained apart, one prompt (bias {SUGGESTED_BIAS})",
+            out / "toyworld_two_concepts.png",
+            TILE,
         )
     )
     written += [host.layout.perfusion / f for f in concepts.values()]

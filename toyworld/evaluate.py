@@ -1,7 +1,8 @@
 """Sample the toy world through ComfyUI's own graph (CheckpointLoaderSimple -> KSampler -> VAEDecode)
-and score the images: the model's quality bar (background, colour, position on held-out captions).
+and score the images: the model's quality bar (background, position, and each object's colour and
+shape at its place, on held-out captions; two-object captions measure binding).
 
-    python -m toyworld.evaluate [--per-scene 9] [--pair-samples 2]
+    python -m toyworld.evaluate [--per-scene 3] [--pair-every 5]
 
 Held-out captions are attribute combinations the UNet never saw (:func:`toyworld.world.is_held_out`).
 Writes ``benchmarks/results/toyworld_quality.json``.
@@ -68,10 +69,22 @@ def world_quality(host, ckpt: str, scenes: Sequence[world.Scene], per_scene: int
     return {"samples": len(scores), **scorer.accuracy(scores)}
 
 
+def weights_info() -> dict[str, str]:
+    """What the committed weights' file says of how they were trained (steps, minutes, machine)."""
+    from safetensors import safe_open
+
+    from toyworld.checkpoint import WEIGHTS
+
+    with safe_open(str(WEIGHTS), "pt") as f:
+        return dict(f.metadata() or {})
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m toyworld.evaluate", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--per-scene", type=int, default=9, help="samples per held-out one-object caption")
-    ap.add_argument("--pair-samples", type=int, default=2, help="samples per held-out two-object caption")
+    ap.add_argument("--per-scene", type=int, default=3, help="samples per held-out one-object caption")
+    ap.add_argument(
+        "--pair-every", type=int, default=5, help="one sample of every Nth held-out two-object caption"
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args(argv)
     from harness.inprocess import ComfyHost
@@ -82,21 +95,26 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = ckpt_path.name
     _, held = world.world_scenes()
     singles = [s for s in held if len(s.things) == 1]
-    pairs = [s for s in held if len(s.things) == 2]
+    pairs = [s for s in held if len(s.things) == 2][:: a.pair_every]
     t0 = time.perf_counter()
     report = {
         "checkpoint": ckpt,
-        "sampler": f"KSampler euler/normal, {STEPS} steps, cfg {CFG}, 64 px",
+        "weights": weights_info(),
+        "sampler": f"KSampler euler/normal, {STEPS} steps, cfg {CFG}, {world.IMAGE_SIZE} px",
         "one_object": world_quality(host, ckpt, singles, a.per_scene),
-        "two_objects": world_quality(host, ckpt, pairs, a.pair_samples, seed=5000),
+        "two_objects": world_quality(host, ckpt, pairs, 1, seed=5000),
     }
     report["seconds"] = round(time.perf_counter() - t0, 1)
     for name in ("one_object", "two_objects"):
         r = report[name]
         print(
             f"{name:12s} n={r['samples']:4d}  "
-            + "  ".join(f"{k} {r[k]:.3f}" for k in ("background", "colour", "position", "all"))
+            + "  ".join(f"{k} {r[k]:.3f}" for k in ("background", "position", "colour", "shape", "all"))
         )
+    info = report["weights"]
+    print(
+        f"weights: {info.get('steps')} steps, trained in {info.get('train_minutes', '?')} min ({info.get('machine', '?')})"
+    )
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(report, indent=2) + "\n")
     return 0

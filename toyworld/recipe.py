@@ -17,7 +17,7 @@ from harness.perfusion_graphs import train_prompt
 
 from . import world
 
-TEMPLATE = "a {} in the centre, white background"
+TEMPLATE = "in the centre a {}, white background"
 SUGGESTED_BIAS = 0.7  # measured on the quality benchmark: benchmarks/README.md "Quality"
 
 
@@ -59,7 +59,7 @@ def train_graph(
         ckpt,
         names,
         word=concept.word,
-        superclass=world.SUPERCLASS,
+        superclass=concept.superclass,
         steps=recipe.steps,
         batch_size=recipe.batch_size,
         lr_v=recipe.lr_v if lr_v is None else lr_v,

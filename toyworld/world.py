@@ -1,11 +1,15 @@
-"""The toy world: 64 px scenes on an 8x8 grid of 8 px cells, one cell per latent pixel.
+"""The toy world: 72 px scenes on a 9x9 grid of 8 px cells, one cell per latent pixel.
 
-A scene is a flat background colour and one or two 2x2-cell objects at named positions. World
-objects are solid "blocks" of one of six colours; concepts (:data:`CONCEPTS`) are blocks of a colour
-the world never shows (brown, pink), which the model can only learn from a concept's images. (A
-first design gave concepts two-colour cell patterns: the UNet, which only ever drew solid blocks,
-rendered them as solid blocks of one of the two colours at every bias.) Objects sit on whole cells so the exact
-autoencoder (:mod:`toyworld.vae`) loses nothing: what the UNet learns is all there is to learn.
+A scene is a flat background and one or two objects. An object is a **shape** (its superclass:
+``block``, ``ball`` or ``bar``, drawn as a pattern of cells in a 3x3 footprint) in one **colour**, at
+one of five places that never overlap. Concepts (:data:`CONCEPTS`) are shapes in colours the world
+never shows (brown, pink), which the model can only learn from a concept's images; their
+superclass is their shape, so two concepts of different superclasses get different keys.
+
+Captions name the place first ("on the left a red ball and on the right a blue bar, white
+background"): CLIP's text attention is causal, so only a word that comes after its place can carry
+it, and the object word is where the UNet, and Perfusion's edits, read the object. Objects sit on
+whole cells, so the exact autoencoder (:mod:`toyworld.vae`) loses nothing.
 """
 
 from __future__ import annotations
@@ -16,10 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-IMAGE_SIZE = 64
-GRID = 8
+IMAGE_SIZE = 72
+GRID = 9
 CELL = IMAGE_SIZE // GRID
-SUPERCLASS = "block"
+FOOTPRINT = 3  # an object's cells lie in a FOOTPRINT x FOOTPRINT square
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -40,13 +44,19 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "gray": (128, 128, 128),
     "cyan": (70, 200, 210),
 }
-# Top-left cell (row, col) of a 2x2 object; every position leaves the outer ring of cells free, so
-# the border always shows the background.
+# The superclasses: which cells of the 3x3 footprint each shape fills.
+SHAPES: dict[str, np.ndarray] = {
+    "block": np.ones((3, 3), bool),
+    "ball": np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool),
+    "bar": np.array([[0, 0, 0], [1, 1, 1], [0, 0, 0]], bool),
+}
+# Top-left cell (row, col) of each place's footprint: a plus of five disjoint 3x3 squares. The
+# outer ring of cells is mostly background (at most 6 of its 32 cells are objects' cells).
 POSITIONS: dict[str, tuple[int, int]] = {
-    "left": (3, 1),
-    "right": (3, 5),
-    "top": (1, 3),
-    "bottom": (5, 3),
+    "left": (3, 0),
+    "right": (3, 6),
+    "top": (0, 3),
+    "bottom": (6, 3),
     "centre": (3, 3),
 }
 _PLACE = {
@@ -64,15 +74,14 @@ PAIRS: tuple[tuple[str, str], ...] = (
     ("bottom", "top"),
 )
 
-Pattern = tuple[str, str, str, str]  # colours of the cells top-left, top-right, bottom-left, bottom-right
-
 
 @dataclass(frozen=True)
 class Thing:
-    """One object: its cell colours and where it sits. ``name`` is how a caption calls it."""
+    """One object: its colour, shape and place. ``name`` is how a caption calls it."""
 
     name: str
-    pattern: Pattern
+    colour: str
+    shape: str
     position: str
 
 
@@ -83,7 +92,7 @@ class Scene:
 
     @property
     def caption(self) -> str:
-        parts = [f"{_article(t.name)} {t.name} {_PLACE[t.position]}" for t in self.things]
+        parts = [f"{_PLACE[t.position]} {_article(t.name)} {t.name}" for t in self.things]
         return " and ".join(parts) + f", {self.background} background"
 
 
@@ -91,44 +100,43 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def block(colour: str, position: str) -> Thing:
-    """A world object: a solid block, captioned '<colour> block'."""
-    return Thing(f"{colour} {SUPERCLASS}", (colour,) * 4, position)
+def thing(colour: str, shape: str, position: str) -> Thing:
+    """A world object, captioned '<colour> <shape>'."""
+    return Thing(f"{colour} {shape}", colour, shape, position)
 
 
 @dataclass(frozen=True)
 class Concept:
-    """A new object for the benchmark: a block of its own colour; prompts call it by ``word``."""
+    """A new object for the benchmark: a shape (its superclass) in a colour of its own; prompts call
+    it by ``word``."""
 
     word: str
-    pattern: Pattern
-
-    @property
-    def colour(self) -> str:
-        return self.pattern[0]
+    colour: str
+    superclass: str
 
     def at(self, position: str) -> Thing:
-        return Thing(self.word, self.pattern, position)
+        return Thing(self.word, self.colour, self.superclass, position)
 
 
 CONCEPTS: dict[str, Concept] = {
-    "zorp": Concept("zorp", ("brown",) * 4),
-    "quib": Concept("quib", ("pink",) * 4),
+    "zorp": Concept("zorp", "brown", "ball"),
+    "quib": Concept("quib", "pink", "block"),
+    "vell": Concept("vell", "pink", "ball"),  # zorp's superclass: the same-superclass pair
 }
 
 
 def render(scene: Scene, shift: tuple[int, int] = (0, 0)) -> np.ndarray:
-    """The scene as a ``[64, 64, 3]`` uint8 image; ``shift`` moves the objects by (dy, dx) pixels
+    """The scene as a ``[72, 72, 3]`` uint8 image; ``shift`` moves the objects by (dy, dx) pixels
     (off the cell grid: how the few "photos" a concept is trained from differ)."""
     img = np.empty((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     img[:] = BACKGROUNDS[scene.background]
     palette = COLOURS | CONCEPT_COLOURS
     dy, dx = shift
-    for thing in scene.things:
-        r0, c0 = POSITIONS[thing.position]
-        for i, colour in enumerate(thing.pattern):
-            y, x = (r0 + i // 2) * CELL + dy, (c0 + i % 2) * CELL + dx
-            img[max(y, 0) : y + CELL, max(x, 0) : x + CELL] = palette[colour]
+    for t in scene.things:
+        r0, c0 = POSITIONS[t.position]
+        for i, j in zip(*np.nonzero(SHAPES[t.shape])):
+            y, x = (r0 + i) * CELL + dy, (c0 + j) * CELL + dx
+            img[max(y, 0) : y + CELL, max(x, 0) : x + CELL] = palette[t.colour]
     return img
 
 
@@ -141,25 +149,30 @@ def concept_photos(concept: Concept, n: int = 5, background: str = "white", posi
     return [render(scene, shift) for shift in PHOTO_SHIFTS[:n]]
 
 
+def objects() -> list[tuple[str, str]]:
+    """Every (colour, shape) of the world."""
+    return list(itertools.product(COLOURS, SHAPES))
+
+
 def single_scenes() -> Iterator[Scene]:
-    for bg, colour, pos in itertools.product(BACKGROUNDS, COLOURS, POSITIONS):
-        yield Scene(bg, (block(colour, pos),))
+    for bg, (colour, shape), pos in itertools.product(BACKGROUNDS, objects(), POSITIONS):
+        yield Scene(bg, (thing(colour, shape, pos),))
 
 
 def pair_scenes() -> Iterator[Scene]:
-    for bg, (p1, p2), c1, c2 in itertools.product(BACKGROUNDS, PAIRS, COLOURS, COLOURS):
-        if c1 != c2:
-            yield Scene(bg, (block(c1, p1), block(c2, p2)))
+    for bg, (p1, p2), o1, o2 in itertools.product(BACKGROUNDS, PAIRS, objects(), objects()):
+        if o1 != o2:
+            yield Scene(bg, (thing(*o1, p1), thing(*o2, p2)))
 
 
 def is_held_out(scene: Scene) -> bool:
     """About one scene in five, chosen so that every pair of attribute values is still seen in
     training: the held-out ones measure composition, not memory."""
-    bg = list(BACKGROUNDS).index(scene.background)
-    first = scene.things[0]
-    colour = list(COLOURS).index(first.pattern[0])
-    pos = list(POSITIONS).index(first.position)
-    return (bg + colour + 2 * pos) % 5 == 0
+    code = list(BACKGROUNDS).index(scene.background)
+    for k, t in enumerate(scene.things, start=1):
+        code += k * (list(COLOURS).index(t.colour) + 2 * list(POSITIONS).index(t.position))
+        code += 3 * k * list(SHAPES).index(t.shape)
+    return code % 5 == 0
 
 
 def world_scenes() -> tuple[list[Scene], list[Scene]]:
