@@ -1,23 +1,39 @@
-"""`make bench-quality`: does a concept show up where the prompt puts it? Measured on the toy world.
+"""`make bench-quality`: does a concept show up where the prompt puts it, and what does each part of
+Perfusion buy? Measured on the toy world: a mechanism test on a 3-cross-attention-layer UNet with a
+random CLIP, which says whether the pack's machinery does what the paper claims, not how SD1.5 behaves.
 
-New objects the world never showed (:data:`toyworld.world.CONCEPTS`: blocks of a colour no world
-scene has, superclass "block") are trained from 5 images, all of the object in the centre of a white background, through
-the pack's ``PerfusionTrainConcept``; then sampled through the pack's loader (or ComfyUI's LoRA
-nodes) with prompts that move them: other positions, other backgrounds, next to another block.
-The scorers read every sample (:mod:`toyworld.scorer`):
+New objects the world never showed (:data:`toyworld.world.CONCEPTS`: zorp a brown ball, quib a pink
+block, vell a pink ball) are trained from 5 photos "in the centre a {}, white background" through the
+pack's ``PerfusionTrainConcept`` (:mod:`toyworld.recipe`), then sampled through the pack's loader (or
+ComfyUI's LoRA nodes) with 12 prompts that move them: 8 to another place and background, 4 next to
+another object. Every prompt is one KSampler batch of 9 (seed 100 + prompt index, the same for every
+arm): 108 samples per arm. The scorers read each sample (:mod:`toyworld.scorer`):
 
-* **fidelity**: a block of the concept's colour is in the image (anywhere);
-* **alignment**: the prompt's background, positions and other blocks' colours all hold.
+* **fidelity**: the concept's colour is in the image, in the concept's shape (anywhere);
+* **in_place**: the concept, colour and shape, at its prompted place (for a pair: both);
+* **alignment**: the prompt's background, positions and other objects (colour and shape) all hold.
 
-Side by side in one run, same prompts and seeds: the unpatched model prompted with the superclass
-word; Perfusion over a bias sweep with local and global key-lock; Perfusion trained and used with
-the key lock off (K unedited: the word's keys come from its learned embedding); the word embedding
-alone (the same trainer with the gate held shut: train and inference bias 2.0, ``lr_v`` 0); ComfyUI's
-``TrainLoraNode`` LoRA over a strength sweep; and two concepts trained apart in one prompt.
+Each rate comes with its binomial standard error sqrt(p(1-p)/n).
 
-A mechanism test on a 3-cross-attention-layer UNet with a random CLIP: it says whether the pack's
-machinery does what the paper claims, not how real SD1.5 behaves. Writes
-``benchmarks/results/quality.json`` and ``quality.png``.
+Parts (``--part NAME``, repeatable, default all; each writes ``results/quality/<part>.json``, and every
+run ends by merging the part files there into ``results/quality.json``, ``quality.png`` and a markdown
+table, which ``--report`` alone redoes). Minutes on 2 CPU cores, from rates measured in smoke runs with
+one torch thread beside another job (1.2 s per sampled image, 1.4 s per training step of batch 4; on
+2 idle cores less):
+
+  perfusion  the unpatched model with the superclass word; Perfusion with the local    ~28
+             and with the global key lock, bias 0.5-0.9
+  unlocked   trained and used with the key lock off, bias 0.5-0.9                     ~15
+  baselines  the word embedding alone (textual inversion); ComfyUI's TrainLoraNode    ~22
+             LoRA at strengths 0.25-2
+  recipe     1 photo against 5; 50, 150 and 400 training steps                        ~27
+  pairs      zorp + quib (two superclasses) and zorp + vell (one), trained apart,       ~20
+             chained, local and global key lock
+
+So on 2 cores it runs as named parts of <= 30 minutes each, one command per part
+(``make bench-quality BENCH_ARGS="--part perfusion"``, ...); the whole (~2 hours there) is for a
+machine with a GPU. Not measured: weight decay 0 against 0.01 (the trainer node has no such input;
+``TrainingConfig.weight_decay`` is 0).
 """
 
 from __future__ import annotations
@@ -29,8 +45,8 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,204 +57,373 @@ from benchmarks.train_worker import lora_prompt  # noqa: E402
 from harness.perfusion_graphs import ConceptUse, generate_prompt  # noqa: E402
 from toyworld import scorer, world  # noqa: E402
 from toyworld.evaluate import CFG, STEPS  # noqa: E402
-from toyworld.recipe import TEMPLATE, Recipe, train_graph, write_photos  # noqa: E402
+from toyworld.recipe import SUGGESTED_BIAS, TEMPLATE, Recipe, train_graph, write_photos  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-BIASES = (0.5, 0.6, 0.7, 0.8, 0.9)
-LORA_STRENGTHS = (0.25, 0.5, 0.75, 1.0)
 SHUT = 2.0  # a gate bias no token reaches: the edits are off, only the learned word acts
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much each part measures: the full run, or a smoke run (``--quick``)."""
+
+    every: int = 1  # every Nth prompt
+    samples: int = 9  # per prompt (one KSampler batch)
+    biases: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
+    strengths: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+    steps: tuple[int, ...] = (50, 150, 400)  # the recipe's 150 among them
+    recipe: Recipe = field(default_factory=Recipe)
+
+
+QUICK = Plan(every=8, samples=2, biases=(0.7,), strengths=(1.0,), steps=(4, 8), recipe=Recipe(steps=8))
 
 
 def eval_scenes(concept: world.Concept) -> list[world.Scene]:
     """12 prompts that move the concept away from where it was trained (centre, white)."""
-    c, b = concept.at, world.block
+    c, t = concept.at, world.thing
     moved = [
         ("left", "black"), ("right", "gray"), ("top", "cyan"), ("bottom", "black"),
         ("left", "cyan"), ("right", "white"), ("top", "gray"), ("bottom", "white"),
     ]  # fmt: skip
     scenes = [world.Scene(bg, (c(pos),)) for pos, bg in moved]
     scenes += [
-        world.Scene("gray", (c("left"), b("orange", "right"))),
-        world.Scene("black", (b("green", "top"), c("bottom"))),
-        world.Scene("cyan", (b("purple", "left"), c("right"))),
-        world.Scene("white", (c("top"), b("red", "bottom"))),
+        world.Scene("gray", (c("left"), t("orange", "block", "right"))),
+        world.Scene("black", (t("green", "bar", "top"), c("bottom"))),
+        world.Scene("cyan", (t("purple", "ball", "left"), c("right"))),
+        world.Scene("white", (c("top"), t("red", "bar", "bottom"))),
     ]
     return scenes
 
 
 def pair_scenes(first: world.Concept, second: world.Concept) -> list[world.Scene]:
-    return [
-        world.Scene(bg, (first.at(p1), second.at(p2)))
-        for (p1, p2), bg in zip(world.PAIRS, ("black", "gray", "cyan", "white"))
-    ]
+    """12 prompts with both concepts, on every pair of places, each named first in half of them."""
+    scenes = []
+    for k, (bg, (p1, p2)) in enumerate((bg, p) for bg in ("black", "gray", "cyan") for p in world.PAIRS):
+        a, b = (first, second) if k % 2 == 0 else (second, first)
+        scenes.append(world.Scene(bg, (a.at(p1), b.at(p2))))
+    return scenes
 
 
 def as_superclass(scene: world.Scene) -> world.Scene:
-    """The same prompt with each concept word replaced by the superclass word."""
-    concepts = {c.word for c in world.CONCEPTS.values()}
-    things = tuple(replace(t, name=world.SUPERCLASS) if t.name in concepts else t for t in scene.things)
+    """The same prompt with each concept word replaced by its superclass word."""
+    concepts = {c.word: c for c in world.CONCEPTS.values()}
+    things = tuple(
+        replace(t, name=concepts[t.name].superclass) if t.name in concepts else t for t in scene.things
+    )
     return replace(scene, things=things)
 
 
 def judge(image, scene: world.Scene, concepts: Sequence[world.Concept]) -> dict[str, bool]:
-    """One sample against its prompt: fidelity per concept, alignment of everything else."""
+    """One sample against its prompt: the concepts' fidelity and places, the rest's alignment."""
     reading = scorer.read(image)
     words = {c.word: c for c in concepts}
     mine = [t for t in scene.things if t.name in words]
     others = [t for t in scene.things if t.name not in words]
-    placed = set(reading.ranked()[: len(scene.things)]) == {t.position for t in scene.things}
+
+    def seen(concept: world.Concept) -> bool:
+        place = scorer.colour_anywhere(reading, concept.colour)
+        return place is not None and reading.objects[place].shape == concept.superclass
+
+    base = scorer.score_scene(reading, scene)
     row = {
-        "fidelity": all(scorer.colour_anywhere(reading, words[t.name].colour) for t in mine),
+        "fidelity": all(seen(words[t.name]) for t in mine),
         "in_place": all(scorer.thing_matches(reading, t) for t in mine),
-        "background": reading.background == scene.background,
-        "positions": placed,
-        "other_blocks": all(scorer.thing_matches(reading, t) for t in others),
+        "background": base["background"],
+        "positions": base["position"],
+        "other_objects": all(scorer.thing_matches(reading, t) for t in others),
     }
-    row["alignment"] = row["background"] and row["positions"] and row["other_blocks"]
+    row["alignment"] = row["background"] and row["positions"] and row["other_objects"]
     return row
 
 
 def rates(rows: list[dict[str, bool]]) -> dict[str, float]:
-    return {k: round(sum(r[k] for r in rows) / len(rows), 4) for k in rows[0]} | {"samples": len(rows)}
+    """Each score's rate and its binomial standard error (``<score>_se``), and the sample count."""
+    n = len(rows)
+    out: dict[str, float] = {}
+    for key in rows[0]:
+        p = sum(r[key] for r in rows) / n
+        out[key], out[f"{key}_se"] = round(p, 4), round((p * (1 - p) / n) ** 0.5, 4)
+    return out | {"samples": n}
 
 
 class QualityRun:
-    """One host, one checkpoint; trains the arms and samples every prompt with the same seeds."""
+    """One host, one checkpoint: trains concepts (each set of options once) and samples every prompt
+    with the same seeds; keeps the seconds it spends, per training and per sampled image."""
 
     def __init__(self, host, ckpt: str, recipe: Recipe, samples: int):
         self.host, self.ckpt, self.recipe, self.samples = host, ckpt, recipe, samples
+        self.trained: dict[tuple, str] = {}
+        self.train_seconds: dict[str, float] = {}
+        self.sample_seconds, self.images = 0.0, 0
 
     def run(self, prompt: dict, label: str):
-        t0 = time.perf_counter()
         result = self.host.run(prompt)
         if not result.success:
             raise RuntimeError(f"{label} failed:\n{result.error_text}")
-        print(f"  {label}: {time.perf_counter() - t0:.1f}s", flush=True)
         return result
 
-    def photos(self, concept: world.Concept) -> list[str]:
-        return write_photos(self.host.layout.input, concept, "quality")
-
     def train(
-        self, concept: world.Concept, name: str, *, key_lock: bool = True, embedding_only: bool = False
-    ):
-        shut = {"train_bias": SHUT, "lr_v": 0.0} if embedding_only else {}
-        graph = train_graph(
-            self.ckpt, self.photos(concept), concept, self.recipe, name, key_lock=key_lock, **shut
-        )
-        self.run(graph, f"train {name}")
-        return f"{name}.safetensors"
+        self,
+        concept: world.Concept,
+        name: str,
+        *,
+        key_lock: bool = True,
+        embedding_only: bool = False,
+        shots: int = 5,
+        steps: int | None = None,
+    ) -> str:
+        """The concept file (``name``, unless these options were trained before)."""
+        recipe = replace(self.recipe, steps=steps or self.recipe.steps)
+        key = (concept.word, key_lock, embedding_only, shots, recipe.steps)
+        if key not in self.trained:
+            photos = write_photos(self.host.layout.input, concept, "quality")[:shots]
+            shut = {"train_bias": SHUT, "lr_v": 0.0} if embedding_only else {}
+            graph = train_graph(self.ckpt, photos, concept, recipe, name, key_lock=key_lock, **shut)
+            self.timed(graph, f"train {name}")
+            self.trained[key] = f"{name}.safetensors"
+        return self.trained[key]
 
-    def sample(self, scenes, concepts, uses=(), lora=None, superclass_prompt=False) -> list[dict[str, bool]]:
-        rows = []
-        for i, scene in enumerate(scenes):
-            text = (as_superclass(scene) if superclass_prompt else scene).caption
-            if lora is None:
-                prompt = generate_prompt(
-                    self.ckpt, uses, positive=text, seed=100 + i, steps=STEPS, cfg=CFG, size=world.IMAGE_SIZE,
-                    batch_size=self.samples, filename_prefix="quality",
-                )  # fmt: skip
-            else:
-                prompt = self.lora_graph(text, 100 + i, *lora)
-            result = self.host.run(prompt)
-            if not result.success:
-                raise RuntimeError(f"sampling {text!r} failed:\n{result.error_text}")
-            images = self.host.images(result, "9")
-            rows += [judge(img, scene, concepts) for img in images]
-        return rows
-
-    def lora_graph(self, text: str, seed: int, names: list[str], strength: float) -> dict:
+    def train_lora(self, concept: world.Concept, name: str) -> str:
+        """ComfyUI's TrainLoraNode on the same photos and prompt, as many image-steps at batch 1; the
+        LoRA file's name in models/loras."""
         r = self.recipe
         graph = lora_prompt(
-            self.ckpt, r.steps * r.batch_size, world.IMAGE_SIZE, "fp32", False, images=names,
-            text=TEMPLATE.format(world.CONCEPTS["zorp"].word), rank=r.lora_rank, learning_rate=r.lora_lr,
+            self.ckpt, r.steps * r.batch_size, world.IMAGE_SIZE, "fp32", False,
+            images=write_photos(self.host.layout.input, concept, "quality"),
+            text=TEMPLATE.format(concept.word), rank=r.lora_rank, learning_rate=r.lora_lr,
+            trainer=self.host.node_class("TrainLoraNode"),
         )  # fmt: skip
-        del graph["14"]  # SaveLoRA: the LoRA stays in the executor's cache between prompts
-        gen = generate_prompt(
-            self.ckpt, positive=text, seed=seed, steps=STEPS, cfg=CFG, size=world.IMAGE_SIZE,
-            batch_size=self.samples, filename_prefix="quality",
-        )  # fmt: skip
-        gen["30"] = {
-            "class_type": "LoraModelLoader",
-            "inputs": {"model": ["1", 0], "lora": ["3", 1], "strength_model": strength},
-        }
-        gen["7"]["inputs"]["model"] = ["30", 0]
-        return {**graph, **gen}
+        graph["14"]["inputs"]["prefix"] = f"loras/{name}"
+        self.timed(graph, f"train {name}")
+        saved = max((self.host.layout.output / "loras").glob(f"{name}_*.safetensors"), key=os.path.getmtime)
+        return self.host.add_file("loras", saved, f"{name}.safetensors")
+
+    def timed(self, prompt: dict, label: str) -> None:
+        t0 = time.perf_counter()
+        self.run(prompt, label)
+        self.train_seconds[label] = round(time.perf_counter() - t0, 1)
+        print(f"  {label}: {self.train_seconds[label]:.0f}s", flush=True)
+
+    def sample(
+        self,
+        scenes: Sequence[world.Scene],
+        concepts: Sequence[world.Concept],
+        uses: Sequence[ConceptUse] = (),
+        lora: tuple[str, float] | None = None,
+        superclass_prompt: bool = False,
+    ) -> list[dict[str, bool]]:
+        """Every scene's batch (seed 100 + its index), judged; ``lora``: (file, strength)."""
+        rows = []
+        t0 = time.perf_counter()
+        for i, scene in enumerate(scenes):
+            text = (as_superclass(scene) if superclass_prompt else scene).caption
+            prompt = generate_prompt(
+                self.ckpt, uses, positive=text, seed=100 + i, steps=STEPS, cfg=CFG, size=world.IMAGE_SIZE,
+                batch_size=self.samples, filename_prefix="quality",
+            )  # fmt: skip
+            if lora is not None:
+                prompt["30"] = {
+                    "class_type": "LoraLoaderModelOnly",
+                    "inputs": {"model": ["1", 0], "lora_name": lora[0], "strength_model": lora[1]},
+                }
+                prompt["7"]["inputs"]["model"] = ["30", 0]
+            images = self.host.images(self.run(prompt, f"sampling {text!r}"), "9")
+            rows += [judge(img, scene, concepts) for img in images]
+        self.sample_seconds += time.perf_counter() - t0
+        self.images += len(rows)
+        return rows
+
+    def arm(self, method: str, sweep: str, setting: float | None, *args, **kwargs) -> dict:
+        """One arm (``sweep``: what ``setting`` is, e.g. "bias"): :meth:`sample`'s rows as rates,
+        printed as they come."""
+        row = {"method": method, "sweep": sweep, "setting": setting, **rates(self.sample(*args, **kwargs))}
+        shown = "" if setting is None else f"{sweep} {setting:g}"
+        scores = "  ".join(
+            f"{k} {row[k]:.2f}±{row[k + '_se']:.2f}" for k in ("fidelity", "in_place", "alignment")
+        )
+        print(f"  {method:<24}{shown:>14}  {scores}  n={row['samples']}", flush=True)
+        return row
+
+
+def part_perfusion(q: QualityRun, plan: Plan) -> list[dict]:
+    """The unpatched model prompted with the superclass word; Perfusion's local and global key lock."""
+    zorp = world.CONCEPTS["zorp"]
+    scenes = eval_scenes(zorp)[:: plan.every]
+    concept = q.train(zorp, "zorp")
+    arms = [q.arm("unpatched (superclass)", "", None, scenes, [zorp], superclass_prompt=True)]
+    for lock in ("local", "global"):
+        for b in plan.biases:
+            arms.append(
+                q.arm(f"perfusion {lock}", "bias", b, scenes, [zorp], [ConceptUse(concept, b, key_lock=lock)])
+            )
+    return arms
+
+
+def part_unlocked(q: QualityRun, plan: Plan) -> list[dict]:
+    """Trained and used with the key lock off: K unedited, the word's keys come from its embedding."""
+    zorp = world.CONCEPTS["zorp"]
+    scenes = eval_scenes(zorp)[:: plan.every]
+    concept = q.train(zorp, "zorp_unlocked", key_lock=False)
+    uses = {b: [ConceptUse(concept, b, key_lock="off")] for b in plan.biases}
+    return [q.arm("key lock off", "bias", b, scenes, [zorp], uses[b]) for b in plan.biases]
+
+
+def part_baselines(q: QualityRun, plan: Plan) -> list[dict]:
+    """The word embedding alone (textual inversion: the same trainer, the gate held shut), and
+    ComfyUI's TrainLoraNode LoRA over strengths wide enough to meet Perfusion's fidelity."""
+    zorp = world.CONCEPTS["zorp"]
+    scenes = eval_scenes(zorp)[:: plan.every]
+    embedding = q.train(zorp, "zorp_embedding", key_lock=False, embedding_only=True)
+    shut = [ConceptUse(embedding, SHUT, key_lock="off")]
+    arms = [q.arm("embedding only (TI)", "", None, scenes, [zorp], shut)]
+    lora = q.train_lora(zorp, "zorp_lora")
+    arms += [
+        q.arm("TrainLoraNode LoRA", "strength", s, scenes, [zorp], lora=(lora, s)) for s in plan.strengths
+    ]
+    return arms
+
+
+def part_recipe(q: QualityRun, plan: Plan) -> list[dict]:
+    """At the suggested bias, local key lock: 1 photo against 5, and the training-step sweep."""
+    zorp = world.CONCEPTS["zorp"]
+    scenes = eval_scenes(zorp)[:: plan.every]
+    arms = []
+    for shots in (1, 5):
+        concept = q.train(zorp, f"zorp_{shots}_photos", shots=shots)
+        arms.append(q.arm("photos", "photos", shots, scenes, [zorp], [ConceptUse(concept, SUGGESTED_BIAS)]))
+    for steps in plan.steps:
+        if steps == q.recipe.steps:  # the 5-photo arm above: the same concept, prompts and seeds
+            arms.append({**arms[-1], "method": "training steps", "sweep": "steps", "setting": steps})
+            continue
+        concept = q.train(zorp, f"zorp_{steps}_steps", steps=steps)
+        use = [ConceptUse(concept, SUGGESTED_BIAS)]
+        arms.append(q.arm("training steps", "steps", steps, scenes, [zorp], use))
+    return arms
+
+
+def part_pairs(q: QualityRun, plan: Plan) -> list[dict]:
+    """Two concepts trained apart, chained, at the suggested bias; in_place is "both present, on
+    their places". zorp + quib: two superclasses (ball, block); zorp + vell: one (ball)."""
+    zorp = world.CONCEPTS["zorp"]
+    files = {zorp.word: q.train(zorp, "zorp")}
+    arms = []
+    for other in (world.CONCEPTS["quib"], world.CONCEPTS["vell"]):
+        files[other.word] = q.train(other, other.word)
+        scenes = pair_scenes(zorp, other)[:: plan.every]
+        for lock in ("local", "global"):
+            uses = [ConceptUse(files[c.word], SUGGESTED_BIAS, key_lock=lock) for c in (zorp, other)]
+            method = f"{zorp.word} + {other.word} {lock}"
+            arms.append(q.arm(method, "bias", SUGGESTED_BIAS, scenes, [zorp, other], uses))
+    return arms
+
+
+PARTS: dict[str, Callable[[QualityRun, Plan], list[dict]]] = {
+    "perfusion": part_perfusion,
+    "unlocked": part_unlocked,
+    "baselines": part_baselines,
+    "recipe": part_recipe,
+    "pairs": part_pairs,
+}
+
+
+def run_part(name: str, q: QualityRun, plan: Plan, meta: dict, out: Path) -> None:
+    """One part, timed, into ``out/quality/<name>.json``."""
+    print(f"part {name}", flush=True)
+    q.train_seconds, q.sample_seconds, q.images = {}, 0.0, 0
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    arms = PARTS[name](q, plan)
+    seconds = time.perf_counter() - t0
+    result = {
+        "part": name,
+        **meta,
+        "arms": [{"part": name, **a} for a in arms],
+        "seconds": round(seconds, 1),
+        "cpu_seconds": round(time.process_time() - cpu0, 1),
+        "train_seconds": q.train_seconds,
+        "sample_seconds_per_image": round(q.sample_seconds / max(q.images, 1), 3),
+    }
+    (out / "quality").mkdir(parents=True, exist_ok=True)
+    (out / "quality" / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(
+        f"part {name}: {seconds / 60:.1f} min ({q.images} images at {result['sample_seconds_per_image']:.2f}s, "
+        f"training {sum(q.train_seconds.values()):.0f}s)",
+        flush=True,
+    )
+
+
+def report(out: Path) -> str:
+    """Merges the part files in ``out/quality/`` into quality.json and quality.png; the markdown table."""
+    from benchmarks.quality_report import markdown, plot
+
+    found = {
+        n: json.loads((out / "quality" / f"{n}.json").read_text())
+        for n in PARTS
+        if (out / "quality" / f"{n}.json").is_file()
+    }
+    if not found:
+        raise SystemExit(f"no part results in {out / 'quality'}: run a part first")
+    checkpoints = {p["checkpoint"] for p in found.values()}
+    if len(checkpoints) > 1:
+        by = {n: p["checkpoint"] for n, p in found.items()}
+        raise SystemExit(f"parts measured on different weights ({by}): rerun the stale ones")
+    merged = {
+        "checkpoint": checkpoints.pop(),
+        "parts": {n: {k: v for k, v in p.items() if k not in ("arms", "part")} for n, p in found.items()},
+        "missing_parts": [n for n in PARTS if n not in found],
+        "arms": [a for p in found.values() for a in p["arms"]],
+    }
+    (out / "quality.json").write_text(json.dumps(merged, indent=2) + "\n")
+    plot(merged, out / "quality.png")
+    missing = f" (missing parts: {', '.join(merged['missing_parts'])})" if merged["missing_parts"] else ""
+    return markdown(merged) + f"\n\nwrote {out / 'quality.json'} and quality.png{missing}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--samples", type=int, default=6, help="samples per prompt (one KSampler batch)")
-    ap.add_argument("--steps", type=int, default=Recipe.steps, help="training steps per concept")
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--quick", action="store_true", help="2 prompts, one setting per sweep (a smoke run)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__[__doc__.index("Parts (") :],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--part", action="append", choices=list(PARTS), help="run this part (repeatable; default all)"
+    )
+    ap.add_argument("--report", action="store_true", help="only merge the part files and print the table")
+    ap.add_argument(
+        "--quick", action="store_true", help="a smoke run: 2 prompts, one setting per sweep, 8 steps"
+    )
+    ap.add_argument("--samples", type=int, help="samples per prompt (one KSampler batch; default 9, quick 2)")
+    ap.add_argument(
+        "--out", type=Path, help="results folder (default benchmarks/results; quick: a temp folder)"
+    )
     a = ap.parse_args(argv)
-    biases, strengths, pair_biases = (0.7,), (1.0,), (0.7,)
-    if not a.quick:
-        biases, strengths, pair_biases = BIASES, LORA_STRENGTHS, (0.6, 0.7, 0.8)
+    plan = QUICK if a.quick else Plan()
+    plan = replace(plan, samples=a.samples or plan.samples)
+    out = a.out or (Path(tempfile.gettempdir()) / "perfusion-quality-quick" if a.quick else RESULTS)
+    if a.report:
+        print(report(out))
+        return 0
     from harness.inprocess import ComfyHost
     from toyworld.checkpoint import toyworld_checkpoint
+    from toyworld.evaluate import weights_info
 
     os.environ.setdefault("TQDM_DISABLE", "1")  # ComfyUI's sampler bars would bury the table
-    t0 = time.perf_counter()
     ckpt_path = toyworld_checkpoint()
     host = ComfyHost.get(Path(tempfile.mkdtemp(prefix="perfusion-quality-")), checkpoints=[ckpt_path])
-    recipe = Recipe(steps=a.steps)
-    q = QualityRun(host, ckpt_path.name, recipe, a.samples)
-    zorp, quib = world.CONCEPTS["zorp"], world.CONCEPTS["quib"]
-    scenes = eval_scenes(zorp)[:: 6 if a.quick else 1]
+    import torch
 
-    print("training", flush=True)
-    locked = q.train(zorp, "zorp_locked")
-    unlocked = q.train(zorp, "zorp_unlocked", key_lock=False)
-    embedding = q.train(zorp, "zorp_embedding", key_lock=False, embedding_only=True)
-    second = q.train(quib, "quib_locked")
-    lora_names = q.photos(zorp)
-
-    arms: list[dict] = []
-
-    def arm(method: str, setting: float | None, rows, **extra):
-        arms.append({"method": method, "setting": setting, **rates(rows), **extra})
-        last = arms[-1]
-        print(
-            f"  {method:<22}{'' if setting is None else setting:>6}  fidelity {last['fidelity']:.3f}  "
-            f"alignment {last['alignment']:.3f}",
-            flush=True,
-        )
-
-    print("sampling", flush=True)
-    arm("unpatched (superclass)", None, q.sample(scenes, [zorp], superclass_prompt=True))
-    for bias in biases:
-        arm("perfusion local", bias, q.sample(scenes, [zorp], [ConceptUse(locked, bias, key_lock="local")]))
-        arm("perfusion global", bias, q.sample(scenes, [zorp], [ConceptUse(locked, bias, key_lock="global")]))
-        arm("key lock off", bias, q.sample(scenes, [zorp], [ConceptUse(unlocked, bias, key_lock="off")]))
-    arm("embedding only (TI)", SHUT, q.sample(scenes, [zorp], [ConceptUse(embedding, SHUT, key_lock="off")]))
-    for strength in strengths:
-        arm("TrainLoraNode LoRA", strength, q.sample(scenes, [zorp], lora=(lora_names, strength)))
-    pairs = pair_scenes(zorp, quib)[:: 4 if a.quick else 1]
-    for bias in pair_biases:
-        uses = [ConceptUse(locked, bias), ConceptUse(second, bias)]
-        arm("two concepts", bias, q.sample(pairs, [zorp, quib], uses))
-    solo_quib = q.sample(eval_scenes(quib)[:: 6 if a.quick else 1], [quib], [ConceptUse(second, 0.7)])
-    arm("quib alone", 0.7, solo_quib)
-
-    report = {
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, torch threads default",
+    meta = {
         "checkpoint": ckpt_path.name,
-        "recipe": recipe.__dict__,
-        "sampler": f"KSampler euler/normal, {STEPS} steps, cfg {CFG}, 64 px; seeds 100+prompt index",
-        "prompts": [s.caption for s in scenes],
-        "pair_prompts": [s.caption for s in pairs],
-        "arms": arms,
-        "seconds": round(time.perf_counter() - t0, 1),
+        "weights": weights_info(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
+        "quick": a.quick,
+        "recipe": plan.recipe.__dict__,
+        "sampler": f"KSampler euler/normal, {STEPS} steps, cfg {CFG}, {world.IMAGE_SIZE} px; "
+        f"{plan.samples} per prompt, seeds 100 + prompt index",
     }
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "quality.json").write_text(json.dumps(report, indent=2) + "\n")
-    from benchmarks.quality_report import plot, table
-
-    print(table(report))
-    plot(report, a.out / "quality.png")
-    print(f"wrote {a.out / 'quality.json'} and quality.png in {report['seconds']:.0f}s")
+    q = QualityRun(host, ckpt_path.name, plan.recipe, plan.samples)
+    for name in a.part or PARTS:
+        run_part(name, q, plan, meta, out)
+    print(report(out))
     return 0
 
 

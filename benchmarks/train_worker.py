@@ -36,11 +36,15 @@ def lora_prompt(
     text: str = "a photo of a teddy",
     rank: int = 16,
     learning_rate: float = 0.0005,
+    trainer: type | None = None,
 ) -> dict:
     """Checkpoint -> images -> ImageScale -> VAEEncode -> RebatchLatents(1) -> TrainLoraNode(rank 16) -> SaveLoRA.
 
     RebatchLatents gives TrainLoraNode a list of latents: in ComfyUI 0.3.75 one batch fails
-    (UnboundLocalError: multi_res)."""
+    (UnboundLocalError: multi_res). ``trainer`` is the host's TrainLoraNode class, whose inputs and
+    outputs move between releases: given, SaveLoRA takes its LORA_MODEL output (0 in 0.33, 1 in
+    0.3.75) and the inputs left out here get its defaults (0.33 requires five more); None builds the
+    0.3.75 prompt."""
     prompt: dict = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}}}
     images, _ = load_images(prompt, images)
     prompt["10"] = {
@@ -80,9 +84,17 @@ def lora_prompt(
             "existing_lora": "[None]",
         },
     }
+    lora = 1
+    if trainer is not None:
+        lora = list(trainer.RETURN_TYPES).index("LORA_MODEL")
+        inputs = prompt[TRAIN_NODE]["inputs"]
+        for name, spec in trainer.INPUT_TYPES()["required"].items():
+            options = spec[1] if len(spec) > 1 else {}
+            if name not in inputs and "default" in options:
+                inputs[name] = options["default"]
     prompt["14"] = {
         "class_type": "SaveLoRA",
-        "inputs": {"lora": [TRAIN_NODE, 1], "prefix": "loras/bench_lora"},
+        "inputs": {"lora": [TRAIN_NODE, lora], "prefix": "loras/bench_lora"},
     }
     return prompt
 
@@ -133,7 +145,10 @@ def main() -> None:
     write_toy_images(host.layout.input, "bench", len(IMAGES))
     ckpt = host.add_checkpoint(args.layout)
     if args.trainer == "lora":
-        prompt = lora_prompt(ckpt, args.steps, args.resolution, args.dtype, args.gradient_checkpointing)
+        trainer = host.node_class("TrainLoraNode")
+        prompt = lora_prompt(
+            ckpt, args.steps, args.resolution, args.dtype, args.gradient_checkpointing, trainer=trainer
+        )
     else:
         prompt = perfusion_prompt(
             ckpt, args.steps, args.resolution, args.gradient_checkpointing, args.batch_size
