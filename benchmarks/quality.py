@@ -3,7 +3,7 @@ Perfusion buy? Measured on the toy world: a mechanism test on a 3-cross-attentio
 random CLIP, which says whether the pack's machinery does what the paper claims, not how SD1.5 behaves.
 
 New objects the world never showed (:data:`toyworld.world.CONCEPTS`: zorp a brown ball, quib a pink
-block, vell a pink ball) are trained from 5 photos "in the centre a {}, white background" through the
+block, wubo a pink ball) are trained from 5 photos "in the centre a {}, white background" through the
 pack's ``PerfusionTrainConcept`` (:mod:`toyworld.recipe`), then sampled through the pack's loader (or
 ComfyUI's LoRA nodes) with 12 prompts that move them: 8 to another place and background, 4 next to
 another object. Every prompt is one KSampler batch of 9 (seed 100 + prompt index, the same for every
@@ -27,7 +27,7 @@ one torch thread beside another job (1.2 s per sampled image, 1.4 s per training
   baselines  the word embedding alone (textual inversion); ComfyUI's TrainLoraNode    ~22
              LoRA at strengths 0.25-2
   recipe     1 photo against 5; 50, 150 and 400 training steps                        ~27
-  pairs      zorp + quib (two superclasses) and zorp + vell (one), trained apart,       ~20
+  pairs      zorp + quib (two superclasses) and zorp + wubo (one), trained apart,       ~20
              chained, local and global key lock
 
 So on 2 cores it runs as named parts of <= 30 minutes each, one command per part
@@ -303,11 +303,11 @@ def part_recipe(q: QualityRun, plan: Plan) -> list[dict]:
 
 def part_pairs(q: QualityRun, plan: Plan) -> list[dict]:
     """Two concepts trained apart, chained, at the suggested bias; in_place is "both present, on
-    their places". zorp + quib: two superclasses (ball, block); zorp + vell: one (ball)."""
+    their places". zorp + quib: two superclasses (ball, block); zorp + wubo: one (ball)."""
     zorp = world.CONCEPTS["zorp"]
     files = {zorp.word: q.train(zorp, "zorp")}
     arms = []
-    for other in (world.CONCEPTS["quib"], world.CONCEPTS["vell"]):
+    for other in (world.CONCEPTS["quib"], world.CONCEPTS["wubo"]):
         files[other.word] = q.train(other, other.word)
         scenes = pair_scenes(zorp, other)[:: plan.every]
         for lock in ("local", "global"):

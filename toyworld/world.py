@@ -121,7 +121,7 @@ class Concept:
 CONCEPTS: dict[str, Concept] = {
     "zorp": Concept("zorp", "brown", "ball"),
     "quib": Concept("quib", "pink", "block"),
-    "vell": Concept("vell", "pink", "ball"),  # zorp's superclass: the same-superclass pair
+    "wubo": Concept("wubo", "pink", "ball"),  # zorp's superclass: the same-superclass pair
 }
 
 
