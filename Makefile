@@ -49,7 +49,7 @@ bench-quality: setup
 device-kit: setup
 	@bash scripts/device_check.sh prepare
 
-# Retrains the toy world's UNet (~1 hour on 2 CPU cores; resumable) into toyworld/weights/.
+# Retrains the toy world (UNet + CLIP's last attention; ~85 min on 2 CPU cores, resumable) into toyworld/weights/
 toyworld: setup
 	$(PY) -m toyworld.build $(TOYWORLD_ARGS)
 

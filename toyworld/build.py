@@ -194,14 +194,14 @@ def quick_eval(unet, head, hidden, scenes, acp, seed: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m toyworld.build", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=2200)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--text-lr", type=float, default=3e-4, help="learning rate of CLIP's last attention")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-every", type=int, default=100)
     ap.add_argument(
-        "--eval-every", type=int, default=250, help="score 64 held-out pairs every N steps (0: never)"
+        "--eval-every", type=int, default=440, help="score 64 held-out pairs every N steps (0: never)"
     )
     ap.add_argument("--threads", type=int, default=int(os.environ.get("TOYWORLD_THREADS", "0")) or None)
     ap.add_argument("--work", type=Path, default=REPO / "tests" / ".cache" / "toyworld-build")

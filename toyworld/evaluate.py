@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -62,11 +63,22 @@ def sample(
 
 
 def world_quality(host, ckpt: str, scenes: Sequence[world.Scene], per_scene: int, seed: int = 1000) -> dict:
-    scores = []
+    """Attribute rates; for two-object scenes also ``swapped``: both objects drawn, each at the other's
+    place. Right as often as swapped means the words are drawn but not bound to their places."""
+    scores, swapped = [], 0
     for i, scene in enumerate(scenes):
         for image in sample(host, ckpt, scene.caption, seed=seed + i, n=per_scene):
-            scores.append(scorer.score_scene(scorer.read(image), scene))
-    return {"samples": len(scores), **scorer.accuracy(scores)}
+            reading = scorer.read(image)
+            scores.append(scorer.score_scene(reading, scene))
+            if len(scene.things) == 2:
+                a, b = scene.things
+                swapped += scorer.thing_matches(
+                    reading, replace(b, position=a.position)
+                ) and scorer.thing_matches(reading, replace(a, position=b.position))
+    report = {"samples": len(scores), **scorer.accuracy(scores)}
+    if any(len(s.things) == 2 for s in scenes):
+        report["swapped"] = swapped / len(scores)
+    return report
 
 
 def weights_info() -> dict[str, str]:
@@ -109,7 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         r = report[name]
         print(
             f"{name:12s} n={r['samples']:4d}  "
-            + "  ".join(f"{k} {r[k]:.3f}" for k in ("background", "position", "colour", "shape", "all"))
+            + "  ".join(
+                f"{k} {r[k]:.3f}"
+                for k in ("background", "position", "colour", "shape", "all", "swapped")
+                if k in r
+            )
         )
     info = report["weights"]
     print(
