@@ -1,6 +1,7 @@
 """ComfyUI nodes of the pack (V1 node API, so it loads on every recent release)."""
 
 from . import folders
+from .nodes_export import PerfusionExportConcept
 from .nodes_loader import PerfusionApplyConcept, PerfusionConceptFile, PerfusionConceptLoader
 from .nodes_train import PerfusionSaveConcept, PerfusionTrainConcept
 
@@ -12,6 +13,7 @@ NODE_CLASS_MAPPINGS = {
     "PerfusionConceptFile": PerfusionConceptFile,
     "PerfusionTrainConcept": PerfusionTrainConcept,
     "PerfusionSaveConcept": PerfusionSaveConcept,
+    "PerfusionExportConcept": PerfusionExportConcept,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -20,4 +22,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "PerfusionConceptFile": "Load Perfusion Concept File",
     "PerfusionTrainConcept": "Train Perfusion Concept",
     "PerfusionSaveConcept": "Save Perfusion Concept",
+    "PerfusionExportConcept": "Export Perfusion Concept (LoRA + Embedding)",
 }

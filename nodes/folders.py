@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 
 import folder_paths
 
 FOLDER = "perfusion"
 EXTENSIONS = {".safetensors"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,100}$")
 
 
 def register() -> None:
@@ -65,6 +67,11 @@ def file_state(name: str) -> str | float:
     return f"{stat.st_mtime_ns}-{stat.st_size}"
 
 
-def default_directory() -> str:
-    """Where new concept files are written: the first registered perfusion folder."""
-    return folder_paths.get_folder_paths(FOLDER)[0]
+def new_file(folder: str, name: str, what: str) -> str:
+    """<the first `folder` directory>/<name>.safetensors for a plain file name typed in widget `what`."""
+    stem = name[: -len(".safetensors")] if name.endswith(".safetensors") else name
+    if not _NAME.match(stem) or ".." in stem:
+        raise ValueError(
+            f"{what} '{name}': use letters, digits, '_', '-' or '.' only (no folders), e.g. 'hugsy_teddy'"
+        )
+    return os.path.join(folder_paths.get_folder_paths(folder)[0], stem + ".safetensors")

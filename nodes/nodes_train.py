@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import re
 import time
 
 from ..perfusion_core.concept_file import save_concept
@@ -16,17 +14,11 @@ from .nodes_loader import CONCEPT_TYPE
 from .precision import PRECISIONS
 
 log = logging.getLogger("comfyui-perfusion")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,100}$")
 
 
 def concept_path(name: str, what: str) -> str:
     """models/perfusion/<name>.safetensors for a plain file name from a widget."""
-    stem = name[: -len(".safetensors")] if name.endswith(".safetensors") else name
-    if not _NAME.match(stem) or ".." in stem:
-        raise ValueError(
-            f"{what} '{name}': use letters, digits, '_', '-' or '.' only (no folders), e.g. 'hugsy_teddy'"
-        )
-    return os.path.join(folders.default_directory(), stem + ".safetensors")
+    return folders.new_file(folders.FOLDER, name, what)
 
 
 class PerfusionTrainConcept:
@@ -271,6 +263,17 @@ class PerfusionTrainConcept:
                         "with key_lock 'off'.",
                     },
                 ),
+                "weight_decay": (
+                    "FLOAT",
+                    {
+                        "default": TrainingConfig.weight_decay,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.001,
+                        "tooltip": "AdamW weight decay of the trained tensors. It pulls the V targets toward "
+                        "0, not toward the superclass's values where they start, so the default is none.",
+                    },
+                ),
             },
         }
 
@@ -318,6 +321,7 @@ class PerfusionTrainConcept:
         preview_size=512,
         preview_steps=15,
         key_lock=True,
+        weight_decay=TrainingConfig.weight_decay,
     ):
         require_host()
         concept_word, superclass = concept_word.strip(), superclass.strip()
@@ -338,6 +342,7 @@ class PerfusionTrainConcept:
             templates=tuple(dict.fromkeys(image_templates)) or parse_templates(templates),
             image_templates=image_templates,
             key_lock=bool(key_lock),
+            weight_decay=weight_decay,
         )
         if resume is not None and (resume.word != concept_word or resume.info.superclass != superclass):
             raise ValueError(

@@ -11,21 +11,18 @@ leaves a half-written concept where a good one used to be.
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import json
 import logging
 import os
 import re
 import stat
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import safetensors.torch
 import torch
 
+from .atomic_write import UnwritableFile, write_atomic
 from .concept import FORMAT_VERSION, Concept, ConceptInfo
 from .concept_integrity import CHECKSUM_KEY, COVERED_KEY, checksum_defect, content_checksum, gate_defect
 from .safetensors_header import (
@@ -204,40 +201,6 @@ def _serialize(concept: Concept, path: str | os.PathLike[str], v_dtype: torch.dt
     return data
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable (POSIX); not possible/needed on Windows."""
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _commit_no_clobber(tmp: str, target: Path) -> None:
-    """Move tmp to target only if target does not exist, atomically where the filesystem allows."""
-    try:
-        os.link(tmp, target)  # fails atomically with FileExistsError if target appeared meanwhile
-    except FileExistsError:
-        raise FileExistsError(
-            f"Perfusion concept file '{target}' already exists; pass overwrite=True to replace it"
-        ) from None
-    except OSError:  # no hard links here (FAT, some network shares): check then rename
-        if os.path.lexists(target):
-            raise FileExistsError(
-                f"Perfusion concept file '{target}' already exists; pass overwrite=True to replace it"
-            ) from None
-        os.replace(tmp, target)
-    else:
-        os.unlink(tmp)
-
-
 def save_concept(
     concept: Concept,
     path: str | os.PathLike[str],
@@ -257,57 +220,15 @@ def save_concept(
     """
     target = Path(path)
     if not overwrite and os.path.lexists(target):
-        raise FileExistsError(
-            f"Perfusion concept file '{target}' already exists; pass overwrite=True to replace it"
-        )
+        raise FileExistsError(f"{_WHAT} '{target}' already exists; pass overwrite=True to replace it")
     data = _serialize(concept, target, v_dtype)
-    directory = target.parent if str(target.parent) else Path(".")
     try:
-        directory.mkdir(parents=True, exist_ok=True)  # a fresh install has no models/perfusion yet
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
-    except OSError as e:
-        raise ConceptFileError(
-            target,
-            f"the folder {directory} does not accept new files ({e.strerror or e})",
-            "unwritable",
-            writing=True,
-        ) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if os.name == "posix":
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; concept files are meant to be shared
-        if overwrite:
-            os.replace(tmp, target)
-        else:
-            _commit_no_clobber(tmp, target)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError) and not isinstance(e, FileExistsError):
-            raise ConceptFileError(
-                target, f"the file could not be written ({e.strerror or e})", "unwritable", writing=True
-            ) from None
-        raise
-    _fsync_dir(directory)
-    _remove_stale_temporaries(target)
-    return target
+        return write_atomic(data, target, overwrite=overwrite, what=_WHAT)
+    except UnwritableFile as e:
+        raise ConceptFileError(target, e.defect, "unwritable", writing=True) from None
 
 
-STALE_TEMPORARY_S = 3600.0
-
-
-def _remove_stale_temporaries(target: Path) -> None:
-    """Deletes this file's leftover temporaries from writers killed mid-save (SIGKILL, power loss).
-
-    Only those untouched for an hour: a live writer's temporary is seconds old."""
-    cutoff = time.time() - STALE_TEMPORARY_S
-    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
-        with contextlib.suppress(OSError):
-            if leftover.is_file() and leftover.stat().st_mtime < cutoff:
-                leftover.unlink()
+_WHAT = "Perfusion concept file"
 
 
 # --------------------------------------------------------------------------------------------- reading

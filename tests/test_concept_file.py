@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hostile_files import SD15_LAYER_WIDTHS, make_sd15_concept  # noqa: E402
 
+import perfusion_core.atomic_write as atomic_write  # noqa: E402
 import perfusion_core.concept_file as concept_file  # noqa: E402
 from perfusion_core.compatibility import ConceptMismatchError, ModelSignature, check_compatible  # noqa: E402
 from perfusion_core.concept import FORMAT_VERSION, Concept, ConceptInfo  # noqa: E402
@@ -227,13 +228,13 @@ def test_keyboard_interrupt_mid_write_cleans_up(tmp_path: Path, monkeypatch) -> 
 def test_no_clobber_race_is_detected_at_commit(tmp_path: Path, monkeypatch) -> None:
     """A file that appears between the early check and the commit is still not clobbered."""
     path = tmp_path / "teddy.safetensors"
-    real_mkstemp = concept_file.tempfile.mkstemp
+    real_mkstemp = atomic_write.tempfile.mkstemp
 
     def mkstemp_then_race(*args, **kwargs):
         path.write_bytes(b"someone else's file")
         return real_mkstemp(*args, **kwargs)
 
-    monkeypatch.setattr(concept_file.tempfile, "mkstemp", mkstemp_then_race)
+    monkeypatch.setattr(atomic_write.tempfile, "mkstemp", mkstemp_then_race)
     with pytest.raises(FileExistsError):
         save_concept(make_sd15_concept(), path)
     assert path.read_bytes() == b"someone else's file"
@@ -252,7 +253,7 @@ def test_a_save_removes_stale_temporaries_of_killed_writers_only(tmp_path: Path)
     other = tmp_path / ".mug.safetensors.abc123.tmp"  # another file's: not ours to judge
     for leftover in (stale, fresh, other):
         leftover.write_bytes(b"partial")
-    old = time.time() - concept_file.STALE_TEMPORARY_S - 60
+    old = time.time() - atomic_write.STALE_TEMPORARY_S - 60
     os.utime(stale, (old, old))
     os.utime(other, (old, old))
     save_concept(make_sd15_concept(), tmp_path / "teddy.safetensors")

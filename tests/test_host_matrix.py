@@ -30,6 +30,7 @@ PACK_NODES = (
     "PerfusionConceptLoader",
     "PerfusionApplyConcept",
     "PerfusionConceptFile",
+    "PerfusionExportConcept",
 )
 TRAIN_STEPS = 3
 CONCEPTS = {  # word -> (superclass, toy colour)

@@ -115,9 +115,37 @@ class TextHead:
         return {n: p for n, p in self.layer.named_parameters() if p.requires_grad}
 
     def __call__(self, hidden):
-        """What the UNet's cross-attention sees for ``[B, 77, 768]`` hidden states."""
-        x = hidden + self.layer.self_attn(self.layer.layer_norm1(hidden), self.mask, self.attention)
+        """What the UNet's cross-attention sees for ``[B, T, 768]`` hidden states (T <= 77: causal
+        attention makes the first T tokens' output independent of what follows them)."""
+        mask = self.mask[: hidden.shape[1], : hidden.shape[1]]
+        x = hidden + self.layer.self_attn(self.layer.layer_norm1(hidden), mask, self.attention)
         return self.norm(x + self.layer.mlp(self.layer.layer_norm2(x)))
+
+
+def phrase_length(clip, phrases: list[str]) -> int:
+    """The number of tokens every object phrase takes (the same for all, which the phrase loss
+    relies on: a two-object caption's second phrase then always starts at token ``2 + length``)."""
+    lengths = {sum(1 for t in clip.tokenize(p)["l"][0] if t[0] not in (49406, 49407)) for p in phrases}
+    if len(lengths) != 1:
+        raise ValueError(f"object phrases take {sorted(lengths)} tokens; the phrase loss needs one length")
+    return lengths.pop()
+
+
+def phrase_mismatch(head, context, phrase_hidden, words: int):
+    """How far a two-object caption's second phrase (its output tokens) is from the same phrase at
+    the start of a caption, relative to how much phrases differ there. A random frozen CLIP mixes the
+    first object into every later word (its layers attend almost uniformly); this loss teaches the
+    trained last layer to undo that, so each object word carries its own object and place, as a
+    pretrained text encoder's words mostly do, and the UNet can bind each object to its place."""
+    import torch
+
+    if not len(context):
+        return context.new_zeros(())
+    with torch.no_grad():
+        target = head(phrase_hidden[:, : words + 1].float())[:, 1:]
+        spread = (target - target.mean(0)).pow(2).sum(-1).mean().clamp(min=1e-6)
+    second = context[:, words + 2 : 2 * words + 2]
+    return (second - target).pow(2).sum(-1).mean() / spread
 
 
 def new_unet(seed: int):
@@ -197,7 +225,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=2200)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--text-lr", type=float, default=3e-4, help="learning rate of CLIP's last attention")
+    ap.add_argument("--text-lr", type=float, default=1e-3, help="learning rate of CLIP's last attention")
+    ap.add_argument(
+        "--phrase-loss",
+        type=float,
+        default=0.1,
+        help="weight of the loss that makes a second object's words read as if their phrase began the caption",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-every", type=int, default=100)
     ap.add_argument(
@@ -222,9 +256,15 @@ def main(argv: list[str] | None = None) -> int:
     singles = torch.tensor([i for i, s in enumerate(train) if len(s.things) == 1])
     pairs = torch.tensor([i for i, s in enumerate(train) if len(s.things) == 2])
     held_pairs = [s for s in held if len(s.things) == 2][::15][:64]
-    hidden, clip = encode_hidden([s.caption for s in train + held_pairs] + [""], a.work)
-    held_hidden = hidden[len(train) :]
+    phrases = sorted({world.phrase(s.things[1]) for s in train if len(s.things) == 2})
+    hidden, clip = encode_hidden([s.caption for s in train + held_pairs] + phrases + [""], a.work)
+    held_hidden = hidden[len(train) : len(train) + len(held_pairs)]
+    phrase_hidden = hidden[len(train) + len(held_pairs) : -1]
     empty = hidden[-1:]
+    words = phrase_length(clip, phrases)
+    second = torch.tensor(
+        [phrases.index(world.phrase(s.things[-1])) if len(s.things) == 2 else -1 for s in train]
+    )
     head = TextHead(clip)
     del clip
     images = torch.stack([torch.from_numpy(world.render(s)) for s in train]).float() / 255
@@ -243,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         weight_decay=0.01,
     )
     warmup = 100
-    settings = [a.steps, a.batch, a.lr, a.text_lr, a.seed]
+    settings = [a.steps, a.batch, a.lr, a.text_lr, a.seed, a.phrase_loss]
 
     def lr_factor(step: int) -> float:
         if step < warmup:
@@ -281,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     t0 = time.perf_counter()
     losses: list[float] = []
+    mismatches: list[float] = []
     end = a.bench or a.steps
     n_single = a.batch * 3 // 8
     while step < end:
@@ -303,10 +344,14 @@ def main(argv: list[str] | None = None) -> int:
         weight = snr.clamp(max=5.0) / snr  # Min-SNR-5 for epsilon prediction
         for group, base in zip(opt.param_groups, (a.lr, a.text_lr)):
             group["lr"] = base * lr_factor(step)
-        pred = unet(xt, timesteps=t.float(), context=head(h))  # fp32: bf16 autocast ran 20x slower here
+        context = head(h)
+        pred = unet(xt, timesteps=t.float(), context=context)  # fp32: bf16 autocast ran 20x slower here
         loss = ((pred.float() - noise) ** 2).mean(dim=(1, 2, 3)).mul(weight).mean()
+        kept = (second[idx] >= 0) & ~drop
+        mismatch = phrase_mismatch(head, context[kept], phrase_hidden[second[idx][kept]], words)
+        loss_all = loss + a.phrase_loss * mismatch
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_all.backward()
         torch.nn.utils.clip_grad_norm_([*unet.parameters(), *text_params.values()], 1.0)
         opt.step()
         decay = min(0.999, (1 + step) / (10 + step))
@@ -318,14 +363,17 @@ def main(argv: list[str] | None = None) -> int:
                     ema[k].copy_(v)
         step += 1
         losses.append(loss.item())
+        mismatches.append(mismatch.item())
         bar.update(1)
         bar.set_postfix(
-            loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", lr=f"{a.lr * lr_factor(step - 1):.2e}"
+            loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}",
+            phrase=f"{sum(mismatches[-50:]) / len(mismatches[-50:]):.3f}",
+            lr=f"{a.lr * lr_factor(step - 1):.2e}",
         )
         if not a.bench and (step % a.save_every == 0 or step == a.steps):
             save_state()
         if a.eval_every and not a.bench and step % a.eval_every == 0:
-            acc = quick_eval(unet, head, held_hidden, held_pairs, acp, seed=step)
+            acc = quick_eval(unet, head, torch.cat([held_hidden, empty]), held_pairs, acp, seed=step)
             print(
                 f"step {step}: held-out pairs (raw weights, DDIM) "
                 + " ".join(f"{k} {v:.2f}" for k, v in acc.items()),
@@ -359,6 +407,7 @@ def write_weights(ema: dict, out: Path, step: int, a: argparse.Namespace, second
         "batch": str(a.batch),
         "lr": str(a.lr),
         "text_lr": str(a.text_lr),
+        "phrase_loss": str(a.phrase_loss),
         "train_minutes": f"{seconds / 60:.0f}",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
     }

@@ -92,8 +92,12 @@ class Scene:
 
     @property
     def caption(self) -> str:
-        parts = [f"{_PLACE[t.position]} {_article(t.name)} {t.name}" for t in self.things]
-        return " and ".join(parts) + f", {self.background} background"
+        return " and ".join(phrase(t) for t in self.things) + f", {self.background} background"
+
+
+def phrase(t: Thing) -> str:
+    """How a caption names one object: its place, then the object ("on the left a red ball")."""
+    return f"{_PLACE[t.position]} {_article(t.name)} {t.name}"
 
 
 def _article(word: str) -> str:

@@ -308,6 +308,7 @@ def train_and_generate(
         preview_size=b.size,
         preview_steps=15,
         key_lock=True,
+        weight_decay=0.0,
         group=train,
         column=2,
     )
