@@ -2,6 +2,7 @@
 
 from . import folders
 from .nodes_export import PerfusionExportConcept
+from .nodes_gate_map import PerfusionGateMap
 from .nodes_loader import PerfusionApplyConcept, PerfusionConceptFile, PerfusionConceptLoader
 from .nodes_train import PerfusionSaveConcept, PerfusionTrainConcept
 
@@ -14,6 +15,7 @@ NODE_CLASS_MAPPINGS = {
     "PerfusionTrainConcept": PerfusionTrainConcept,
     "PerfusionSaveConcept": PerfusionSaveConcept,
     "PerfusionExportConcept": PerfusionExportConcept,
+    "PerfusionGateMap": PerfusionGateMap,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -23,4 +25,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "PerfusionTrainConcept": "Train Perfusion Concept",
     "PerfusionSaveConcept": "Save Perfusion Concept",
     "PerfusionExportConcept": "Export Perfusion Concept (LoRA + Embedding)",
+    "PerfusionGateMap": "Perfusion Gate Map",
 }

@@ -121,15 +121,21 @@ def _projection_path(layer: CrossAttentionLayer, kind: Projection) -> str:
     return f"{layer.key_path if kind == 'k' else layer.value_path}.forward"
 
 
-def current_concepts(model) -> tuple[AppliedConcept, ...]:
-    """Concepts already applied to `model` by this pack (read from its V patches)."""
+def applied_set(model) -> ConceptSet | None:
+    """The concepts this pack applied to `model` (read from its V patches), or None."""
     layers = cross_attention_layers(model)
     if not layers:
-        return ()
+        return None
     current = model.get_model_object(_projection_path(layers[0], "v"))
     if isinstance(current, PerfusionProjection) and isinstance(current.source, ConceptSet):
-        return current.source.applied
-    return ()
+        return current.source
+    return None
+
+
+def current_concepts(model) -> tuple[AppliedConcept, ...]:
+    """Concepts already applied to `model` by this pack."""
+    source = applied_set(model)
+    return source.applied if source is not None else ()
 
 
 def _rebind_on_clone(original, clone) -> None:

@@ -200,6 +200,11 @@ class ConceptSet:
             self._tensors[key] = torch.stack([r.float() for r in rows]).to(device)
         return self._tensors[key]
 
+    def gates(self, encodings: torch.Tensor) -> torch.Tensor:
+        """Each concept's gate g_j on each token encoding: (..., D) -> (..., J), in `applied` order,
+        as the V edits open them."""
+        return self._edit("v", encodings.device).gates(encodings)
+
     def plan(self, layer: str, kind: Projection, device: torch.device) -> ProjectionPlan | None:
         edit = self._edit(kind, device)
         if edit is None:

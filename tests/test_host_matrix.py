@@ -31,6 +31,7 @@ PACK_NODES = (
     "PerfusionApplyConcept",
     "PerfusionConceptFile",
     "PerfusionExportConcept",
+    "PerfusionGateMap",
 )
 TRAIN_STEPS = 3
 CONCEPTS = {  # word -> (superclass, toy colour)
