@@ -14,6 +14,15 @@ class ConceptUse:
     bias: float = 0.7
     temperature: float = 0.15
     key_lock: str = "local"
+    bias_end: float | None = None  # set: a linear bias schedule from `bias` to this
+
+    def loader_inputs(self) -> dict:
+        """The loader's widget values (the schedule's only when there is one)."""
+        inputs = {"concept_name": self.file, "bias": self.bias, "temperature": self.temperature}
+        inputs["key_lock"] = self.key_lock
+        if self.bias_end is not None:
+            inputs |= {"bias_schedule": "linear", "bias_end": self.bias_end}
+        return inputs
 
 
 def load_images(prompt: dict, names: Sequence[str], first_id: int = 100) -> tuple[list, list]:
@@ -126,14 +135,7 @@ def generate_prompt(
         node = str(20 + i)
         prompt[node] = {
             "class_type": "PerfusionConceptLoader",
-            "inputs": {
-                "model": model,
-                "clip": clip,
-                "concept_name": use.file,
-                "bias": use.bias,
-                "temperature": use.temperature,
-                "key_lock": use.key_lock,
-            },
+            "inputs": {"model": model, "clip": clip, **use.loader_inputs()},
         }
         model, clip = [node, 0], [node, 1]
     prompt["4"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": positive}}

@@ -24,9 +24,19 @@ def model_signature(model, clip) -> ModelSignature:
     )
 
 
-def apply_concept(model, clip, concept: Concept, bias: float, temperature: float, key_lock: str, source: str):
+def apply_concept(
+    model,
+    clip,
+    concept: Concept,
+    bias: float,
+    temperature: float,
+    key_lock: str,
+    source: str,
+    bias_end: float | None = None,
+):
     """(patched MODEL clone, patched CLIP clone); refuses a concept made for another model, or for
-    encodings of another text-encoder layer than this CLIP's (CLIP Set Last Layer)."""
+    encodings of another text-encoder layer than this CLIP's (CLIP Set Last Layer). `bias_end`: the
+    bias at the last sampling step, reached linearly from `bias` (None: constant)."""
     require_host()
     if key_lock not in LOCK_MODES:
         raise ValueError(f"key_lock must be one of {LOCK_MODES}, got '{key_lock}'")
@@ -40,7 +50,12 @@ def apply_concept(model, clip, concept: Concept, bias: float, temperature: float
         raise ValueError(mismatch)
     global_lock = key_lock == "global"
     applied = AppliedConcept(
-        concept, beta=float(bias), tau=float(temperature), global_lock=global_lock, key_edit=key_lock != "off"
+        concept,
+        beta=float(bias),
+        tau=float(temperature),
+        global_lock=global_lock,
+        key_edit=key_lock != "off",
+        beta_end=bias_end,
     )
     word = text_encoder.ConceptWord(
         concept.word,

@@ -53,7 +53,10 @@ class PerfusionProjection:
         plan = self.source.plan(self.layer, self.kind, x.device)
         if plan is None:
             return base
-        return plan.edit.apply(base, x, self.output_rows(plan, x))
+        progress = self.run.progress if self.run is not None and plan.edit.scheduled else None
+        if progress is not None:
+            progress = progress.to(x.device)
+        return plan.edit.apply(base, x, self.output_rows(plan, x), progress)
 
     def on_model(self, original: torch.nn.Module, model: torch.nn.Module, path: str) -> PerfusionProjection:
         """This edit moved from `original` to another instance of the model: the previous forward,
@@ -158,10 +161,10 @@ def _rebind_clones(patched) -> None:
         patched.add_callback_with_key(on_clone, _REBIND_KEY, _rebind_on_clone)
 
 
-def _install(model, source: PlanSource, *, key_edits: bool, per_run_rows: bool):
+def _install(model, source: PlanSource, *, key_edits: bool, per_run_rows: bool, scheduled: bool = False):
     patched = model.clone()
     _rebind_clones(patched)
-    run = sampling_run.install(patched) if per_run_rows else None
+    run = sampling_run.install(patched, track_progress=scheduled) if per_run_rows else None
     for layer in cross_attention_layers(model):
         for kind in ("k", "v"):
             if kind == "k" and not key_edits:
@@ -177,7 +180,9 @@ def apply_concepts(model, applied: tuple[AppliedConcept, ...]):
     """A clone of `model` whose edits cover earlier concepts plus `applied`, jointly (spec §4)."""
     earlier = current_concepts(model)
     source = ConceptSet(earlier + applied, new_from=len(earlier))
-    patched = _install(model, source, key_edits=source.has_key_edits, per_run_rows=True)
+    patched = _install(
+        model, source, key_edits=source.has_key_edits, per_run_rows=True, scheduled=source.has_schedule
+    )
     if source.has_global_lock:
         key_lock.install_key_context(patched)
     return patched

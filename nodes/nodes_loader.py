@@ -44,6 +44,27 @@ _GATE_INPUTS = {
     ),
 }
 
+# A bias schedule: optional, so API prompts and workflows saved before it keep a constant bias.
+BIAS_SCHEDULES = ("constant", "linear")
+_SCHEDULE_INPUTS = {
+    "bias_schedule": (
+        list(BIAS_SCHEDULES),
+        {
+            "default": "constant",
+            "tooltip": "constant: bias at every sampling step. linear: bias at the first (noisiest) step, "
+            "moving to bias_end at the last, counted as ControlNet's start/end percents are. A higher "
+            "bias early and a lower one late keeps the superclass's layout and adds the identity late.",
+        },
+    ),
+    "bias_end": (
+        "FLOAT",
+        {
+            **_GATE_INPUTS["bias"][1],
+            "tooltip": "Gate bias at the last sampling step, with bias_schedule = linear (else unused).",
+        },
+    ),
+}
+
 _CONCEPT_NAME_TOOLTIP = {"tooltip": "A concept file in models/perfusion (.safetensors, ~40 KB)."}
 
 _MODEL_CLIP_INPUTS = {
@@ -60,6 +81,17 @@ _DESCRIPTION_TAIL = (
     "global, encode both the positive and the negative prompt with the returned CLIP (a stock "
     "CLIPTextEncode is enough)."
 )
+
+
+def schedule_end(bias_schedule: str, bias_end: float | None) -> float | None:
+    """The bias at the last step for `apply_concept` (None: constant), checking the two widgets."""
+    if bias_schedule not in BIAS_SCHEDULES:
+        raise ValueError(f"bias_schedule must be one of {BIAS_SCHEDULES}, got '{bias_schedule}'")
+    if bias_schedule == "constant":
+        return None
+    if bias_end is None:
+        raise ValueError("bias_schedule 'linear' needs bias_end: the gate bias at the last step")
+    return float(bias_end)
 
 
 class PerfusionConceptLoader:
@@ -80,16 +112,22 @@ class PerfusionConceptLoader:
                 **_MODEL_CLIP_INPUTS,
                 "concept_name": (folders.concept_names(), _CONCEPT_NAME_TOOLTIP),
                 **_GATE_INPUTS,
-            }
+            },
+            "optional": _SCHEDULE_INPUTS,
         }
 
     @classmethod
     def IS_CHANGED(cls, concept_name, **_):
         return folders.file_state(concept_name)
 
-    def load(self, model, clip, concept_name, bias, temperature, key_lock):
+    def load(
+        self, model, clip, concept_name, bias, temperature, key_lock, bias_schedule="constant", bias_end=None
+    ):
         concept = load_concept(folders.resolve(concept_name))
-        return apply_concept(model, clip, concept, bias, temperature, key_lock, source=concept_name)
+        end = schedule_end(bias_schedule, bias_end)
+        return apply_concept(
+            model, clip, concept, bias, temperature, key_lock, source=concept_name, bias_end=end
+        )
 
 
 class PerfusionConceptFile:
@@ -133,10 +171,13 @@ class PerfusionApplyConcept:
                 **_MODEL_CLIP_INPUTS,
                 "concept": (CONCEPT_TYPE, {"tooltip": "A concept from 'Train Perfusion Concept'."}),
                 **_GATE_INPUTS,
-            }
+            },
+            "optional": _SCHEDULE_INPUTS,
         }
 
-    def apply(self, model, clip, concept, bias, temperature, key_lock):
-        return apply_concept(
-            model, clip, concept, bias, temperature, key_lock, source=f"concept '{concept.word}'"
-        )
+    def apply(
+        self, model, clip, concept, bias, temperature, key_lock, bias_schedule="constant", bias_end=None
+    ):
+        source = f"concept '{concept.word}'"
+        end = schedule_end(bias_schedule, bias_end)
+        return apply_concept(model, clip, concept, bias, temperature, key_lock, source=source, bias_end=end)

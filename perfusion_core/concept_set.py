@@ -25,10 +25,11 @@ class AppliedConcept:
     """A concept with the gate settings it is used with at inference."""
 
     concept: Concept
-    beta: float
+    beta: float  # at the first sampling step (all steps without a schedule)
     tau: float
     global_lock: bool = False  # K sees the superclass prompt instead of a K edit (spec §5)
     key_edit: bool = True  # False: K unedited (only for concepts trained without the lock, an ablation)
+    beta_end: float | None = None  # at the last step, reached linearly; None: no schedule
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,10 @@ class ConceptSet:
         return bool(self.members("k"))
 
     @property
+    def has_schedule(self) -> bool:
+        return any(a.beta_end is not None and a.beta_end != a.beta for a in self.applied)
+
+    @property
     def has_global_lock(self) -> bool:
         return any(a.global_lock for a in self.applied)
 
@@ -180,11 +185,13 @@ class ConceptSet:
             if not members:
                 self._edits[key] = None
             else:
+                scheduled = any(a.beta_end is not None for a in members)
                 edit = GatedRank1Edit(
                     torch.stack([a.concept.i_star for a in members]),
                     torch.stack([a.concept.u for a in members]),
                     [a.beta for a in members],
                     [a.tau for a in members],
+                    [a.beta if a.beta_end is None else a.beta_end for a in members] if scheduled else None,
                 )
                 self._edits[key] = edit.to(device)
         return self._edits[key]
@@ -200,10 +207,10 @@ class ConceptSet:
             self._tensors[key] = torch.stack([r.float() for r in rows]).to(device)
         return self._tensors[key]
 
-    def gates(self, encodings: torch.Tensor) -> torch.Tensor:
+    def gates(self, encodings: torch.Tensor, progress: float | None = None) -> torch.Tensor:
         """Each concept's gate g_j on each token encoding: (..., D) -> (..., J), in `applied` order,
-        as the V edits open them."""
-        return self._edit("v", encodings.device).gates(encodings)
+        as the V edits open them at sampling `progress` (None: the first step)."""
+        return self._edit("v", encodings.device).gates(encodings, progress)
 
     def plan(self, layer: str, kind: Projection, device: torch.device) -> ProjectionPlan | None:
         edit = self._edit(kind, device)

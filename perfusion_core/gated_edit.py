@@ -16,6 +16,10 @@ dtype. For J = 1, c = r and the edit is spec §2's; with g replaced by r it is R
 Both c(e) and the gates' pre-activations are linear in e, so one (2J × D) matrix gives all 2J
 of them in a single matmul, and a second one mixes the 2J output rows into the projection's
 output: the edit costs two thin matmuls per call, whatever J.
+
+A bias schedule moves β_j linearly from its start to `beta_end` over sampling progress p ∈ [0, 1]
+(0 at the noisiest step): only the gates' offset −β/τ depends on it, so a step costs one more
+vector add.
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ class GatedRank1Edit:
     """Joint gated rank-1 edit for J concepts that share one projection.
 
     Everything that depends only on the concepts and gate settings is folded at construction,
-    in float64, into `mixing` (rows M⁻¹u for c, u / (E τ) for the gates) and `offset` (−β/τ).
+    in float64, into `mixing` (rows M⁻¹u for c, u / (E τ) for the gates), `offset` (−β/τ at the
+    start) and, with a schedule, `offset_change` (what the offset gains by the end).
     """
 
     def __init__(
@@ -60,6 +65,7 @@ class GatedRank1Edit:
         u: torch.Tensor,
         beta: torch.Tensor | Sequence[float],
         tau: torch.Tensor | Sequence[float],
+        beta_end: torch.Tensor | Sequence[float] | None = None,
     ) -> None:
         i_star = torch.as_tensor(i_star).double()
         u = torch.as_tensor(u).double()
@@ -79,6 +85,11 @@ class GatedRank1Edit:
         self.i_star = i_star.float()
         self.mixing = torch.cat([_projection_inverse(m, energy) @ u, u / (energy * tau)[:, None]]).float()
         self.offset = torch.cat([torch.zeros(j, dtype=torch.float64), -beta / tau]).float()
+        self.offset_change: torch.Tensor | None = None
+        if beta_end is not None:
+            beta_end = torch.as_tensor(beta_end, dtype=torch.float64).reshape(-1).expand(j)
+            change = torch.cat([torch.zeros(j, dtype=torch.float64), (beta - beta_end) / tau]).float()
+            self.offset_change = change if bool(change.any()) else None
 
     @property
     def num_concepts(self) -> int:
@@ -87,13 +98,23 @@ class GatedRank1Edit:
     def to(self, device: torch.device) -> GatedRank1Edit:
         """A copy on `device` (the math stays float32)."""
         out = object.__new__(GatedRank1Edit)
-        for name in ("i_star", "mixing", "offset"):
-            setattr(out, name, getattr(self, name).to(device))
+        for name in ("i_star", "mixing", "offset", "offset_change"):
+            value = getattr(self, name)
+            setattr(out, name, None if value is None else value.to(device))
         return out
 
-    def weights(self, e: torch.Tensor) -> torch.Tensor:
-        """[c(e) | g(e)] for encodings e: (..., D) -> (..., 2J), float32, one matmul."""
-        z = F.linear(e.float(), self.mixing, self.offset)
+    @property
+    def scheduled(self) -> bool:
+        """True when some concept's bias moves over sampling progress."""
+        return self.offset_change is not None
+
+    def weights(self, e: torch.Tensor, progress: torch.Tensor | float | None = None) -> torch.Tensor:
+        """[c(e) | g(e)] for encodings e: (..., D) -> (..., 2J), float32, one matmul. `progress`
+        (a scalar in [0, 1]; None: 0) places a scheduled bias between its start and end."""
+        offset = self.offset
+        if self.offset_change is not None and progress is not None:
+            offset = offset + self.offset_change * progress
+        z = F.linear(e.float(), self.mixing, offset)
         z[..., self.num_concepts :].sigmoid_()
         return z
 
@@ -101,17 +122,23 @@ class GatedRank1Edit:
         """c(e) with Π(e) = Σ_j c_j i*_j, the C⁻¹-projection of e onto span{i*_j}."""
         return self.weights(e)[..., : self.num_concepts]
 
-    def gates(self, e: torch.Tensor) -> torch.Tensor:
-        return self.weights(e)[..., self.num_concepts :]
+    def gates(self, e: torch.Tensor, progress: torch.Tensor | float | None = None) -> torch.Tensor:
+        return self.weights(e, progress)[..., self.num_concepts :]
 
     @staticmethod
     def output_rows(w_i_star: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The (2J, d) rows that `weights` mix: −W i*_j (taken out) and o*_j (put in)."""
         return torch.cat([-w_i_star.float(), targets.float()])
 
-    def apply(self, base: torch.Tensor, e: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def apply(
+        self,
+        base: torch.Tensor,
+        e: torch.Tensor,
+        rows: torch.Tensor,
+        progress: torch.Tensor | float | None = None,
+    ) -> torch.Tensor:
         """h(e) from the host's W e (`base`, (..., d)) and `output_rows`; in base's dtype."""
-        weights = self.weights(e)
+        weights = self.weights(e, progress)
         out = torch.addmm(
             base.reshape(-1, base.shape[-1]).float(), weights.reshape(-1, weights.shape[-1]), rows
         )

@@ -226,3 +226,27 @@ def test_a_concept_set_with_twin_concepts_warns_naming_both_and_plans_finite_edi
     layer = next(iter(hugsy.v_targets))
     plan = concepts.plan(layer, "v", torch.device("cpu"))
     assert torch.isfinite(plan.edit.mixing).all()
+
+
+@pytest.mark.parametrize("progress", [0.0, 0.25, 1.0])
+def test_a_bias_schedule_is_the_edit_at_the_interpolated_bias(progress):
+    """Each concept's bias moves linearly from its start to its end; a concept without a schedule
+    (end = start) keeps its bias."""
+    cov, weight, i_star, o_star, e = random_problem(5, concepts=2)
+    u = torch.linalg.solve(cov, i_star.T).T
+    start, end, tau = [0.8, 0.6], [0.4, 0.6], [0.15, 0.2]
+    scheduled = GatedRank1Edit(i_star, u, start, tau, beta_end=end)
+    at = [b + (c - b) * progress for b, c in zip(start, end)]
+    fixed = GatedRank1Edit(i_star, u, at, tau)
+    w_i_star = (weight @ i_star.T).T
+    assert scheduled.scheduled and not fixed.scheduled
+    ours = scheduled.apply(torch.zeros(3, 7, 16), e, GatedRank1Edit.output_rows(w_i_star, o_star), progress)
+    torch.testing.assert_close(ours, correction(fixed, e, w_i_star, o_star), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(scheduled.gates(e, torch.tensor(progress)), fixed.gates(e))
+
+
+def test_a_schedule_that_goes_nowhere_is_no_schedule():
+    _, _, i_star, _, e = random_problem(6)
+    edit = GatedRank1Edit(i_star[0], i_star[0], 0.7, 0.15, beta_end=0.7)
+    assert not edit.scheduled
+    torch.testing.assert_close(edit.gates(e, 1.0), GatedRank1Edit(i_star[0], i_star[0], 0.7, 0.15).gates(e))

@@ -239,3 +239,18 @@ def test_a_bias_sweep_queued_at_once_gives_distinct_images(server, ckpt, trained
             assert not np.array_equal(sweep[a], sweep[b]), f"bias {a} and {b} give the same image"
     # the queued run at the default bias is the image the same prompt gave alone
     np.testing.assert_array_equal(sweep[0.7], images["hugsy"])
+
+
+def test_a_bias_schedule_moves_the_bias_over_sampling(server, ckpt, trained, images):
+    """The schedule's progress comes from the host's APPLY_MODEL wrapper and model sampling."""
+    hugsy = concept_file(trained, "hugsy")
+
+    def at(bias: float, bias_end: float | None = None) -> np.ndarray:
+        use = ConceptUse(hugsy, bias=bias, bias_end=bias_end)
+        return generate(
+            server, generate_prompt(ckpt, [use], positive="a photo of hugsy on the beach", size=SIZE)
+        )
+
+    scheduled = at(0.3, 0.9)
+    assert differ(scheduled, at(0.3)) > 1e-3 and differ(scheduled, at(0.9)) > 1e-3
+    np.testing.assert_array_equal(at(0.7, 0.7), images["hugsy"])

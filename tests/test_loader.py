@@ -167,3 +167,41 @@ def test_global_key_lock_follows_conditioning_concat_window_by_window(
         torch.testing.assert_close(key[row], want_key.to(key.dtype), rtol=0, atol=1e-5)
         torch.testing.assert_close(value[row], personalised.to(value.dtype), rtol=0, atol=0)
         torch.testing.assert_close(key[1 - row], negative[0][0][0].repeat(2, 1).to(key.dtype), rtol=0, atol=0)
+
+
+def test_sampling_progress_inverts_the_hosts_percent_to_sigma(comfy_host, tiny_ckpt_name, perfusion_pack):
+    """A schedule counts sampling as ControlNet's start/end percents do: progress(percent_to_sigma(p)) = p."""
+    import torch
+
+    model = comfy_host.node_class("CheckpointLoaderSimple")().load_checkpoint(tiny_ckpt_name)[0]
+    sampling = model.get_model_object("model_sampling")
+    progress = perfusion_pack.nodes.sampling_run.sampling_progress
+    for p in (0.0, 0.1, 0.5, 0.9, 1.0):
+        sigma = torch.tensor(min(sampling.percent_to_sigma(p), float(sampling.sigma_max)))
+        assert abs(float(progress(sampling, sigma.clamp(min=float(sampling.sigma_min)))) - p) <= 1.5 / 999, p
+    assert float(progress(sampling, torch.tensor([0.5, 1e4]))) == 0.0  # a batch counts by its largest sigma
+
+
+def test_a_linear_bias_schedule_moves_from_bias_to_bias_end(comfy_host, tiny_ckpt_name, trained_concepts):
+    """The first model call samples at `bias`; later ones move on towards bias_end, so a schedule's image
+    is neither constant bias's; a schedule from a bias to itself is the constant bias, bit for bit."""
+    hugsy = trained_concepts["hugsy"]
+
+    def at(steps: int, bias: float, bias_end: float | None = None) -> np.ndarray:
+        use = ConceptUse(hugsy, bias=bias, bias_end=bias_end)
+        return image(
+            comfy_host, generate_prompt(tiny_ckpt_name, [use], positive="a photo of hugsy", steps=steps)
+        )
+
+    assert np.array_equal(at(1, 0.3, 1.1), at(1, 0.3))  # one step: sigma_max, progress 0
+    scheduled, start, end = at(4, 0.3, 1.1), at(4, 0.3), at(4, 1.1)
+    assert mean_abs(scheduled, start) > 1e-3 and mean_abs(scheduled, end) > 1e-3
+    assert np.array_equal(at(4, 0.3, 0.3), start)
+
+
+def test_an_unknown_bias_schedule_is_refused_naming_the_widget(comfy_host, tiny_ckpt_name, trained_concepts):
+    prompt = generate_prompt(tiny_ckpt_name, [ConceptUse(trained_concepts["hugsy"], bias_end=0.5)])
+    prompt["20"]["inputs"]["bias_schedule"] = "cosine"
+    result = comfy_host.run(prompt)
+    assert not result.success
+    assert "bias_schedule" in str(result.error)

@@ -135,6 +135,8 @@ class Builder:
             bias=bias,
             temperature=0.15,
             key_lock=key_lock,
+            bias_schedule="constant",
+            bias_end=bias,
             **hints,
         )
 
@@ -330,6 +332,8 @@ def train_and_generate(
         bias=0.7,
         temperature=0.15,
         key_lock="local",
+        bias_schedule="constant",
+        bias_end=0.7,
         group=gen,
         column=4,
     )
