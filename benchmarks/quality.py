@@ -26,14 +26,15 @@ one torch thread beside another job (1.2 s per sampled image, 1.4 s per training
   unlocked   trained and used with the key lock off, bias 0.5-0.9                     ~15
   baselines  the word embedding alone (textual inversion); ComfyUI's TrainLoraNode    ~22
              LoRA at strengths 0.25-2
-  recipe     1 photo against 5; 50, 150 and 400 training steps                        ~27
+  recipe     1 photo against 5; 50, 150 and 400 training steps; weight decay 0.01     ~31
   pairs      zorp + quib (two superclasses) and zorp + wubo (one), trained apart,       ~20
              chained, local and global key lock
+  schedule   a linear bias schedule, 0.2 above a constant bias's value at the first   ~15
+             step to 0.2 below it at the last, local key lock
 
 So on 2 cores it runs as named parts of <= 30 minutes each, one command per part
 (``make bench-quality BENCH_ARGS="--part perfusion"``, ...); the whole (~2 hours there) is for a
-machine with a GPU. Not measured: weight decay 0 against 0.01 (the trainer node has no such input;
-``TrainingConfig.weight_decay`` is 0).
+machine with a GPU.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ from toyworld.recipe import SUGGESTED_BIAS, TEMPLATE, Recipe, train_graph, write
 
 RESULTS = ROOT / "benchmarks" / "results"
 SHUT = 2.0  # a gate bias no token reaches: the edits are off, only the learned word acts
+SCHEDULE_SPAN = 0.2  # a schedule's bias starts this far above its centre and ends this far below
 
 
 @dataclass(frozen=True)
@@ -171,14 +173,17 @@ class QualityRun:
         embedding_only: bool = False,
         shots: int = 5,
         steps: int | None = None,
+        weight_decay: float = 0.0,
     ) -> str:
         """The concept file (``name``, unless these options were trained before)."""
         recipe = replace(self.recipe, steps=steps or self.recipe.steps)
-        key = (concept.word, key_lock, embedding_only, shots, recipe.steps)
+        key = (concept.word, key_lock, embedding_only, shots, recipe.steps, weight_decay)
         if key not in self.trained:
             photos = write_photos(self.host.layout.input, concept, "quality")[:shots]
-            shut = {"train_bias": SHUT, "lr_v": 0.0} if embedding_only else {}
-            graph = train_graph(self.ckpt, photos, concept, recipe, name, key_lock=key_lock, **shut)
+            options = {"train_bias": SHUT, "lr_v": 0.0} if embedding_only else {}
+            if weight_decay:
+                options["weight_decay"] = weight_decay
+            graph = train_graph(self.ckpt, photos, concept, recipe, name, key_lock=key_lock, **options)
             self.timed(graph, f"train {name}")
             self.trained[key] = f"{name}.safetensors"
         return self.trained[key]
@@ -284,7 +289,8 @@ def part_baselines(q: QualityRun, plan: Plan) -> list[dict]:
 
 
 def part_recipe(q: QualityRun, plan: Plan) -> list[dict]:
-    """At the suggested bias, local key lock: 1 photo against 5, and the training-step sweep."""
+    """At the suggested bias, local key lock: 1 photo against 5, the training-step sweep, and AdamW
+    weight decay 0.01 against the trainer's 0."""
     zorp = world.CONCEPTS["zorp"]
     scenes = eval_scenes(zorp)[:: plan.every]
     arms = []
@@ -298,6 +304,9 @@ def part_recipe(q: QualityRun, plan: Plan) -> list[dict]:
         concept = q.train(zorp, f"zorp_{steps}_steps", steps=steps)
         use = [ConceptUse(concept, SUGGESTED_BIAS)]
         arms.append(q.arm("training steps", "steps", steps, scenes, [zorp], use))
+    decayed = q.train(zorp, "zorp_decay", weight_decay=0.01)
+    use = [ConceptUse(decayed, SUGGESTED_BIAS)]
+    arms.append(q.arm("weight decay", "weight decay", 0.01, scenes, [zorp], use))
     return arms
 
 
@@ -317,12 +326,27 @@ def part_pairs(q: QualityRun, plan: Plan) -> list[dict]:
     return arms
 
 
+def part_schedule(q: QualityRun, plan: Plan) -> list[dict]:
+    """A linear bias schedule around each constant bias of ``perfusion`` (local key lock): higher at
+    the first step (the superclass's layout), lower at the last (the identity). Its setting is the
+    schedule's centre, so its curve sits beside the constant one on the plot."""
+    zorp = world.CONCEPTS["zorp"]
+    scenes = eval_scenes(zorp)[:: plan.every]
+    concept = q.train(zorp, "zorp")
+    arms = []
+    for b in plan.biases:
+        use = [ConceptUse(concept, round(b + SCHEDULE_SPAN, 3), bias_end=round(b - SCHEDULE_SPAN, 3))]
+        arms.append(q.arm(f"bias schedule ±{SCHEDULE_SPAN:g} local", "bias", b, scenes, [zorp], use))
+    return arms
+
+
 PARTS: dict[str, Callable[[QualityRun, Plan], list[dict]]] = {
     "perfusion": part_perfusion,
     "unlocked": part_unlocked,
     "baselines": part_baselines,
     "recipe": part_recipe,
     "pairs": part_pairs,
+    "schedule": part_schedule,
 }
 
 

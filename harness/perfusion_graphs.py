@@ -165,3 +165,28 @@ def generate_prompt(
         "inputs": {"images": ["8", 0], "filename_prefix": filename_prefix},
     }
     return prompt
+
+
+def choose_bias_prompt(
+    ckpt_name: str,
+    concept_file: str,
+    image_names: Sequence[str],
+    clip_vision: str,
+    save_name: str,
+    **search,
+) -> dict:
+    """Checkpoint + concept file + images + CLIP vision -> Choose Perfusion Bias -> Save (node ids: "10"
+    the chooser, "11" the save, "12" a preview of its curve). ``search``: the chooser's widgets."""
+    prompt: dict = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}}}
+    images, _ = load_images(prompt, image_names)
+    prompt["2"] = {"class_type": "PerfusionConceptFile", "inputs": {"concept_name": concept_file}}
+    prompt["3"] = {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": clip_vision}}
+    inputs = {"model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "clip_vision": ["3", 0]}
+    inputs |= {"concept": ["2", 0], "images": images, **search}
+    prompt["10"] = {"class_type": "PerfusionChooseBias", "inputs": inputs}
+    prompt["11"] = {
+        "class_type": "PerfusionSaveConcept",
+        "inputs": {"concept": ["10", 0], "name": save_name, "overwrite": True},
+    }
+    prompt["12"] = {"class_type": "PreviewImage", "inputs": {"images": ["10", 2]}}
+    return prompt

@@ -1,6 +1,7 @@
 """ComfyUI nodes of the pack (V1 node API, so it loads on every recent release)."""
 
 from . import folders
+from .nodes_choose_bias import PerfusionChooseBias
 from .nodes_export import PerfusionExportConcept
 from .nodes_gate_map import PerfusionGateMap
 from .nodes_loader import PerfusionApplyConcept, PerfusionConceptFile, PerfusionConceptLoader
@@ -16,6 +17,7 @@ NODE_CLASS_MAPPINGS = {
     "PerfusionSaveConcept": PerfusionSaveConcept,
     "PerfusionExportConcept": PerfusionExportConcept,
     "PerfusionGateMap": PerfusionGateMap,
+    "PerfusionChooseBias": PerfusionChooseBias,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -26,4 +28,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "PerfusionSaveConcept": "Save Perfusion Concept",
     "PerfusionExportConcept": "Export Perfusion Concept (LoRA + Embedding)",
     "PerfusionGateMap": "Perfusion Gate Map",
+    "PerfusionChooseBias": "Choose Perfusion Bias",
 }

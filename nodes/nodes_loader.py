@@ -44,9 +44,19 @@ _GATE_INPUTS = {
     ),
 }
 
-# A bias schedule: optional, so API prompts and workflows saved before it keep a constant bias.
+# Optional, so API prompts and workflows saved before them keep the widget's constant bias.
+BIAS_MODES = ("widget", "suggested")
 BIAS_SCHEDULES = ("constant", "linear")
-_SCHEDULE_INPUTS = {
+_OPTIONAL_INPUTS = {
+    "bias_mode": (
+        list(BIAS_MODES),
+        {
+            "default": "widget",
+            "tooltip": "widget: the bias above. suggested: the concept's own suggested bias for this key "
+            "lock (written by 'Choose Perfusion Bias', or the training node with a CLIP vision input) in "
+            "its place; with a linear schedule, where the schedule starts.",
+        },
+    ),
     "bias_schedule": (
         list(BIAS_SCHEDULES),
         {
@@ -83,6 +93,16 @@ _DESCRIPTION_TAIL = (
 )
 
 
+def chosen_bias(concept, bias: float, bias_mode: str, key_lock: str) -> float:
+    """The bias to apply: the widget's, or the concept's suggestion for `key_lock` ('off': local's)."""
+    if bias_mode not in BIAS_MODES:
+        raise ValueError(f"bias_mode must be one of {BIAS_MODES}, got '{bias_mode}'")
+    if bias_mode == "widget":
+        return bias
+    info = concept.info
+    return info.suggested_beta_global if key_lock == "global" else info.suggested_beta_local
+
+
 def schedule_end(bias_schedule: str, bias_end: float | None) -> float | None:
     """The bias at the last step for `apply_concept` (None: constant), checking the two widgets."""
     if bias_schedule not in BIAS_SCHEDULES:
@@ -92,6 +112,24 @@ def schedule_end(bias_schedule: str, bias_end: float | None) -> float | None:
     if bias_end is None:
         raise ValueError("bias_schedule 'linear' needs bias_end: the gate bias at the last step")
     return float(bias_end)
+
+
+def apply_with_options(
+    model,
+    clip,
+    concept,
+    bias: float,
+    temperature: float,
+    key_lock: str,
+    source: str,
+    bias_mode: str = "widget",
+    bias_schedule: str = "constant",
+    bias_end: float | None = None,
+):
+    """apply_concept with the loaders' optional inputs resolved."""
+    start = chosen_bias(concept, bias, bias_mode, key_lock)
+    end = schedule_end(bias_schedule, bias_end)
+    return apply_concept(model, clip, concept, start, temperature, key_lock, source=source, bias_end=end)
 
 
 class PerfusionConceptLoader:
@@ -113,21 +151,16 @@ class PerfusionConceptLoader:
                 "concept_name": (folders.concept_names(), _CONCEPT_NAME_TOOLTIP),
                 **_GATE_INPUTS,
             },
-            "optional": _SCHEDULE_INPUTS,
+            "optional": _OPTIONAL_INPUTS,
         }
 
     @classmethod
     def IS_CHANGED(cls, concept_name, **_):
         return folders.file_state(concept_name)
 
-    def load(
-        self, model, clip, concept_name, bias, temperature, key_lock, bias_schedule="constant", bias_end=None
-    ):
+    def load(self, model, clip, concept_name, bias, temperature, key_lock, **optional):
         concept = load_concept(folders.resolve(concept_name))
-        end = schedule_end(bias_schedule, bias_end)
-        return apply_concept(
-            model, clip, concept, bias, temperature, key_lock, source=concept_name, bias_end=end
-        )
+        return apply_with_options(model, clip, concept, bias, temperature, key_lock, concept_name, **optional)
 
 
 class PerfusionConceptFile:
@@ -172,12 +205,9 @@ class PerfusionApplyConcept:
                 "concept": (CONCEPT_TYPE, {"tooltip": "A concept from 'Train Perfusion Concept'."}),
                 **_GATE_INPUTS,
             },
-            "optional": _SCHEDULE_INPUTS,
+            "optional": _OPTIONAL_INPUTS,
         }
 
-    def apply(
-        self, model, clip, concept, bias, temperature, key_lock, bias_schedule="constant", bias_end=None
-    ):
+    def apply(self, model, clip, concept, bias, temperature, key_lock, **optional):
         source = f"concept '{concept.word}'"
-        end = schedule_end(bias_schedule, bias_end)
-        return apply_concept(model, clip, concept, bias, temperature, key_lock, source=source, bias_end=end)
+        return apply_with_options(model, clip, concept, bias, temperature, key_lock, source, **optional)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 from ..perfusion_core.concept_file import save_concept
 from ..perfusion_core.training import DEFAULT_TEMPLATES, TrainingConfig, caption_templates, parse_templates
 from . import folders, previews, trainer
+from .bias_choice import BiasSearch, clip_vision_embedder, sample_curve, with_suggested_bias
 from .host_support import require_host
+from .list_inputs import one_each
 from .loss_plot import loss_curve_image
 from .nodes_loader import CONCEPT_TYPE
 from .precision import PRECISIONS
@@ -274,19 +277,21 @@ class PerfusionTrainConcept:
                         "0, not toward the superclass's values where they start, so the default is none.",
                     },
                 ),
+                "clip_vision": (
+                    "CLIP_VISION",
+                    {
+                        "tooltip": "Connect a CLIP vision model to choose the concept's suggested bias after "
+                        "training, as 'Choose Perfusion Bias' does with its defaults (local key lock) at the "
+                        "training resolution. Takes (1 + biases) x seeds extra samplings.",
+                    },
+                ),
             },
         }
 
     def train(self, images, mask=None, captions=None, **inputs):
         """Lists in (INPUT_IS_LIST): `images`, `mask` and `captions` may hold many items (all train one
         concept); every other input must be one value."""
-        single = {}
-        for name, values in inputs.items():
-            if len(values) != 1:
-                raise ValueError(
-                    f"{name}: got {len(values)} values; only images, mask and captions take a list"
-                )
-            single[name] = values[0]
+        single = one_each(inputs, listed="images, mask and captions")
         return self._train(images=images, mask=mask, captions=captions, **single)
 
     def _train(
@@ -322,6 +327,7 @@ class PerfusionTrainConcept:
         preview_steps=15,
         key_lock=True,
         weight_decay=TrainingConfig.weight_decay,
+        clip_vision=None,
     ):
         require_host()
         concept_word, superclass = concept_word.strip(), superclass.strip()
@@ -411,11 +417,18 @@ class PerfusionTrainConcept:
                 total - preview.seconds,
                 100 * preview.seconds / max(total, 1e-9),
             )
+        concept = result.concept
+        if clip_vision is not None:
+            search = BiasSearch(sampling=replace(BiasSearch.sampling, size=config.resolution))
+            embed = clip_vision_embedder(clip_vision)
+            chosen = sample_curve(model, clip, vae, concept, images, embed, search)[0].chosen()
+            concept = with_suggested_bias(concept, chosen.bias, search)
+            summary += f"; suggested bias {chosen.bias:.2f} (chosen from {search.seeds} seeds per bias)"
         log.info("Perfusion: %s", summary)
-        images = preview.output() if preview is not None else previews.placeholder()
+        previewed = preview.output() if preview is not None else previews.placeholder()
         return {
             "ui": {"text": [summary], "perfusion_eval": [result.eval_before, result.eval_after]},
-            "result": (result.concept, loss_curve_image(result.losses), {"loss": result.losses}, images),
+            "result": (concept, loss_curve_image(result.losses), {"loss": result.losses}, previewed),
         }
 
 

@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass, fields
 
 import comfy.model_management
-import comfy.sample
 import comfy.utils
 import numpy as np
 import torch
@@ -28,11 +27,11 @@ from comfy.cli_args import args
 from PIL import Image
 
 from ..perfusion_core.concept import Concept, ConceptInfo
+from .sampling import CFG, SAMPLER, SCHEDULER, Sampling, encode, sample_image
 
 log = logging.getLogger("comfyui-perfusion")
 
 DEFAULT_VALIDATION_PROMPTS = "a photo of {}\n{} on the beach"
-SAMPLER, SCHEDULER, CFG = "euler", "normal", 6.0
 MAX_PROMPTS = 8  # validation prompts per preview step
 MAX_POINTS = 16  # preview steps per run (step 0 and the last included); a smaller interval is widened
 STRIP_GAP = 4  # pixels between the prompts of one step in the image shown on the node
@@ -53,6 +52,10 @@ class PreviewSettings:
 
     def seed(self, index: int) -> int:
         return index
+
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(self.size, self.steps, self.cfg, self.sampler, self.scheduler)
 
 
 def validation_prompts(text: str, word: str) -> tuple[str, ...]:
@@ -116,37 +119,6 @@ def strip(images: torch.Tensor) -> Image.Image:
     return Image.fromarray(canvas)
 
 
-def encode(clip, text: str):
-    """CLIPTextEncode's conditioning."""
-    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
-
-
-def sample_image(model, vae, positive, negative, seed: int, settings: PreviewSettings) -> torch.Tensor:
-    """One image as KSampler + VAEDecode make it from an empty latent: (1, S, S, 3) on the CPU."""
-    size = settings.size
-    latent = torch.zeros([1, 4, size // 8, size // 8], device=comfy.model_management.intermediate_device())
-    latent = comfy.sample.fix_empty_latent_channels(model, latent)
-    noise = comfy.sample.prepare_noise(latent, seed)
-    samples = comfy.sample.sample(
-        model,
-        noise,
-        settings.steps,
-        settings.cfg,
-        settings.sampler,
-        settings.scheduler,
-        positive,
-        negative,
-        latent,
-        denoise=1.0,
-        disable_pbar=True,
-        seed=seed,
-    )
-    images = vae.decode(samples)
-    if images.ndim == 5:  # as VAEDecode does for video VAEs
-        images = images.reshape(-1, *images.shape[-3:])
-    return images.float().cpu()
-
-
 class TrainingPreviews:
     """An `on_step(step, loss, run)` callback for `trainer.train_concept` that samples the validation
     prompts at the scheduled steps, shows them on the node and keeps them for the `previews` output."""
@@ -206,7 +178,7 @@ class TrainingPreviews:
                 positive = encode(run.preview_clip, prompt)
                 out.append(
                     sample_image(
-                        run.model, self.vae, positive, self._negative, settings.seed(index), settings
+                        run.model, self.vae, positive, self._negative, settings.seed(index), settings.sampling
                     )
                 )
                 self.samplings += 1

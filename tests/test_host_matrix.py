@@ -32,6 +32,7 @@ PACK_NODES = (
     "PerfusionConceptFile",
     "PerfusionExportConcept",
     "PerfusionGateMap",
+    "PerfusionChooseBias",
 )
 TRAIN_STEPS = 3
 CONCEPTS = {  # word -> (superclass, toy colour)
