@@ -31,8 +31,6 @@ one torch thread beside another job (1.2 s per sampled image, 1.4 s per training
              chained, local and global key lock
   schedule   a linear bias schedule, 0.2 above a constant bias's value at the first   ~15
              step to 0.2 below it at the last, local key lock
-  export     Export Perfusion Concept's LoRA + embedding (strength 0.5, 1) against     ~10
-             the gated file at the suggested bias
 
 So on 2 cores it runs as named parts of <= 30 minutes each, one command per part
 (``make bench-quality BENCH_ARGS="--part perfusion"``, ...); the whole (~2 hours there) is for a
@@ -218,16 +216,12 @@ class QualityRun:
         uses: Sequence[ConceptUse] = (),
         lora: tuple[str, float] | None = None,
         superclass_prompt: bool = False,
-        words: dict[str, str] | None = None,
     ) -> list[dict[str, bool]]:
-        """Every scene's batch (seed 100 + its index), judged; ``lora``: (file, strength); ``words``:
-        what to write in the prompt for a concept word (e.g. an ``embedding:`` name)."""
+        """Every scene's batch (seed 100 + its index), judged; ``lora``: (file, strength)."""
         rows = []
         t0 = time.perf_counter()
         for i, scene in enumerate(scenes):
             text = (as_superclass(scene) if superclass_prompt else scene).caption
-            for word, written in (words or {}).items():
-                text = text.replace(word, written)
             prompt = generate_prompt(
                 self.ckpt, uses, positive=text, seed=100 + i, steps=STEPS, cfg=CFG, size=world.IMAGE_SIZE,
                 batch_size=self.samples, filename_prefix="quality",
@@ -332,38 +326,6 @@ def part_pairs(q: QualityRun, plan: Plan) -> list[dict]:
     return arms
 
 
-def part_export(q: QualityRun, plan: Plan) -> list[dict]:
-    """The concept exported for stock ComfyUI (Export Perfusion Concept: an ungated rank-1 LoRA through
-    LoraLoaderModelOnly plus the word as ``embedding:<name>``) against the gated original through the
-    pack's loader, same prompts and seeds; the files' sizes go in the method names."""
-    zorp = world.CONCEPTS["zorp"]
-    scenes = eval_scenes(zorp)[:: plan.every]
-    concept = q.train(zorp, "zorp")
-    name = "zorp_exported"
-    graph = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": q.ckpt}},
-        "2": {"class_type": "PerfusionConceptFile", "inputs": {"concept_name": concept}},
-        "3": {
-            "class_type": "PerfusionExportConcept",
-            "inputs": {"model": ["1", 0], "concept": ["2", 0], "name": name, "overwrite": True},
-        },
-    }
-    q.run(graph, "export")
-    sizes = {
-        folder: (q.host.folder(folder)[0] / f"{name}.safetensors").stat().st_size // 1024
-        for folder in ("loras", "embeddings")
-    }
-    sizes["perfusion"] = (q.host.folder("perfusion")[0] / concept).stat().st_size // 1024
-    gated = f"gated concept file ({sizes['perfusion']} KB)"
-    arms = [q.arm(gated, "bias", SUGGESTED_BIAS, scenes, [zorp], [ConceptUse(concept, SUGGESTED_BIAS)])]
-    exported = f"exported LoRA + embedding ({sizes['loras']} + {sizes['embeddings']} KB)"
-    words = {zorp.word: f"embedding:{name}"}
-    for strength in (0.5, 1.0):
-        lora = (f"{name}.safetensors", strength)
-        arms.append(q.arm(exported, "strength", strength, scenes, [zorp], lora=lora, words=words))
-    return arms
-
-
 def part_schedule(q: QualityRun, plan: Plan) -> list[dict]:
     """A linear bias schedule around each constant bias of ``perfusion`` (local key lock): higher at
     the first step (the superclass's layout), lower at the last (the identity). Its setting is the
@@ -385,7 +347,6 @@ PARTS: dict[str, Callable[[QualityRun, Plan], list[dict]]] = {
     "recipe": part_recipe,
     "pairs": part_pairs,
     "schedule": part_schedule,
-    "export": part_export,
 }
 
 

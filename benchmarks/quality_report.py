@@ -10,15 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 COLUMNS = ("fidelity", "in_place", "alignment", "background", "positions", "other_objects")
-_MARKERS = {
-    "perfusion": "o",
-    "unlocked": "v",
-    "baselines": "s",
-    "recipe": "^",
-    "pairs": "D",
-    "schedule": "P",
-    "export": "X",
-}
+_MARKERS = {"perfusion": "o", "unlocked": "v", "baselines": "s", "recipe": "^", "pairs": "D", "schedule": "P"}
 
 
 def _setting(row: dict) -> str:

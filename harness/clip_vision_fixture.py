@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
 import sys
 from pathlib import Path
 
-from harness.builder import build_in_subprocess, write_checkpoint
-from harness.fixture_checkpoint import _meta_shapes, _StridedInit, import_comfy
-from harness.paths import cache_dir, comfyui_path
+from harness.fixture_checkpoint import _meta_shapes, _serialise, _StridedInit, _write_atomic, import_comfy
+from harness.paths import cache_dir, comfyui_path, repo_root
 
 VERSION = "v1"
 CONFIG = "clip_vision_config_vitl.json"  # what the host picks for 24 layers, 1024 wide, 257 positions
@@ -33,7 +33,21 @@ def clip_vision_fixture(dest_dir: str | os.PathLike | None = None) -> Path:
     out = dest / clip_vision_fixture_name()
     if out.is_file():
         return out
-    return build_in_subprocess("harness.clip_vision_fixture", out, what="the CLIP vision fixture")
+    env = dict(os.environ, COMFYUI_PATH=str(comfyui_path()))
+    env["PYTHONPATH"] = os.pathsep.join([str(repo_root()), *filter(None, [env.get("PYTHONPATH")])])
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.clip_vision_fixture", str(out)],
+        cwd=repo_root(),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if proc.returncode != 0 or not out.is_file():
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
+        raise RuntimeError(f"building the CLIP vision fixture failed (exit {proc.returncode}):\n{tail}")
+    return out
 
 
 def build_state_dict() -> dict:
@@ -64,7 +78,10 @@ def build_state_dict() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     (out,) = argv if argv is not None else sys.argv[1:]
-    return write_checkpoint(Path(out), build_state_dict())
+    data = _serialise(build_state_dict())
+    _write_atomic(Path(out), data)
+    print(f"wrote {out}: {len(data) / 2**20:.1f} MiB")
+    return 0
 
 
 if __name__ == "__main__":

@@ -54,17 +54,19 @@ is serialised to memory first so the zip's internal record prefix does not depen
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
+import subprocess
 import sys
+import tempfile
 import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.builder import build_in_subprocess, serialise, write_atomic
-from harness.paths import cache_dir, comfyui_path
+from harness.paths import cache_dir, comfyui_path, repo_root
 
 __all__ = [
     "FIXTURE_VERSION",
@@ -227,10 +229,35 @@ def fixture_checkpoint(
     out = dest / spec.filename
     if out.is_file():
         return out
-    args = ("--layout", spec.layout, "--context-dim", str(spec.context_dim), "--seed", str(spec.seed))
-    return build_in_subprocess(
-        "harness.fixture_checkpoint", out, *args, what=f"fixture {spec}", timeout=_BUILD_TIMEOUT_S
+    _build_in_subprocess(spec, out)
+    if not out.is_file():  # pragma: no cover - the subprocess reported success without writing
+        raise RuntimeError(f"fixture build reported success but {out} is missing")
+    return out
+
+
+def _build_in_subprocess(spec: FixtureSpec, out: Path) -> None:
+    root = repo_root()
+    env = dict(os.environ)
+    env["COMFYUI_PATH"] = str(comfyui_path())
+    env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
+    cmd = [
+        sys.executable,
+        "-m",
+        "harness.fixture_checkpoint",
+        str(out),
+        "--layout",
+        spec.layout,
+        "--context-dim",
+        str(spec.context_dim),
+        "--seed",
+        str(spec.seed),
+    ]
+    proc = subprocess.run(
+        cmd, cwd=root, env=env, capture_output=True, text=True, timeout=_BUILD_TIMEOUT_S, check=False
     )
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-40:])
+        raise RuntimeError(f"building fixture {spec} failed (exit {proc.returncode}):\n{tail}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -388,6 +415,29 @@ def build_state_dict(spec: FixtureSpec, comfy_root: Path | None = None) -> dict:
     return dict(sorted(sd.items()))
 
 
+def _serialise(sd: dict) -> bytes:
+    import torch
+
+    buf = io.BytesIO()  # a file object: the zip record prefix is the fixed "archive/"
+    torch.save({"state_dict": sd}, buf)
+    return buf.getvalue()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m harness.fixture_checkpoint", description=__doc__.split("\n")[0]
@@ -400,8 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = FixtureSpec(a.layout, a.context_dim or family_context_dim(a.layout), a.seed)
     t0 = time.perf_counter()
     sd = build_state_dict(spec)
-    data = serialise(sd)
-    write_atomic(a.out, data)
+    data = _serialise(sd)
+    _write_atomic(a.out, data)
     n_params = sum(v.numel() for v in sd.values())
     n_attn2 = sum(1 for k in sd if k.endswith(".attn2.to_k.weight"))
     print(

@@ -2,10 +2,9 @@
 together with the attention of CLIP's last layer.
 
 Steps: run every caption once through the first 11 layers of the frozen random CLIP-L that ComfyUI
-loads from the test fixture, their attention switched off (:data:`toyworld.checkpoint.TEXT_SILENCED`),
-through ComfyUI's own CLIP code, so training sees exactly what sampling will; then train the UNet on
-exact latents (:mod:`toyworld.vae`) and the last layer's attention on those hidden states
-(:class:`TextHead`). Deterministic: step k's batch, noise and timesteps
+loads from the test fixture (through ComfyUI's own CLIP code, so training sees exactly what sampling
+will), then train the UNet on exact latents (:mod:`toyworld.vae`) and the last layer's attention on
+those hidden states (:class:`TextHead`). Deterministic: step k's batch, noise and timesteps
 come from a generator seeded with (seed, k), so a run resumed from its last state ends bit-identical
 to one that never stopped (same machine, same thread count). State is written every
 ``--save-every`` steps; rerunning the command resumes. The result, the EMA weights in 8 bits (:mod:`toyworld.storage`), goes
@@ -25,11 +24,12 @@ import sys
 import time
 from pathlib import Path
 
-from toyworld.checkpoint import LAST, TEXT_LAYERS, TEXT_ROOT, TEXT_SILENCED, TEXT_TRAINED
-
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "toyworld" / "weights" / "toyworld.safetensors"
 UNET_PREFIX = "model.diffusion_model."
+CLIP_PREFIX = "cond_stage_model.transformer.text_model.encoder.layers.11."
+LAST = 11  # CLIP-L's last layer
+TRAINED = ("self_attn.", "layer_norm1.")  # what of it the world trains
 CLIP_NAME = "text."  # prefix of the trained text parameters in the training state
 
 
@@ -47,10 +47,8 @@ def _import_comfy():
 
 def encode_hidden(captions: list[str], work: Path) -> tuple:
     """(``[N, 77, 768]`` fp16 input of CLIP's last layer for each caption, the frozen text encoder),
-    computed by ComfyUI's own CLIP code on the fixture's frozen random CLIP-L, its frozen layers'
-    attention off (so training sees
-    exactly what sampling will) and cached in ``work`` (by caption: a changed caption list encodes only
-    the captions it adds)."""
+    computed by ComfyUI's own CLIP code on the fixture's frozen random CLIP-L (so training sees
+    exactly what sampling will) and cached in ``work``."""
     import comfy.sd
     import torch
 
@@ -59,54 +57,39 @@ def encode_hidden(captions: list[str], work: Path) -> tuple:
     _, clip, _, _ = comfy.sd.load_checkpoint_guess_config(
         str(fixture_checkpoint("tiny")), output_vae=False, output_clip=True
     )
-    silenced = {k.removeprefix(TEXT_ROOT): torch.zeros(768) for k in TEXT_SILENCED}
-    unexpected = clip.cond_stage_model.clip_l.transformer.load_state_dict(
-        silenced, strict=False
-    ).unexpected_keys
-    if unexpected:
-        raise RuntimeError(f"the host's CLIP-L has no {unexpected}: its layout changed")
     cache = work / "hidden.pt"
-    known: dict[str, torch.Tensor] = {}  # caption -> its [77, 768] hidden states, from earlier runs
     if cache.is_file():
         saved = torch.load(cache, weights_only=True)
-        if saved.get("silenced") == TEXT_SILENCED:
-            known = dict(zip(saved["captions"], saved["hidden"]))
-    missing = [c for c in dict.fromkeys(captions) if c not in known]
-    if missing:
-        from tqdm import tqdm
+        if saved["captions"] == captions:
+            return saved["hidden"], clip
+    from tqdm import tqdm
 
-        clip.load_model()
-        model = clip.cond_stage_model.clip_l
-        clip.cond_stage_model.reset_clip_options()
-        captured: list = []
-        hook = model.transformer.text_model.encoder.layers[LAST].register_forward_pre_hook(
-            lambda _m, args: captured.append(args[0].detach().to(torch.float16).cpu().clone())
-        )
-        try:
-            for i in tqdm(range(0, len(missing), 64), desc="encoding captions", unit="batch", mininterval=10):
-                ids = [[t[0] for t in clip.tokenize(text)["l"][0]] for text in missing[i : i + 64]]
-                with torch.no_grad():
-                    model(ids)
-        finally:
-            hook.remove()
-        known.update(zip(missing, torch.cat(captured)))
-        tmp = cache.with_suffix(".tmp")
-        everything = list(known)
-        state = {
-            "captions": everything,
-            "silenced": TEXT_SILENCED,
-            "hidden": torch.stack(list(known.values())),
-        }
-        torch.save(state, tmp)
-        os.replace(tmp, cache)
-    hidden = torch.stack([known[c] for c in captions])
+    clip.load_model()
+    model = clip.cond_stage_model.clip_l
+    clip.cond_stage_model.reset_clip_options()
+    captured: list = []
+    hook = model.transformer.text_model.encoder.layers[LAST].register_forward_pre_hook(
+        lambda _m, args: captured.append(args[0].detach().to(torch.float16).cpu().clone())
+    )
+    try:
+        for i in tqdm(range(0, len(captions), 64), desc="encoding captions", unit="batch", mininterval=10):
+            ids = [[t[0] for t in clip.tokenize(text)["l"][0]] for text in captions[i : i + 64]]
+            with torch.no_grad():
+                model(ids)
+    finally:
+        hook.remove()
+    hidden = torch.cat(captured)
+    tmp = cache.with_suffix(".tmp")
+    torch.save({"captions": captions, "hidden": hidden}, tmp)
+    os.replace(tmp, cache)
     return hidden, clip
 
 
 class TextHead:
     """CLIP's last layer and final layer norm as plain fp32 modules: the part of the text encoder
-    the world trains (the last layer's attention): the only attention left in the encoder, so that
-    a word can gather its place, which comes before it in the caption."""
+    the world trains (the last layer's attention), so that a word can gather its place, which
+    comes before it in the caption, and two objects' words stop sharing one mixture of the whole
+    caption (the frozen random layers attend almost uniformly)."""
 
     def __init__(self, clip):
         import comfy.ops
@@ -121,9 +104,8 @@ class TextHead:
         self.layer.load_state_dict({k: v.float() for k, v in text.encoder.layers[LAST].state_dict().items()})
         self.norm = torch.nn.LayerNorm(768)
         self.norm.load_state_dict({k: v.float() for k, v in text.final_layer_norm.state_dict().items()})
-        trained = tuple(p.removeprefix(f"{TEXT_LAYERS}{LAST}.") for p in TEXT_TRAINED)
         for name, p in self.layer.named_parameters():
-            p.requires_grad_(name.startswith(trained))
+            p.requires_grad_(name.startswith(TRAINED))
         self.norm.requires_grad_(False)
         self.mask = torch.full((77, 77), -torch.finfo(torch.float32).max).triu_(1)
         self.attention = optimized_attention_for_device(torch.device("cpu"), mask=True, small_input=True)
@@ -138,6 +120,32 @@ class TextHead:
         mask = self.mask[: hidden.shape[1], : hidden.shape[1]]
         x = hidden + self.layer.self_attn(self.layer.layer_norm1(hidden), mask, self.attention)
         return self.norm(x + self.layer.mlp(self.layer.layer_norm2(x)))
+
+
+def phrase_length(clip, phrases: list[str]) -> int:
+    """The number of tokens every object phrase takes (the same for all, which the phrase loss
+    relies on: a two-object caption's second phrase then always starts at token ``2 + length``)."""
+    lengths = {sum(1 for t in clip.tokenize(p)["l"][0] if t[0] not in (49406, 49407)) for p in phrases}
+    if len(lengths) != 1:
+        raise ValueError(f"object phrases take {sorted(lengths)} tokens; the phrase loss needs one length")
+    return lengths.pop()
+
+
+def phrase_mismatch(head, context, phrase_hidden, words: int):
+    """How far a two-object caption's second phrase (its output tokens) is from the same phrase at
+    the start of a caption, relative to how much phrases differ there. A random frozen CLIP mixes the
+    first object into every later word (its layers attend almost uniformly); this loss teaches the
+    trained last layer to undo that, so each object word carries its own object and place, as a
+    pretrained text encoder's words mostly do, and the UNet can bind each object to its place."""
+    import torch
+
+    if not len(context):
+        return context.new_zeros(())
+    with torch.no_grad():
+        target = head(phrase_hidden[:, : words + 1].float())[:, 1:]
+        spread = (target - target.mean(0)).pow(2).sum(-1).mean().clamp(min=1e-6)
+    second = context[:, words + 2 : 2 * words + 2]
+    return (second - target).pow(2).sum(-1).mean() / spread
 
 
 def new_unet(seed: int):
@@ -218,6 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--text-lr", type=float, default=1e-3, help="learning rate of CLIP's last attention")
+    ap.add_argument(
+        "--phrase-loss",
+        type=float,
+        default=0.1,
+        help="weight of the loss that makes a second object's words read as if their phrase began the caption",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-every", type=int, default=100)
     ap.add_argument(
@@ -242,9 +256,15 @@ def main(argv: list[str] | None = None) -> int:
     singles = torch.tensor([i for i, s in enumerate(train) if len(s.things) == 1])
     pairs = torch.tensor([i for i, s in enumerate(train) if len(s.things) == 2])
     held_pairs = [s for s in held if len(s.things) == 2][::15][:64]
-    hidden, clip = encode_hidden([s.caption for s in train + held_pairs] + [""], a.work)
+    phrases = sorted({world.phrase(s.things[1]) for s in train if len(s.things) == 2})
+    hidden, clip = encode_hidden([s.caption for s in train + held_pairs] + phrases + [""], a.work)
     held_hidden = hidden[len(train) : len(train) + len(held_pairs)]
+    phrase_hidden = hidden[len(train) + len(held_pairs) : -1]
     empty = hidden[-1:]
+    words = phrase_length(clip, phrases)
+    second = torch.tensor(
+        [phrases.index(world.phrase(s.things[-1])) if len(s.things) == 2 else -1 for s in train]
+    )
     head = TextHead(clip)
     del clip
     images = torch.stack([torch.from_numpy(world.render(s)) for s in train]).float() / 255
@@ -263,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         weight_decay=0.01,
     )
     warmup = 100
-    settings = [a.steps, a.batch, a.lr, a.text_lr, a.seed]
+    settings = [a.steps, a.batch, a.lr, a.text_lr, a.seed, a.phrase_loss]
 
     def lr_factor(step: int) -> float:
         if step < warmup:
@@ -301,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     t0 = time.perf_counter()
     losses: list[float] = []
+    mismatches: list[float] = []
     end = a.bench or a.steps
     n_single = a.batch * 3 // 8
     while step < end:
@@ -326,8 +347,11 @@ def main(argv: list[str] | None = None) -> int:
         context = head(h)
         pred = unet(xt, timesteps=t.float(), context=context)  # fp32: bf16 autocast ran 20x slower here
         loss = ((pred.float() - noise) ** 2).mean(dim=(1, 2, 3)).mul(weight).mean()
+        kept = (second[idx] >= 0) & ~drop
+        mismatch = phrase_mismatch(head, context[kept], phrase_hidden[second[idx][kept]], words)
+        loss_all = loss + a.phrase_loss * mismatch
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_all.backward()
         torch.nn.utils.clip_grad_norm_([*unet.parameters(), *text_params.values()], 1.0)
         opt.step()
         decay = min(0.999, (1 + step) / (10 + step))
@@ -339,9 +363,11 @@ def main(argv: list[str] | None = None) -> int:
                     ema[k].copy_(v)
         step += 1
         losses.append(loss.item())
+        mismatches.append(mismatch.item())
         bar.update(1)
         bar.set_postfix(
             loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}",
+            phrase=f"{sum(mismatches[-50:]) / len(mismatches[-50:]):.3f}",
             lr=f"{a.lr * lr_factor(step - 1):.2e}",
         )
         if not a.bench and (step % a.save_every == 0 or step == a.steps):
@@ -370,12 +396,10 @@ def write_weights(ema: dict, out: Path, step: int, a: argparse.Namespace, second
     from toyworld import storage
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    last = f"{TEXT_LAYERS}{LAST}."
     tensors = {
-        (k.replace(CLIP_NAME, last) if k.startswith(CLIP_NAME) else UNET_PREFIX + k): v
+        (k.replace(CLIP_NAME, CLIP_PREFIX) if k.startswith(CLIP_NAME) else UNET_PREFIX + k): v
         for k, v in sorted(ema.items())
     }
-    tensors.update({k: torch.zeros(768) for k in TEXT_SILENCED})
     meta = {
         "steps": str(step),
         "planned_steps": str(a.steps),
@@ -383,6 +407,7 @@ def write_weights(ema: dict, out: Path, step: int, a: argparse.Namespace, second
         "batch": str(a.batch),
         "lr": str(a.lr),
         "text_lr": str(a.text_lr),
+        "phrase_loss": str(a.phrase_loss),
         "train_minutes": f"{seconds / 60:.0f}",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
     }

@@ -1,9 +1,8 @@
 """The toy-world checkpoint ComfyUI loads: trained UNet + exact VAE + the fixture's random CLIP-L.
 
 Only the trained weights are committed (``toyworld/weights/toyworld.safetensors``, in 8 bits:
-:mod:`toyworld.storage`): the UNet, the attention of CLIP's last layer, and the zero layer norms that
-switch the other layers' attention off (:data:`TEXT_SILENCED`). The rest of the text encoder is the
-test fixture's deterministic random CLIP-L, which the world was trained against, and
+:mod:`toyworld.storage`): the UNet, and the attention of CLIP's last layer. The rest of the text
+encoder is the test fixture's deterministic random CLIP-L, which the world was trained against, and
 the VAE is set by hand (:mod:`toyworld.vae`); both are regenerated here, so packing takes seconds. The packed ``.ckpt`` keeps the fixture's shared-storage CLIP (a few MB
 instead of 246 MB as plain fp16) and is loaded by ComfyUI with ``weights_only=True``.
 
@@ -14,25 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import sys
 from pathlib import Path
 
-from harness.builder import build_in_subprocess, write_checkpoint
-from harness.paths import cache_dir, repo_root
+from harness.paths import cache_dir, comfyui_path, repo_root
 
 WEIGHTS = repo_root() / "toyworld" / "weights" / "toyworld.safetensors"
 _UNET = "model.diffusion_model."
-TEXT_ROOT = "cond_stage_model.transformer."
-TEXT_LAYERS = TEXT_ROOT + "text_model.encoder.layers."
-LAST = 11  # CLIP-L's last layer
-# The trained part of the text encoder: the last layer's attention.
-TEXT_TRAINED = (f"{TEXT_LAYERS}{LAST}.self_attn.", f"{TEXT_LAYERS}{LAST}.layer_norm1.")
-# The frozen layers' attention is switched off (its layer norm set to zero, so it adds nothing): the
-# fixture's random attention mixes every earlier word into each word almost uniformly, and its output
-# dwarfs the word's own embedding, so a second object's words would carry the first object. Each
-# word then enters the last layer as a function of itself and its position, as a pretrained
-# encoder's words mostly are, and the trained attention alone decides what a word gathers.
-TEXT_SILENCED = tuple(f"{TEXT_LAYERS}{i}.layer_norm1.{p}" for i in range(LAST) for p in ("weight", "bias"))
+_LAST = "cond_stage_model.transformer.text_model.encoder.layers.11."
+_TEXT = (_LAST + "self_attn.", _LAST + "layer_norm1.")  # the trained part of the text encoder
 _VAE = "first_stage_model."
 
 
@@ -56,7 +46,21 @@ def toyworld_checkpoint(dest_dir: str | os.PathLike | None = None) -> Path:
     out = dest / toyworld_checkpoint_name()
     if out.is_file():
         return out
-    return build_in_subprocess("toyworld.checkpoint", out, what="the toy-world checkpoint")
+    env = dict(os.environ, COMFYUI_PATH=str(comfyui_path()))
+    env["PYTHONPATH"] = os.pathsep.join([str(repo_root()), *filter(None, [env.get("PYTHONPATH")])])
+    proc = subprocess.run(
+        [sys.executable, "-m", "toyworld.checkpoint", str(out)],
+        cwd=repo_root(),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if proc.returncode != 0 or not out.is_file():
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
+        raise RuntimeError(f"packing the toy-world checkpoint failed (exit {proc.returncode}):\n{tail}")
+    return out
 
 
 def build_state_dict() -> dict:
@@ -70,11 +74,10 @@ def build_state_dict() -> dict:
 
     sd = fixture_state_dict(FixtureSpec("tiny"))
     trained = storage.unpack(load_file(str(WEIGHTS)))
-    expected = {k for k in sd if k.startswith((_UNET, *TEXT_TRAINED))} | set(TEXT_SILENCED)
-    if expected != set(trained):
-        raise ValueError(
-            f"{WEIGHTS} does not hold the tiny UNet layout, CLIP's last attention and the silenced layer norms"
-        )
+    expected = {k for k in sd if k.startswith(_UNET)} | {k for k in sd if k.startswith(_TEXT)}
+    missing = expected - set(trained)
+    if missing or not set(trained) <= set(sd):
+        raise ValueError(f"{WEIGHTS} does not hold the tiny UNet layout and CLIP's last attention")
     sd.update(trained)
     for k, v in vae.state_dict().items():
         sd[_VAE + k] = v.to(torch.float16)
@@ -82,8 +85,13 @@ def build_state_dict() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from harness.fixture_checkpoint import _serialise, _write_atomic
+
     (out,) = argv if argv is not None else sys.argv[1:]
-    return write_checkpoint(Path(out), build_state_dict())
+    data = _serialise(build_state_dict())
+    _write_atomic(Path(out), data)
+    print(f"wrote {out}: {len(data) / 2**20:.1f} MiB")
+    return 0
 
 
 if __name__ == "__main__":
