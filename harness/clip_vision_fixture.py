@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
 
+from harness.builder import build_in_subprocess
 from harness.fixture_checkpoint import _meta_shapes, _serialise, _StridedInit, _write_atomic, import_comfy
-from harness.paths import cache_dir, comfyui_path, repo_root
+from harness.paths import cache_dir, comfyui_path
 
 VERSION = "v1"
 CONFIG = "clip_vision_config_vitl.json"  # what the host picks for 24 layers, 1024 wide, 257 positions
@@ -33,21 +33,7 @@ def clip_vision_fixture(dest_dir: str | os.PathLike | None = None) -> Path:
     out = dest / clip_vision_fixture_name()
     if out.is_file():
         return out
-    env = dict(os.environ, COMFYUI_PATH=str(comfyui_path()))
-    env["PYTHONPATH"] = os.pathsep.join([str(repo_root()), *filter(None, [env.get("PYTHONPATH")])])
-    proc = subprocess.run(
-        [sys.executable, "-m", "harness.clip_vision_fixture", str(out)],
-        cwd=repo_root(),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    if proc.returncode != 0 or not out.is_file():
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
-        raise RuntimeError(f"building the CLIP vision fixture failed (exit {proc.returncode}):\n{tail}")
-    return out
+    return build_in_subprocess("harness.clip_vision_fixture", out, what="the CLIP vision fixture")
 
 
 def build_state_dict() -> dict:

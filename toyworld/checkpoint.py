@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import sys
 from pathlib import Path
 
-from harness.paths import cache_dir, comfyui_path, repo_root
+from harness.builder import build_in_subprocess
+from harness.paths import cache_dir, repo_root
 
 WEIGHTS = repo_root() / "toyworld" / "weights" / "toyworld.safetensors"
 _UNET = "model.diffusion_model."
@@ -46,21 +46,7 @@ def toyworld_checkpoint(dest_dir: str | os.PathLike | None = None) -> Path:
     out = dest / toyworld_checkpoint_name()
     if out.is_file():
         return out
-    env = dict(os.environ, COMFYUI_PATH=str(comfyui_path()))
-    env["PYTHONPATH"] = os.pathsep.join([str(repo_root()), *filter(None, [env.get("PYTHONPATH")])])
-    proc = subprocess.run(
-        [sys.executable, "-m", "toyworld.checkpoint", str(out)],
-        cwd=repo_root(),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    if proc.returncode != 0 or not out.is_file():
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
-        raise RuntimeError(f"packing the toy-world checkpoint failed (exit {proc.returncode}):\n{tail}")
-    return out
+    return build_in_subprocess("toyworld.checkpoint", out, what="the toy-world checkpoint")
 
 
 def build_state_dict() -> dict:
