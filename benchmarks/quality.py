@@ -31,6 +31,8 @@ one torch thread beside another job (1.2 s per sampled image, 1.4 s per training
              chained, local and global key lock
   schedule   a linear bias schedule, 0.2 above a constant bias's value at the first   ~15
              step to 0.2 below it at the last, local key lock
+  export     Export Perfusion Concept's LoRA + embedding (strength 0.5, 1) against     ~10
+             the gated file at the suggested bias
 
 So on 2 cores it runs as named parts of <= 30 minutes each, one command per part
 (``make bench-quality BENCH_ARGS="--part perfusion"``, ...); the whole (~2 hours there) is for a
@@ -216,27 +218,37 @@ class QualityRun:
         uses: Sequence[ConceptUse] = (),
         lora: tuple[str, float] | None = None,
         superclass_prompt: bool = False,
+        words: dict[str, str] | None = None,
     ) -> list[dict[str, bool]]:
-        """Every scene's batch (seed 100 + its index), judged; ``lora``: (file, strength)."""
+        """Every scene's batch (seed 100 + its index), judged; ``lora``: (file, strength); ``words``:
+        what to write in the prompt for a concept word (e.g. an ``embedding:`` name)."""
         rows = []
-        t0 = time.perf_counter()
         for i, scene in enumerate(scenes):
             text = (as_superclass(scene) if superclass_prompt else scene).caption
-            prompt = generate_prompt(
-                self.ckpt, uses, positive=text, seed=100 + i, steps=STEPS, cfg=CFG, size=world.IMAGE_SIZE,
-                batch_size=self.samples, filename_prefix="quality",
-            )  # fmt: skip
-            if lora is not None:
-                prompt["30"] = {
-                    "class_type": "LoraLoaderModelOnly",
-                    "inputs": {"model": ["1", 0], "lora_name": lora[0], "strength_model": lora[1]},
-                }
-                prompt["7"]["inputs"]["model"] = ["30", 0]
-            images = self.host.images(self.run(prompt, f"sampling {text!r}"), "9")
-            rows += [judge(img, scene, concepts) for img in images]
-        self.sample_seconds += time.perf_counter() - t0
-        self.images += len(rows)
+            for word, written in (words or {}).items():
+                text = text.replace(word, written)
+            rows += [judge(img, scene, concepts) for img in self.batch(text, 100 + i, uses, lora)]
         return rows
+
+    def batch(
+        self, text: str, seed: int, uses: Sequence[ConceptUse] = (), lora: tuple[str, float] | None = None
+    ) -> list:
+        """One KSampler batch of ``text`` from ``seed`` (the same seeds for every arm), timed."""
+        t0 = time.perf_counter()
+        prompt = generate_prompt(
+            self.ckpt, uses, positive=text, seed=seed, steps=STEPS, cfg=CFG, size=world.IMAGE_SIZE,
+            batch_size=self.samples, filename_prefix="quality",
+        )  # fmt: skip
+        if lora is not None:
+            prompt["30"] = {
+                "class_type": "LoraLoaderModelOnly",
+                "inputs": {"model": ["1", 0], "lora_name": lora[0], "strength_model": lora[1]},
+            }
+            prompt["7"]["inputs"]["model"] = ["30", 0]
+        images = self.host.images(self.run(prompt, f"sampling {text!r}"), "9")
+        self.sample_seconds += time.perf_counter() - t0
+        self.images += len(images)
+        return images
 
     def arm(self, method: str, sweep: str, setting: float | None, *args, **kwargs) -> dict:
         """One arm (``sweep``: what ``setting`` is, e.g. "bias"): :meth:`sample`'s rows as rates,
@@ -326,6 +338,38 @@ def part_pairs(q: QualityRun, plan: Plan) -> list[dict]:
     return arms
 
 
+def part_export(q: QualityRun, plan: Plan) -> list[dict]:
+    """The concept exported for stock ComfyUI (Export Perfusion Concept: an ungated rank-1 LoRA through
+    LoraLoaderModelOnly plus the word as ``embedding:<name>``) against the gated original through the
+    pack's loader, same prompts and seeds; the files' sizes go in the method names."""
+    zorp = world.CONCEPTS["zorp"]
+    scenes = eval_scenes(zorp)[:: plan.every]
+    concept = q.train(zorp, "zorp")
+    name = "zorp_exported"
+    graph = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": q.ckpt}},
+        "2": {"class_type": "PerfusionConceptFile", "inputs": {"concept_name": concept}},
+        "3": {
+            "class_type": "PerfusionExportConcept",
+            "inputs": {"model": ["1", 0], "concept": ["2", 0], "name": name, "overwrite": True},
+        },
+    }
+    q.run(graph, "export")
+    sizes = {
+        folder: (q.host.folder(folder)[0] / f"{name}.safetensors").stat().st_size // 1024
+        for folder in ("loras", "embeddings")
+    }
+    sizes["perfusion"] = (q.host.folder("perfusion")[0] / concept).stat().st_size // 1024
+    gated = f"gated concept file ({sizes['perfusion']} KB)"
+    arms = [q.arm(gated, "bias", SUGGESTED_BIAS, scenes, [zorp], [ConceptUse(concept, SUGGESTED_BIAS)])]
+    exported = f"exported LoRA + embedding ({sizes['loras']} + {sizes['embeddings']} KB)"
+    words = {zorp.word: f"embedding:{name}"}
+    for strength in (0.5, 1.0):
+        lora = (f"{name}.safetensors", strength)
+        arms.append(q.arm(exported, "strength", strength, scenes, [zorp], lora=lora, words=words))
+    return arms
+
+
 def part_schedule(q: QualityRun, plan: Plan) -> list[dict]:
     """A linear bias schedule around each constant bias of ``perfusion`` (local key lock): higher at
     the first step (the superclass's layout), lower at the last (the identity). Its setting is the
@@ -347,6 +391,7 @@ PARTS: dict[str, Callable[[QualityRun, Plan], list[dict]]] = {
     "recipe": part_recipe,
     "pairs": part_pairs,
     "schedule": part_schedule,
+    "export": part_export,
 }
 
 
@@ -402,6 +447,29 @@ def report(out: Path) -> str:
     return markdown(merged) + f"\n\nwrote {out / 'quality.json'} and quality.png{missing}"
 
 
+def open_run(plan: Plan, **meta) -> tuple[QualityRun, dict]:
+    """An in-process ComfyUI on the toy-world checkpoint, and what every result file records."""
+    from harness.inprocess import ComfyHost
+    from toyworld.checkpoint import toyworld_checkpoint
+    from toyworld.evaluate import weights_info
+
+    os.environ.setdefault("TQDM_DISABLE", "1")  # ComfyUI's sampler bars would bury the table
+    ckpt_path = toyworld_checkpoint()
+    host = ComfyHost.get(Path(tempfile.mkdtemp(prefix="perfusion-quality-")), checkpoints=[ckpt_path])
+    import torch
+
+    meta = {
+        "checkpoint": ckpt_path.name,
+        "weights": weights_info(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
+        **meta,
+        "recipe": plan.recipe.__dict__,
+        "sampler": f"KSampler euler/normal, {STEPS} steps, cfg {CFG}, {world.IMAGE_SIZE} px; "
+        f"{plan.samples} per prompt",
+    }
+    return QualityRun(host, ckpt_path.name, plan.recipe, plan.samples), meta
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -426,25 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.report:
         print(report(out))
         return 0
-    from harness.inprocess import ComfyHost
-    from toyworld.checkpoint import toyworld_checkpoint
-    from toyworld.evaluate import weights_info
-
-    os.environ.setdefault("TQDM_DISABLE", "1")  # ComfyUI's sampler bars would bury the table
-    ckpt_path = toyworld_checkpoint()
-    host = ComfyHost.get(Path(tempfile.mkdtemp(prefix="perfusion-quality-")), checkpoints=[ckpt_path])
-    import torch
-
-    meta = {
-        "checkpoint": ckpt_path.name,
-        "weights": weights_info(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
-        "quick": a.quick,
-        "recipe": plan.recipe.__dict__,
-        "sampler": f"KSampler euler/normal, {STEPS} steps, cfg {CFG}, {world.IMAGE_SIZE} px; "
-        f"{plan.samples} per prompt, seeds 100 + prompt index",
-    }
-    q = QualityRun(host, ckpt_path.name, plan.recipe, plan.samples)
+    q, meta = open_run(plan, quick=a.quick, seeds="100 + prompt index")
     for name in a.part or PARTS:
         run_part(name, q, plan, meta, out)
     print(report(out))

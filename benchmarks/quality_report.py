@@ -10,7 +10,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 COLUMNS = ("fidelity", "in_place", "alignment", "background", "positions", "other_objects")
-_MARKERS = {"perfusion": "o", "unlocked": "v", "baselines": "s", "recipe": "^", "pairs": "D", "schedule": "P"}
+_MARKERS = {
+    "perfusion": "o",
+    "unlocked": "v",
+    "baselines": "s",
+    "recipe": "^",
+    "pairs": "D",
+    "schedule": "P",
+    "export": "X",
+}
 
 
 def _setting(row: dict) -> str:

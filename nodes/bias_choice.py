@@ -12,7 +12,13 @@ import comfy.utils
 import torch
 
 from ..perfusion_core.concept import Concept
-from ..perfusion_core.operating_point import ImageEmbedder, OperatingCurve, bias_grid, score_curve
+from ..perfusion_core.operating_point import (
+    GRID,
+    ImageEmbedder,
+    OperatingCurve,
+    bias_grid,
+    score_curve,
+)
 from .apply import apply_concept
 from .sampling import Sampling, encode, sample_image
 
@@ -21,9 +27,9 @@ from .sampling import Sampling, encode, sample_image
 class BiasSearch:
     """What the chooser samples: a bias grid, seeds, one prompt ('{}' = the word), the sampler."""
 
-    bias_min: float = 0.4
-    bias_max: float = 0.9
-    bias_step: float = 0.1
+    bias_min: float = GRID[0]
+    bias_max: float = GRID[1]
+    bias_step: float = GRID[2]
     seeds: int = 4
     seed: int = 0  # the first seed; the others follow it
     prompt: str = "a photo of a {}"

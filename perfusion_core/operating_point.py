@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 FIDELITY_SHARE = 0.9  # a chosen bias keeps at least this share of the grid's best fidelity gain
+GRID = (0.4, 0.9, 0.1)  # the default grid: lowest bias, highest, step
 
 # Images (B, H, W, 3) with values in [0, 1] -> one embedding per image (B, D).
 ImageEmbedder = Callable[[torch.Tensor], torch.Tensor]
@@ -61,6 +62,22 @@ def choose_bias(curve: OperatingCurve, share: float = FIDELITY_SHARE) -> BiasPoi
         raise ValueError("the bias grid is empty")
     kept = [p for p in curve.points if curve.gain(p) >= share - 1e-9]
     return max(kept, key=lambda p: (p.alignment, p.bias))
+
+
+def balanced_bias(curve: OperatingCurve) -> BiasPoint:
+    """The point with the largest product of its fidelity gain share and its alignment share (0 at
+    the grid's lowest alignment, 1 at its highest): the curve's knee. Unlike :func:`choose_bias` it
+    does not follow fidelity to a point that copies the training images, background and all, when
+    that point alone holds the last 10 % of the gain (ties: the higher bias)."""
+    if not curve.points:
+        raise ValueError("the bias grid is empty")
+    low = min(p.alignment for p in curve.points)
+    span = max(p.alignment for p in curve.points) - low
+
+    def score(p: BiasPoint) -> float:
+        return curve.gain(p) * ((p.alignment - low) / span if span > 0 else 1.0)
+
+    return max(curve.points, key=lambda p: (score(p), p.bias))
 
 
 def bias_grid(low: float, high: float, step: float) -> tuple[float, ...]:

@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from perfusion_core.operating_point import BiasPoint, OperatingCurve, bias_grid, choose_bias, score_curve
+from perfusion_core.operating_point import (
+    BiasPoint,
+    OperatingCurve,
+    balanced_bias,
+    bias_grid,
+    choose_bias,
+    score_curve,
+)
 
 
 def curve(points, superclass_fidelity=0.0) -> OperatingCurve:
@@ -28,6 +35,18 @@ def test_gain_counts_from_the_superclass_images_not_from_zero():
 def test_a_curve_with_no_gain_keeps_every_point_and_ties_go_to_the_higher_bias():
     c = curve([(0.5, 0.4, 0.7), (0.9, 0.4, 0.7)], 0.5)
     assert choose_bias(c).bias == 0.9
+
+
+def test_the_balanced_rule_takes_the_knee_not_a_copy_of_the_training_images():
+    # bias 0.5 copies the training photos (all the gain, no alignment); 0.6 keeps 75 % of the gain
+    # at 80 % of the alignment span; 0.8 is the superclass's own image
+    c = curve([(0.5, 0.9, 0.1), (0.6, 0.8, 0.5), (0.7, 0.6, 0.55), (0.8, 0.5, 0.6)], 0.5)
+    assert choose_bias(c).bias == 0.5
+    assert balanced_bias(c).bias == 0.6
+    flat = curve([(0.5, 0.4, 0.7), (0.9, 0.4, 0.7)], 0.5)
+    assert balanced_bias(flat).bias == 0.9
+    with pytest.raises(ValueError, match="empty"):
+        balanced_bias(curve([]))
 
 
 def test_bias_grid_and_its_errors_name_the_widgets():

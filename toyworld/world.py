@@ -126,6 +126,9 @@ CONCEPTS: dict[str, Concept] = {
     "zorp": Concept("zorp", "brown", "ball"),
     "quib": Concept("quib", "pink", "block"),
     "wubo": Concept("wubo", "pink", "ball"),  # zorp's superclass: the same-superclass pair
+    "plorg": Concept("plorg", "brown", "block"),  # with the three above: brown and pink x 3 shapes
+    "snarb": Concept("snarb", "brown", "bar"),
+    "fendle": Concept("fendle", "pink", "bar"),
 }
 
 
