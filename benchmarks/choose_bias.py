@@ -113,10 +113,13 @@ def choices(result: dict, rule: str) -> dict:
     return {"true_bias": true, "chosen_bias": chosen, "within_one_step": abs(chosen - true) <= step + 1e-9}
 
 
-def rank_correlation(results: list[dict], score: str) -> float:
-    """Spearman's rho of the proxy's ``score`` against the scorer's, over every (concept, bias)."""
+def rank_correlation(results: list[dict], score: str) -> float | None:
+    """Spearman's rho of the proxy's ``score`` against the scorer's, over every (concept, bias); None
+    where either side is constant (no ranking to compare)."""
     proxy = [p[score] for r in results for p in r["proxy"]]
     truth = [p[score] for r in results for p in r["truth"]]
+    if len(set(proxy)) < 2 or len(set(truth)) < 2:
+        return None
     return round(float(spearmanr(proxy, truth).statistic), 3)
 
 

@@ -33,6 +33,8 @@ one torch thread beside another job (1.2 s per sampled image, 1.4 s per training
              step to 0.2 below it at the last, local key lock
   export     Export Perfusion Concept's LoRA + embedding (strength 0.5, 1) against     ~10
              the gated file at the suggested bias
+  word       the learned word alone: a concept file at the suggested bias and with    ~20
+             its edits shut, trained at lr_embedding 0.01 (the recipe), 0.002, 0.0005
 
 So on 2 cores it runs as named parts of <= 30 minutes each, one command per part
 (``make bench-quality BENCH_ARGS="--part perfusion"``, ...); the whole (~2 hours there) is for a
@@ -76,10 +78,19 @@ class Plan:
     biases: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
     strengths: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
     steps: tuple[int, ...] = (50, 150, 400)  # the recipe's 150 among them
+    embedding_lrs: tuple[float, ...] = (0.01, 0.002, 0.0005)  # the recipe's 0.01 among them
     recipe: Recipe = field(default_factory=Recipe)
 
 
-QUICK = Plan(every=8, samples=2, biases=(0.7,), strengths=(1.0,), steps=(4, 8), recipe=Recipe(steps=8))
+QUICK = Plan(
+    every=8,
+    samples=2,
+    biases=(0.7,),
+    strengths=(1.0,),
+    steps=(4, 8),
+    embedding_lrs=(0.01,),
+    recipe=Recipe(steps=8),
+)
 
 
 def eval_scenes(concept: world.Concept) -> list[world.Scene]:
@@ -176,10 +187,12 @@ class QualityRun:
         shots: int = 5,
         steps: int | None = None,
         weight_decay: float = 0.0,
+        lr_embedding: float | None = None,
     ) -> str:
         """The concept file (``name``, unless these options were trained before)."""
         recipe = replace(self.recipe, steps=steps or self.recipe.steps)
-        key = (concept.word, key_lock, embedding_only, shots, recipe.steps, weight_decay)
+        recipe = replace(recipe, lr_embedding=recipe.lr_embedding if lr_embedding is None else lr_embedding)
+        key = (concept.word, key_lock, embedding_only, shots, recipe.steps, weight_decay, recipe.lr_embedding)
         if key not in self.trained:
             photos = write_photos(self.host.layout.input, concept, "quality")[:shots]
             options = {"train_bias": SHUT, "lr_v": 0.0} if embedding_only else {}
@@ -309,9 +322,10 @@ def part_recipe(q: QualityRun, plan: Plan) -> list[dict]:
     for shots in (1, 5):
         concept = q.train(zorp, f"zorp_{shots}_photos", shots=shots)
         arms.append(q.arm("photos", "photos", shots, scenes, [zorp], [ConceptUse(concept, SUGGESTED_BIAS)]))
+    five_photos = arms[-1]
     for steps in plan.steps:
         if steps == q.recipe.steps:  # the 5-photo arm above: the same concept, prompts and seeds
-            arms.append({**arms[-1], "method": "training steps", "sweep": "steps", "setting": steps})
+            arms.append({**five_photos, "method": "training steps", "sweep": "steps", "setting": steps})
             continue
         concept = q.train(zorp, f"zorp_{steps}_steps", steps=steps)
         use = [ConceptUse(concept, SUGGESTED_BIAS)]
@@ -384,6 +398,21 @@ def part_schedule(q: QualityRun, plan: Plan) -> list[dict]:
     return arms
 
 
+def part_word(q: QualityRun, plan: Plan) -> list[dict]:
+    """How much of the concept the learned word carries on its own: each concept file at the suggested
+    bias and with its edits shut (bias 2.0: only the word's embedding acts), trained at the recipe's
+    embedding learning rate and at two lower ones."""
+    zorp = world.CONCEPTS["zorp"]
+    scenes = eval_scenes(zorp)[:: plan.every]
+    arms = []
+    for lr in plan.embedding_lrs:
+        concept = q.train(zorp, f"zorp_lr_embedding_{lr:g}", lr_embedding=lr)
+        for bias in (SUGGESTED_BIAS, SHUT):
+            use = [ConceptUse(concept, bias)]
+            arms.append(q.arm(f"lr_embedding {lr:g}", "bias", bias, scenes, [zorp], use))
+    return arms
+
+
 PARTS: dict[str, Callable[[QualityRun, Plan], list[dict]]] = {
     "perfusion": part_perfusion,
     "unlocked": part_unlocked,
@@ -392,6 +421,7 @@ PARTS: dict[str, Callable[[QualityRun, Plan], list[dict]]] = {
     "pairs": part_pairs,
     "schedule": part_schedule,
     "export": part_export,
+    "word": part_word,
 }
 
 

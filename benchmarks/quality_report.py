@@ -18,6 +18,7 @@ _MARKERS = {
     "pairs": "D",
     "schedule": "P",
     "export": "X",
+    "word": "*",
 }
 
 

@@ -88,6 +88,7 @@ def test_report_rescores_saved_curves(tmp_path, capsys):
     assert main(["--report", "--out", str(out)]) == 0
     saved = json.loads(out.read_text())
     assert saved["machine"] == "m" and "within_one_step" not in saved
+    assert saved["rho_fidelity"] is None  # the scorer's fidelity is 1 everywhere: nothing to rank
     assert saved["concepts"][0]["stated"] == {"true_bias": 0.6, "chosen_bias": 0.4, "within_one_step": False}
     assert "| zorp (brown ball) | p | stated | 0.6 | 0.4 | no |" in capsys.readouterr().out
 
