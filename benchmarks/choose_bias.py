@@ -60,11 +60,12 @@ SCENES = {
 def symbolic_curve(grid, rows: list[list], superclass: list, scene: world.Scene, concept) -> OperatingCurve:
     """The scorer's curve: each bias's rate of fidelity and of alignment over its samples."""
 
-    def rate(images, key: str) -> float:
-        return float(np.mean([judge(img, scene, [concept])[key] for img in images]))
+    def rates(images) -> tuple[float, float]:
+        judged = [judge(img, scene, [concept]) for img in images]
+        return tuple(float(np.mean([j[key] for j in judged])) for key in ("fidelity", "alignment"))
 
-    points = tuple(BiasPoint(b, rate(r, "fidelity"), rate(r, "alignment")) for b, r in zip(grid, rows))
-    return OperatingCurve(points, rate(superclass, "fidelity"))
+    points = tuple(BiasPoint(b, *rates(r)) for b, r in zip(grid, rows))
+    return OperatingCurve(points, rates(superclass)[0])
 
 
 def proxy_curve(grid, rows: list[list], superclass: list, references: list) -> OperatingCurve:

@@ -190,8 +190,11 @@ class QualityRun:
         lr_embedding: float | None = None,
     ) -> str:
         """The concept file (``name``, unless these options were trained before)."""
-        recipe = replace(self.recipe, steps=steps or self.recipe.steps)
-        recipe = replace(recipe, lr_embedding=recipe.lr_embedding if lr_embedding is None else lr_embedding)
+        recipe = replace(
+            self.recipe,
+            steps=steps or self.recipe.steps,
+            lr_embedding=self.recipe.lr_embedding if lr_embedding is None else lr_embedding,
+        )
         key = (concept.word, key_lock, embedding_only, shots, recipe.steps, weight_decay, recipe.lr_embedding)
         if key not in self.trained:
             photos = write_photos(self.host.layout.input, concept, "quality")[:shots]

@@ -58,7 +58,6 @@ import io
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -66,7 +65,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.paths import cache_dir, comfyui_path, repo_root
+from harness.builder import build_in_subprocess
+from harness.paths import cache_dir, comfyui_path
 
 __all__ = [
     "FIXTURE_VERSION",
@@ -229,35 +229,10 @@ def fixture_checkpoint(
     out = dest / spec.filename
     if out.is_file():
         return out
-    _build_in_subprocess(spec, out)
-    if not out.is_file():  # pragma: no cover - the subprocess reported success without writing
-        raise RuntimeError(f"fixture build reported success but {out} is missing")
-    return out
-
-
-def _build_in_subprocess(spec: FixtureSpec, out: Path) -> None:
-    root = repo_root()
-    env = dict(os.environ)
-    env["COMFYUI_PATH"] = str(comfyui_path())
-    env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
-    cmd = [
-        sys.executable,
-        "-m",
-        "harness.fixture_checkpoint",
-        str(out),
-        "--layout",
-        spec.layout,
-        "--context-dim",
-        str(spec.context_dim),
-        "--seed",
-        str(spec.seed),
-    ]
-    proc = subprocess.run(
-        cmd, cwd=root, env=env, capture_output=True, text=True, timeout=_BUILD_TIMEOUT_S, check=False
+    args = ("--layout", spec.layout, "--context-dim", str(spec.context_dim), "--seed", str(spec.seed))
+    return build_in_subprocess(
+        "harness.fixture_checkpoint", out, *args, what=f"fixture {spec}", timeout=_BUILD_TIMEOUT_S
     )
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-40:])
-        raise RuntimeError(f"building fixture {spec} failed (exit {proc.returncode}):\n{tail}")
 
 
 # ----------------------------------------------------------------------------------------------------
