@@ -17,6 +17,7 @@ to ``toyworld/weights/toyworld.safetensors`` (committed, so a fresh clone never 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import os
 import platform
@@ -283,7 +284,10 @@ def main(argv: list[str] | None = None) -> int:
         weight_decay=0.01,
     )
     warmup = 100
-    settings = [a.steps, a.batch, a.lr, a.text_lr, a.seed, a.phrase_loss]
+    # A saved state resumes only for the same settings and the same world: a state left by another
+    # world's build would otherwise be resumed and written out as this world's weights.
+    world_digest = hashlib.sha256("\n".join(s.caption for s in train).encode()).hexdigest()[:16]
+    settings = [a.steps, a.batch, a.lr, a.text_lr, a.seed, a.phrase_loss, world_digest]
 
     def lr_factor(step: int) -> float:
         if step < warmup:
