@@ -17,7 +17,7 @@ Reported: per concept, both choices and whether they are within one grid step; o
 bias) points, the Spearman rank correlation of each proxy score with its scorer rate. The samples are
 one KSampler batch per row (the node samples seed by seed; the curve and the rule are the same code).
 
-    python -m benchmarks.choose_bias [--samples 12] [--concepts zorp,quib] [--steps 150]
+    python -m benchmarks.choose_bias [--samples 12] [--concepts zorp,quib] [--steps 300]
 """
 
 from __future__ import annotations
@@ -46,14 +46,15 @@ from perfusion_core.operating_point import (
 from toyworld import embedder, world
 
 SEED = 300
-# Each concept's prompt: away from where it was trained (centre, white), a different one each.
+# Each concept's prompt: away from its training photos (white, at the centre, top and left): a place
+# never trained and another background, a different pair each.
 SCENES = {
-    "zorp": ("left", "cyan"),
-    "quib": ("right", "black"),
-    "wubo": ("top", "gray"),
+    "zorp": ("right", "cyan"),
+    "quib": ("bottom", "black"),
+    "wubo": ("right", "gray"),
     "plorg": ("bottom", "cyan"),
-    "snarb": ("left", "gray"),
-    "fendle": ("right", "black"),
+    "snarb": ("right", "black"),
+    "fendle": ("bottom", "gray"),
 }
 
 
@@ -89,7 +90,7 @@ def measure(q: QualityRun, concept: world.Concept, grid, steps: int) -> dict:
     superclass = q.batch(scene.caption.replace(concept.word, concept.superclass), SEED)
     rows = [q.batch(scene.caption, SEED, [ConceptUse(concept_file, b, key_lock="local")]) for b in grid]
     truth = symbolic_curve(grid, rows, superclass, scene, concept)
-    proxy = proxy_curve(grid, rows, superclass, world.concept_photos(concept))
+    proxy = proxy_curve(grid, rows, superclass, [img for img, _ in world.concept_photos(concept)])
     return {
         "concept": asdict(concept),
         "prompt": scene.caption,
@@ -150,7 +151,7 @@ def markdown(summary: dict) -> str:
         for rule in RULES:
             d = r[rule]
             lines.append(
-                f"| {c['word']} ({c['colour']} {c['superclass']}) | {r['prompt']} | {rule} | {d['true_bias']:g} "
+                f"| {c['word']} ({c['colour']}, superclass {c['superclass']}) | {r['prompt']} | {rule} | {d['true_bias']:g} "
                 f"| {d['chosen_bias']:g} | {'yes' if d['within_one_step'] else 'no'} |"
             )
     within = ", ".join(f"{rule} {summary[f'within_one_step_{rule}']}" for rule in RULES)

@@ -62,7 +62,7 @@ from benchmarks.train_worker import lora_prompt  # noqa: E402
 from harness.perfusion_graphs import ConceptUse, generate_prompt  # noqa: E402
 from toyworld import scorer, world  # noqa: E402
 from toyworld.evaluate import CFG, STEPS  # noqa: E402
-from toyworld.recipe import SUGGESTED_BIAS, TEMPLATE, Recipe, train_graph, write_photos  # noqa: E402
+from toyworld.recipe import SUGGESTED_BIAS, Recipe, train_graph, write_photos  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SHUT = 2.0  # a gate bias no token reaches: the edits are off, only the learned word acts
@@ -77,7 +77,7 @@ class Plan:
     samples: int = 9  # per prompt (one KSampler batch)
     biases: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
     strengths: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
-    steps: tuple[int, ...] = (50, 150, 400)  # the recipe's 150 among them
+    steps: tuple[int, ...] = (100, 300, 600)  # the recipe's 300 among them
     embedding_lrs: tuple[float, ...] = (0.01, 0.002, 0.0005)  # the recipe's 0.01 among them
     recipe: Recipe = field(default_factory=Recipe)
 
@@ -102,18 +102,20 @@ def eval_scenes(concept: world.Concept) -> list[world.Scene]:
     ]  # fmt: skip
     scenes = [world.Scene(bg, (c(pos),)) for pos, bg in moved]
     scenes += [
-        world.Scene("gray", (c("left"), t("orange", "block", "right"))),
+        world.Scene("gray", (c("left"), t("yellow", "block", "right"))),
         world.Scene("black", (t("green", "bar", "top"), c("bottom"))),
-        world.Scene("cyan", (t("purple", "ball", "left"), c("right"))),
+        world.Scene("cyan", (t("blue", "ball", "left"), c("right"))),
         world.Scene("white", (c("top"), t("red", "bar", "bottom"))),
     ]
     return scenes
 
 
 def pair_scenes(first: world.Concept, second: world.Concept) -> list[world.Scene]:
-    """12 prompts with both concepts, on every pair of places, each named first in half of them."""
+    """12 prompts with both concepts: four pairs of places on three backgrounds, each concept in the
+    earlier slot of the caption in half of them."""
+    places = (("left", "right"), ("top", "bottom"), ("centre", "right"), ("left", "bottom"))
     scenes = []
-    for k, (bg, (p1, p2)) in enumerate((bg, p) for bg in ("black", "gray", "cyan") for p in world.PAIRS):
+    for k, (bg, (p1, p2)) in enumerate((bg, p) for bg in ("black", "gray", "cyan") for p in places):
         a, b = (first, second) if k % 2 == 0 else (second, first)
         scenes.append(world.Scene(bg, (a.at(p1), b.at(p2))))
     return scenes
@@ -137,7 +139,7 @@ def judge(image, scene: world.Scene, concepts: Sequence[world.Concept]) -> dict[
 
     def seen(concept: world.Concept) -> bool:
         place = scorer.colour_anywhere(reading, concept.colour)
-        return place is not None and reading.objects[place].shape == concept.superclass
+        return place is not None and reading.objects[place].shape == concept.shape
 
     base = scorer.score_scene(reading, scene)
     row = {
@@ -184,7 +186,7 @@ class QualityRun:
         *,
         key_lock: bool = True,
         embedding_only: bool = False,
-        shots: int = 5,
+        shots: int | None = None,
         steps: int | None = None,
         weight_decay: float = 0.0,
         lr_embedding: float | None = None,
@@ -193,11 +195,20 @@ class QualityRun:
         recipe = replace(
             self.recipe,
             steps=steps or self.recipe.steps,
+            shots=shots or self.recipe.shots,
             lr_embedding=self.recipe.lr_embedding if lr_embedding is None else lr_embedding,
         )
-        key = (concept.word, key_lock, embedding_only, shots, recipe.steps, weight_decay, recipe.lr_embedding)
+        key = (
+            concept.word,
+            key_lock,
+            embedding_only,
+            recipe.shots,
+            recipe.steps,
+            weight_decay,
+            recipe.lr_embedding,
+        )
         if key not in self.trained:
-            photos = write_photos(self.host.layout.input, concept, "quality")[:shots]
+            photos = write_photos(self.host.layout.input, concept, "quality", recipe.shots)
             options = {"train_bias": SHUT, "lr_v": 0.0} if embedding_only else {}
             if weight_decay:
                 options["weight_decay"] = weight_decay
@@ -207,15 +218,18 @@ class QualityRun:
         return self.trained[key]
 
     def train_lora(self, concept: world.Concept, name: str) -> str:
-        """ComfyUI's TrainLoraNode on the same photos and prompt, as many image-steps at batch 1; the
-        LoRA file's name in models/loras."""
+        """ComfyUI's TrainLoraNode on the same photos and captions (one conditioning per image, from
+        the same dataset loader), as many image-steps at batch 1; the LoRA file's name in
+        models/loras."""
         r = self.recipe
         graph = lora_prompt(
-            self.ckpt, r.steps * r.batch_size, world.IMAGE_SIZE, "fp32", False,
-            images=write_photos(self.host.layout.input, concept, "quality"),
-            text=TEMPLATE.format(concept.word), rank=r.lora_rank, learning_rate=r.lora_lr,
-            trainer=self.host.node_class("TrainLoraNode"),
+            self.ckpt, r.steps * r.batch_size, world.IMAGE_SIZE, "fp32", False, images=[],
+            rank=r.lora_rank, learning_rate=r.lora_lr, trainer=self.host.node_class("TrainLoraNode"),
         )  # fmt: skip
+        folder = write_photos(self.host.layout.input, concept, "quality", r.shots)
+        graph["90"] = {"class_type": "LoadImageTextDataSetFromFolder", "inputs": {"folder": folder}}
+        graph["10"]["inputs"]["image"] = ["90", 0]
+        graph["13"]["inputs"]["text"] = ["90", 1]
         graph["14"]["inputs"]["prefix"] = f"loras/{name}"
         self.timed(graph, f"train {name}")
         saved = max((self.host.layout.output / "loras").glob(f"{name}_*.safetensors"), key=os.path.getmtime)

@@ -54,7 +54,7 @@ def test_both_curves_choose_on_renders_whose_answer_is_known():
     truth = symbolic_curve(GRID, rows, superclass, scene, ZORP)
     assert [(p.fidelity, p.alignment) for p in truth.points] == [(1.0, 0.0), (1.0, 1.0), (0.0, 1.0)]
     assert truth.superclass_fidelity == 0.0 and choose_bias(truth).bias == 0.5
-    proxy = proxy_curve(GRID, rows, superclass, world.concept_photos(ZORP))
+    proxy = proxy_curve(GRID, rows, superclass, [img for img, _ in world.concept_photos(ZORP)])
     fidelity = [p.fidelity for p in proxy.points]
     alignment = [p.alignment for p in proxy.points]
     assert fidelity[0] > fidelity[1] > fidelity[2] == proxy.superclass_fidelity
@@ -90,12 +90,13 @@ def test_report_rescores_saved_curves(tmp_path, capsys):
     assert saved["machine"] == "m" and "within_one_step" not in saved
     assert saved["rho_fidelity"] is None  # the scorer's fidelity is 1 everywhere: nothing to rank
     assert saved["concepts"][0]["stated"] == {"true_bias": 0.6, "chosen_bias": 0.4, "within_one_step": False}
-    assert "| zorp (brown ball) | p | stated | 0.6 | 0.4 | no |" in capsys.readouterr().out
+    assert "| zorp (brown, superclass cherry) | p | stated | 0.6 | 0.4 | no |" in capsys.readouterr().out
 
 
 def test_every_concept_has_a_prompt_away_from_its_training_photos():
     assert set(SCENES) == set(world.CONCEPTS)
-    assert {(c.colour, c.superclass) for c in world.CONCEPTS.values()} == {
+    assert {(c.colour, c.shape) for c in world.CONCEPTS.values()} == {
         (colour, shape) for colour in world.CONCEPT_COLOURS for shape in world.SHAPES
     }
-    assert all(place != "centre" and bg != "white" for place, bg in SCENES.values())
+    trained = set(world.PHOTO_PLACES)
+    assert all(place not in trained and bg != "white" for place, bg in SCENES.values())

@@ -29,7 +29,7 @@ def test_demo_quick_writes_toyworld_images_and_concepts(tmp_path):
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     assert "toy world: a tiny SD1.5-layout model" in proc.stdout
-    assert "train zorp (ball, 5 images) 4/4" in proc.stdout  # a progress line per training step
+    assert "train zorp (cherry, 5 images) 4/4" in proc.stdout  # a progress line per training step
 
     rows = {  # file -> tiles in the row
         "toyworld_photos.png": 10,
@@ -44,7 +44,7 @@ def test_demo_quick_writes_toyworld_images_and_concepts(tmp_path):
             im.verify()
         with Image.open(out / name) as im:
             assert im.width > tiles * 512, name  # each image at least 512 px wide
-    for word, superclass in (("zorp", "ball"), ("quib", "block")):
+    for word, superclass in (("zorp", "cherry"), ("quib", "brick")):
         info = read_concept_metadata(out / "demo-run" / "models" / "perfusion" / f"{word}.safetensors")
         assert (info.word, info.info.superclass, info.info.steps) == (word, superclass, 4)
 

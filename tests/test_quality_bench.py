@@ -23,14 +23,14 @@ def test_prompts_move_the_concept_and_name_each_of_a_pair_first_as_often():
     assert sum(s.things[0].name == "zorp" for s in pairs) == 6
     assert (
         as_superclass(scenes[8]).caption
-        == "on the left a ball and on the right an orange block, gray background"
+        == "top empty, left cherry, centre empty, right cheese, bottom empty, gray background"
     )
 
 
 def test_judge_reads_the_concept_its_place_and_the_rest_of_the_prompt():
-    scene = eval_scenes(ZORP)[8]  # zorp on the left, an orange block on the right, gray
+    scene = eval_scenes(ZORP)[8]  # zorp on the left, a yellow block on the right, gray
     assert all(judge(world.render(scene), scene, [ZORP]).values())
-    moved = world.Scene("gray", (ZORP.at("top"), world.thing("orange", "block", "right")))
+    moved = world.Scene("gray", (ZORP.at("top"), world.thing("yellow", "block", "right")))
     row = judge(world.render(moved), scene, [ZORP])
     assert row["fidelity"] and row["other_objects"] and row["background"]
     assert not (row["in_place"] or row["positions"] or row["alignment"])

@@ -45,8 +45,9 @@ def test_scorer_reads_noisy_and_shifted_renders():
     acc = scorer.accuracy(rows)
     assert min(acc.values()) >= 0.98, acc
     for concept in world.CONCEPTS.values():
-        for photo in world.concept_photos(concept, 6):
-            assert scorer.read(photo).objects == {"centre": scorer.Seen(concept.colour, concept.superclass)}
+        for (photo, caption), place in zip(world.concept_photos(concept, 6), world.PHOTO_PLACES):
+            assert scorer.read(photo).objects == {place: scorer.Seen(concept.colour, concept.shape)}
+            assert caption == world.caption("white", **{place: concept.word})
 
 
 def test_scorer_tells_shapes_colours_and_a_wrong_scene_apart():
@@ -69,18 +70,17 @@ def test_scorer_tells_shapes_colours_and_a_wrong_scene_apart():
 
 def test_concepts_are_new_colours_of_the_worlds_shapes():
     train, held = world.world_scenes()
-    assert {c.superclass for c in world.CONCEPTS.values()} >= {"ball", "block"}
+    assert {c.shape for c in world.CONCEPTS.values()} == set(world.SHAPES)
     for scene in train + held:
         for t in scene.things:
             assert t.colour not in world.CONCEPT_COLOURS, scene.caption
     for c in world.CONCEPTS.values():
-        assert c.colour in world.CONCEPT_COLOURS and c.superclass in world.SHAPES
+        assert c.colour in world.CONCEPT_COLOURS and c.superclass in world.NOUNS
+        assert world.NOUNS[c.superclass][1] == c.shape
 
 
 def test_scorer_accepts_other_sizes_and_float_images():
-    scene = world.Scene(
-        "gray", (world.thing("purple", "ball", "top"), world.thing("orange", "bar", "bottom"))
-    )
+    scene = world.Scene("gray", (world.thing("blue", "ball", "top"), world.thing("yellow", "bar", "bottom")))
     img = world.render(scene)
     big = np.kron(img, np.ones((8, 8, 1), np.uint8))  # 576 px, as the demo shows it
     assert all(scorer.score_scene(scorer.read(big.astype(np.float32) / 255), scene).values())
@@ -102,9 +102,15 @@ def test_held_out_scenes_are_new_combinations_of_seen_values():
         assert pairs(s) <= seen, s.caption
 
 
-def test_captions_put_the_place_before_the_object():
-    scene = world.Scene("cyan", (world.thing("orange", "bar", "left"), world.CONCEPTS["quib"].at("right")))
-    assert scene.caption == "on the left an orange bar and on the right a quib, cyan background"
+def test_captions_put_each_place_in_its_own_slot():
+    scene = world.Scene("cyan", (world.CONCEPTS["quib"].at("right"), world.thing("yellow", "bar", "left")))
+    assert scene.caption == "top empty, left banana, centre empty, right quib, bottom empty, cyan background"
+    assert (
+        world.caption("white", centre="{}").format("zorp")
+        == world.Scene("white", (world.CONCEPTS["zorp"].at("centre"),)).caption
+    )
+    with pytest.raises(ValueError, match="no such place"):
+        world.caption("white", middle="lime")
 
 
 def test_weights_round_trip_through_8_bit_storage():
@@ -157,17 +163,51 @@ def test_vae_round_trip_is_exact_through_comfyui(toyworld_loaded):
 
 def test_checkpoint_carries_the_trained_text_attention(toyworld_loaded):
     """ComfyUI loads the text encoder with strict=False: a misnamed key would be dropped silently and
-    the UNet would see captions encoded by the untrained layer."""
+    the UNet would see captions encoded by the untrained layer, or by attention that should be off."""
     from safetensors.torch import load_file
 
     from toyworld import storage
-    from toyworld.checkpoint import WEIGHTS
+    from toyworld.checkpoint import TEXT_ROOT, TEXT_SILENCED, WEIGHTS
 
     _, clip, _ = toyworld_loaded
     trained = storage.unpack(load_file(str(WEIGHTS)))
     loaded = clip.cond_stage_model.clip_l.transformer.state_dict()
-    prefix = "cond_stage_model.transformer."
-    text_keys = [k for k in trained if k.startswith(prefix)]
-    assert len(text_keys) == 10  # q, k, v, out projections and layer_norm1: weights and biases
+    text_keys = [k for k in trained if k.startswith(TEXT_ROOT)]
+    # the last layer's q, k, v, out projections and layer_norm1 (weights and biases), and the other
+    # 11 layers' layer_norm1 at zero (their attention off)
+    assert len(text_keys) == 10 + len(TEXT_SILENCED)
     for key in text_keys:
-        assert loaded[key.removeprefix(prefix)].half().equal(trained[key]), key
+        assert loaded[key.removeprefix(TEXT_ROOT)].half().equal(trained[key]), key
+    for key in TEXT_SILENCED:
+        assert not loaded[key.removeprefix(TEXT_ROOT)].any(), key
+
+
+def test_a_slots_word_reaches_the_trained_layer_free_of_earlier_slots(toyworld_loaded):
+    """With the frozen layers' attention off, the right slot's noun enters the trained last layer the
+    same whatever the left slot holds (the fixture's random attention moved a word by 20-30 % of its
+    norm), and differs with its own noun."""
+    import torch
+
+    from toyworld.checkpoint import LAST
+
+    _, clip, _ = toyworld_loaded
+    model = clip.cond_stage_model.clip_l
+    captured = []
+    hook = model.transformer.text_model.encoder.layers[LAST].register_forward_pre_hook(
+        lambda _m, args: captured.append(args[0][0].float().clone())
+    )
+    captions = [
+        world.caption("white", left=a, right=b)
+        for a, b in [("brick", "lime"), ("lemon", "lime"), ("brick", "crate")]
+    ]
+    try:
+        clip.load_model()
+        for text in captions:
+            with torch.no_grad():
+                model([[t[0] for t in clip.tokenize(text)["l"][0]]])
+    finally:
+        hook.remove()
+    right = 1 + 3 * world.SLOTS.index("right") + 1  # BOS, then "<place> <noun> ," per slot
+    base, other_left, other_own = (h[right] for h in captured)
+    assert torch.allclose(base, other_left, atol=1e-3 * base.abs().max().item())
+    assert (base - other_own).norm() > 0.3 * base.norm()

@@ -1,10 +1,11 @@
 """On the toy world, a concept trained through the pack's nodes shows up where the prompt puts it.
 
 A mechanism test (3 cross-attention layers, random CLIP), not a claim about real SD1.5; the full
-comparison is ``make bench-quality`` (benchmarks/README.md, "Quality"). Measured on the current
-world at bias 0.7 (24 samples, 6 prompts that move the concept): fidelity 0.00 -> 0.96 and the
-concept at its prompted place 0.00 -> 0.88, but the rest of the prompt's alignment 0.92 -> 0.00 (see
-README, "The toy world"); the margins leave room for the sampling noise of 24 samples (one is 0.04).
+comparison is ``make bench-quality`` (benchmarks/README.md, "Quality"). Measured on the slot world
+at bias 0.7 (24 samples, 6 prompts that move the concept; photos at three places): fidelity 0.00 ->
+0.58, the concept at its prompted place 0.00 -> 0.54, the background kept in 24 of 24 (on the previous
+world the learned word rewrote it in every sample); one sample is 0.04 and a rate's standard error
+about 0.10, which the margins leave room for.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from harness.perfusion_graphs import ConceptUse
 from toyworld import world
 from toyworld.recipe import SUGGESTED_BIAS, Recipe
 
-FIDELITY_GAIN = 0.6  # fidelity over the superclass prompt, at least (measured +0.96)
-IN_PLACE_GAIN = 0.5  # the concept at its prompted place, over the superclass prompt (measured +0.88)
+FIDELITY_GAIN = 0.3  # fidelity over the superclass prompt, at least (measured +0.58)
+IN_PLACE_GAIN = 0.25  # the concept at its prompted place, over the superclass prompt (measured +0.54)
+BACKGROUND_KEPT = 0.85  # the prompt's background with the concept on (measured 1.00)
 
 
 @pytest.mark.slow
@@ -33,3 +35,4 @@ def test_toyworld_concept_shows_up_where_the_prompt_puts_it(comfy_host):
     patched = rates(run.sample(scenes, [zorp], [ConceptUse(concept, SUGGESTED_BIAS)]))
     assert patched["fidelity"] - unpatched["fidelity"] >= FIDELITY_GAIN, (unpatched, patched)
     assert patched["in_place"] - unpatched["in_place"] >= IN_PLACE_GAIN, (unpatched, patched)
+    assert patched["background"] >= BACKGROUND_KEPT, (unpatched, patched)

@@ -8,7 +8,9 @@ those hidden states (:class:`TextHead`). Deterministic: step k's batch, noise an
 come from a generator seeded with (seed, k), so a run resumed from its last state ends bit-identical
 to one that never stopped (same machine, same thread count). State is written every
 ``--save-every`` steps; rerunning the command resumes. The result, the EMA weights in 8 bits (:mod:`toyworld.storage`), goes
-to ``toyworld/weights/toyworld.safetensors`` (committed, so a fresh clone never trains).
+to ``toyworld/weights/toyworld.safetensors`` (committed, so a fresh clone never trains). The
+schedule is two cosine cycles (``--steps``, then ``--restart``): the first learns what each noun
+draws and, once its rate is low, where; the second, at a lower peak, binds each look to its place.
 ``--eval-every`` samples held-out two-object captions in-process while it trains.
 
     python -m toyworld.build [--steps N] [--work DIR]
@@ -54,14 +56,21 @@ def encode_hidden(captions: list[str], work: Path) -> tuple:
     import torch
 
     from harness.fixture_checkpoint import fixture_checkpoint
+    from toyworld.checkpoint import TEXT_ROOT, TEXT_SILENCED
 
     _, clip, _, _ = comfy.sd.load_checkpoint_guess_config(
         str(fixture_checkpoint("tiny")), output_vae=False, output_clip=True
     )
+    silenced = {k.removeprefix(TEXT_ROOT): torch.zeros(768) for k in TEXT_SILENCED}
+    unexpected = clip.cond_stage_model.clip_l.transformer.load_state_dict(
+        silenced, strict=False
+    ).unexpected_keys
+    if unexpected:
+        raise RuntimeError(f"the host's CLIP-L has no {unexpected}: its layout changed")
     cache = work / "hidden.pt"
     if cache.is_file():
         saved = torch.load(cache, weights_only=True)
-        if saved["captions"] == captions:
+        if saved["captions"] == captions and saved.get("silenced") == list(TEXT_SILENCED):
             return saved["hidden"], clip
     from tqdm import tqdm
 
@@ -81,7 +90,7 @@ def encode_hidden(captions: list[str], work: Path) -> tuple:
         hook.remove()
     hidden = torch.cat(captured)
     tmp = cache.with_suffix(".tmp")
-    torch.save({"captions": captions, "hidden": hidden}, tmp)
+    torch.save({"captions": captions, "hidden": hidden, "silenced": list(TEXT_SILENCED)}, tmp)
     os.replace(tmp, cache)
     return hidden, clip
 
@@ -108,6 +117,9 @@ class TextHead:
         for name, p in self.layer.named_parameters():
             p.requires_grad_(name.startswith(TRAINED))
         self.norm.requires_grad_(False)
+        with torch.no_grad():  # its attention starts off, as the frozen layers' is: words stay apart
+            self.layer.layer_norm1.weight.zero_()
+            self.layer.layer_norm1.bias.zero_()
         self.mask = torch.full((77, 77), -torch.finfo(torch.float32).max).triu_(1)
         self.attention = optimized_attention_for_device(torch.device("cpu"), mask=True, small_input=True)
 
@@ -121,32 +133,6 @@ class TextHead:
         mask = self.mask[: hidden.shape[1], : hidden.shape[1]]
         x = hidden + self.layer.self_attn(self.layer.layer_norm1(hidden), mask, self.attention)
         return self.norm(x + self.layer.mlp(self.layer.layer_norm2(x)))
-
-
-def phrase_length(clip, phrases: list[str]) -> int:
-    """The number of tokens every object phrase takes (the same for all, which the phrase loss
-    relies on: a two-object caption's second phrase then always starts at token ``2 + length``)."""
-    lengths = {sum(1 for t in clip.tokenize(p)["l"][0] if t[0] not in (49406, 49407)) for p in phrases}
-    if len(lengths) != 1:
-        raise ValueError(f"object phrases take {sorted(lengths)} tokens; the phrase loss needs one length")
-    return lengths.pop()
-
-
-def phrase_mismatch(head, context, phrase_hidden, words: int):
-    """How far a two-object caption's second phrase (its output tokens) is from the same phrase at
-    the start of a caption, relative to how much phrases differ there. A random frozen CLIP mixes the
-    first object into every later word (its layers attend almost uniformly); this loss teaches the
-    trained last layer to undo that, so each object word carries its own object and place, as a
-    pretrained text encoder's words mostly do, and the UNet can bind each object to its place."""
-    import torch
-
-    if not len(context):
-        return context.new_zeros(())
-    with torch.no_grad():
-        target = head(phrase_hidden[:, : words + 1].float())[:, 1:]
-        spread = (target - target.mean(0)).pow(2).sum(-1).mean().clamp(min=1e-6)
-    second = context[:, words + 2 : 2 * words + 2]
-    return (second - target).pow(2).sum(-1).mean() / spread
 
 
 def new_unet(seed: int):
@@ -223,20 +209,22 @@ def quick_eval(unet, head, hidden, scenes, acp, seed: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m toyworld.build", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=2200)
+    ap.add_argument("--steps", type=int, default=1600)
+    ap.add_argument(
+        "--restart",
+        type=_restart,
+        default="1400@0.3",
+        metavar="STEPS@PEAK",
+        help="after --steps, a second cosine cycle of STEPS steps peaking at PEAK x the learning rates"
+        " (0@0: none)",
+    )
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--text-lr", type=float, default=1e-3, help="learning rate of CLIP's last attention")
-    ap.add_argument(
-        "--phrase-loss",
-        type=float,
-        default=0.0,
-        help="weight of the loss that makes a second object's words read as if their phrase began the caption (0: off; at 0.1 it taught the text attention to erase what tells captions apart, see d37dcb8)",
-    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-every", type=int, default=100)
     ap.add_argument(
-        "--eval-every", type=int, default=440, help="score 64 held-out pairs every N steps (0: never)"
+        "--eval-every", type=int, default=350, help="score 64 held-out pairs every N steps (0: never)"
     )
     ap.add_argument("--threads", type=int, default=int(os.environ.get("TOYWORLD_THREADS", "0")) or None)
     ap.add_argument("--work", type=Path, default=REPO / "tests" / ".cache" / "toyworld-build")
@@ -249,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from toyworld import vae, world
+    from toyworld.checkpoint import TEXT_SILENCED
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -257,15 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     singles = torch.tensor([i for i, s in enumerate(train) if len(s.things) == 1])
     pairs = torch.tensor([i for i, s in enumerate(train) if len(s.things) == 2])
     held_pairs = [s for s in held if len(s.things) == 2][::15][:64]
-    phrases = sorted({world.phrase(s.things[1]) for s in train if len(s.things) == 2})
-    hidden, clip = encode_hidden([s.caption for s in train + held_pairs] + phrases + [""], a.work)
+    hidden, clip = encode_hidden([s.caption for s in train + held_pairs] + [""], a.work)
     held_hidden = hidden[len(train) : len(train) + len(held_pairs)]
-    phrase_hidden = hidden[len(train) + len(held_pairs) : -1]
     empty = hidden[-1:]
-    words = phrase_length(clip, phrases)
-    second = torch.tensor(
-        [phrases.index(world.phrase(s.things[-1])) if len(s.things) == 2 else -1 for s in train]
-    )
     head = TextHead(clip)
     del clip
     images = torch.stack([torch.from_numpy(world.render(s)) for s in train]).float() / 255
@@ -284,27 +267,42 @@ def main(argv: list[str] | None = None) -> int:
         weight_decay=0.01,
     )
     warmup = 100
-    # A saved state resumes only for the same settings and the same world: a state left by another
-    # world's build would otherwise be resumed and written out as this world's weights.
-    world_digest = hashlib.sha256("\n".join(s.caption for s in train).encode()).hexdigest()[:16]
-    settings = [a.steps, a.batch, a.lr, a.text_lr, a.seed, a.phrase_loss, world_digest]
+    first = a.steps
+    more, peak = a.restart
+    total = first + more
+    # A saved state resumes only for the same settings and the same world (its captions and the
+    # silenced text layers, by digest).
+    world_text = "\n".join(
+        [s.caption for s in train] + list(TEXT_SILENCED) + ["last attention starts off", "MLPs off"]
+    )
+    world_digest = hashlib.sha256(world_text.encode()).hexdigest()[:16]
+    settings = [a.steps, a.batch, a.lr, a.text_lr, a.seed, world_digest]
+    # The first cycle's state is a prefix of the restarted run: its steps are the same.
+    prefix = list(settings)
+    if more:
+        settings.append([more, peak])
 
     def lr_factor(step: int) -> float:
+        """Warm-up, then a cosine to zero; with --restart, a second warm-up and cosine at a lower
+        peak: the places are read only once the rate is low, their colours need the steps after."""
+        scale, length = 1.0, first
+        if step >= first:
+            step, scale, length = step - first, peak, more
         if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, a.steps - warmup)))
+            return scale * (step + 1) / warmup
+        return scale * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, length - warmup)))
 
     state_file = a.work / "state.pt"
     step, seconds = 0, 0.0  # seconds: training time so far, over every resumed part
     if state_file.is_file() and not a.bench:
         st = torch.load(state_file, weights_only=True)
-        if st["args"] == settings:
+        if st["args"] in (settings, prefix):
             unet.load_state_dict(st["unet"])
             head.layer.load_state_dict(st["text"])
             ema = st["ema"]
             opt.load_state_dict(st["opt"])
             step, seconds = st["step"], st.get("seconds", 0.0)
-            print(f"resuming at step {step}/{a.steps}")
+            print(f"resuming at step {step}/{total}")
         else:
             print("state was for other settings: starting anew")
 
@@ -321,12 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     live = {**dict(unet.named_parameters()), **{CLIP_NAME + k: v for k, v in text_params.items()}}
     live.update({k: v for k, v in unet.named_buffers()})
     bar = tqdm(
-        total=a.bench or a.steps, initial=0 if a.bench else step, desc="training", unit="step", mininterval=20
+        total=a.bench or total, initial=0 if a.bench else step, desc="training", unit="step", mininterval=20
     )
     t0 = time.perf_counter()
     losses: list[float] = []
-    mismatches: list[float] = []
-    end = a.bench or a.steps
+    end = a.bench or total
     n_single = a.batch * 3 // 8
     while step < end:
         g = torch.Generator().manual_seed(a.seed * 1_000_003 + step)
@@ -351,11 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         context = head(h)
         pred = unet(xt, timesteps=t.float(), context=context)  # fp32: bf16 autocast ran 20x slower here
         loss = ((pred.float() - noise) ** 2).mean(dim=(1, 2, 3)).mul(weight).mean()
-        kept = (second[idx] >= 0) & ~drop
-        mismatch = phrase_mismatch(head, context[kept], phrase_hidden[second[idx][kept]], words)
-        loss_all = loss + a.phrase_loss * mismatch
         opt.zero_grad(set_to_none=True)
-        loss_all.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_([*unet.parameters(), *text_params.values()], 1.0)
         opt.step()
         decay = min(0.999, (1 + step) / (10 + step))
@@ -367,14 +361,12 @@ def main(argv: list[str] | None = None) -> int:
                     ema[k].copy_(v)
         step += 1
         losses.append(loss.item())
-        mismatches.append(mismatch.item())
         bar.update(1)
         bar.set_postfix(
             loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}",
-            phrase=f"{sum(mismatches[-50:]) / len(mismatches[-50:]):.3f}",
             lr=f"{a.lr * lr_factor(step - 1):.2e}",
         )
-        if not a.bench and (step % a.save_every == 0 or step == a.steps):
+        if not a.bench and (step % a.save_every == 0 or step == total):
             save_state()
         if a.eval_every and not a.bench and step % a.eval_every == 0:
             acc = quick_eval(unet, head, torch.cat([held_hidden, empty]), held_pairs, acp, seed=step)
@@ -391,6 +383,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _restart(text: str) -> tuple[int, float]:
+    steps, _, peak = text.partition("@")
+    return int(steps), float(peak)
+
+
 def write_weights(ema: dict, out: Path, step: int, a: argparse.Namespace, seconds: float) -> None:
     """The EMA weights (UNet, and CLIP's trained last attention) under ComfyUI's checkpoint keys, in
     8 bits (:mod:`toyworld.storage`), written atomically."""
@@ -398,20 +395,22 @@ def write_weights(ema: dict, out: Path, step: int, a: argparse.Namespace, second
     from safetensors.torch import save_file
 
     from toyworld import storage
+    from toyworld.checkpoint import TEXT_SILENCED
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tensors = {
         (k.replace(CLIP_NAME, CLIP_PREFIX) if k.startswith(CLIP_NAME) else UNET_PREFIX + k): v
         for k, v in sorted(ema.items())
     }
+    tensors.update({k: torch.zeros(768) for k in TEXT_SILENCED})
     meta = {
         "steps": str(step),
-        "planned_steps": str(a.steps),
+        "planned_steps": str(a.steps + a.restart[0]),
+        "restart": f"{a.restart[0]}@{a.restart[1]}",
         "seed": str(a.seed),
         "batch": str(a.batch),
         "lr": str(a.lr),
         "text_lr": str(a.text_lr),
-        "phrase_loss": str(a.phrase_loss),
         "train_minutes": f"{seconds / 60:.0f}",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
     }

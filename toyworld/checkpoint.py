@@ -21,8 +21,29 @@ from harness.paths import cache_dir, repo_root
 
 WEIGHTS = repo_root() / "toyworld" / "weights" / "toyworld.safetensors"
 _UNET = "model.diffusion_model."
-_LAST = "cond_stage_model.transformer.text_model.encoder.layers.11."
-_TEXT = (_LAST + "self_attn.", _LAST + "layer_norm1.")  # the trained part of the text encoder
+TEXT_ROOT = "cond_stage_model.transformer."
+_LAYERS = TEXT_ROOT + "text_model.encoder.layers."
+LAST = 11  # CLIP-L's last layer
+_TEXT = (
+    f"{_LAYERS}{LAST}.self_attn.",
+    f"{_LAYERS}{LAST}.layer_norm1.",
+)  # the trained part of the text encoder
+# The frozen layers' attention is switched off (their first layer norm is zero, so attention adds one
+# constant vector): the fixture's random attention mixes every earlier word into each word almost
+# uniformly (a caption's words then differ from another's by 20-30 % of their norm wherever they are,
+# even a comma after a noun), so a slot's word would carry every object named before it. Each word
+# then reaches the last layer as a function of itself and its position, and the trained attention
+# alone decides what a word gathers.
+# The MLPs are switched off the same way (second layer norm zero), in all 12 layers: random MLPs
+# entangle a word with its position, and a slot is told from another only by its position, which the
+# UNet can then read as one direction shared by every word (token embedding + position embedding).
+TEXT_SILENCED = tuple(
+    f"{_LAYERS}{i}.{norm}.{p}"
+    for i in range(LAST + 1)
+    for norm in ("layer_norm1", "layer_norm2")
+    if not (i == LAST and norm == "layer_norm1")
+    for p in ("weight", "bias")
+)
 _VAE = "first_stage_model."
 
 
@@ -60,10 +81,11 @@ def build_state_dict() -> dict:
 
     sd = fixture_state_dict(FixtureSpec("tiny"))
     trained = storage.unpack(load_file(str(WEIGHTS)))
-    expected = {k for k in sd if k.startswith(_UNET)} | {k for k in sd if k.startswith(_TEXT)}
-    missing = expected - set(trained)
-    if missing or not set(trained) <= set(sd):
-        raise ValueError(f"{WEIGHTS} does not hold the tiny UNet layout and CLIP's last attention")
+    expected = {k for k in sd if k.startswith((_UNET, *_TEXT))} | set(TEXT_SILENCED)
+    if expected != set(trained):
+        raise ValueError(
+            f"{WEIGHTS} does not hold the tiny UNet layout, CLIP's last attention and the silenced layer norms"
+        )
     sd.update(trained)
     for k, v in vae.state_dict().items():
         sd[_VAE + k] = v.to(torch.float16)

@@ -30,14 +30,14 @@ NOTE = (
     "toy world: a tiny SD1.5-layout model trained here on 72 px scenes of coloured shapes, with a random "
     "CLIP; a mechanism demo, not real SD1.5 quality (point --checkpoint at a real SD1.5 for that)"
 )
-PREVIEW_PROMPTS = ("on the left a {}, black background", "at the top a {}, cyan background")
+PREVIEW_PROMPTS = (world.caption("black", left="{}"), world.caption("cyan", top="{}"))
 ZORP, QUIB = world.CONCEPTS["zorp"], world.CONCEPTS["quib"]
 PLACES = (
     world.Scene("black", (ZORP.at("left"),)),
     world.Scene("gray", (ZORP.at("top"),)),
     world.Scene("cyan", (ZORP.at("right"),)),
     world.Scene("white", (ZORP.at("bottom"),)),
-    world.Scene("gray", (ZORP.at("left"), world.thing("orange", "bar", "right"))),
+    world.Scene("gray", (ZORP.at("left"), world.thing("yellow", "bar", "right"))),
     world.Scene("black", (world.thing("green", "block", "top"), ZORP.at("bottom"))),
 )
 TOGETHER = (
@@ -78,10 +78,11 @@ def run_demo(host, ckpt: str, out: Path, *, quick: bool, steps: int | None, prog
     concepts = {}
     photo_tiles = []
     for concept in (ZORP, QUIB):
-        names = write_photos(host.layout.input, concept, "demo")
-        photo_tiles += [(f"{concept.word} {i}", host.layout.input / n) for i, n in enumerate(names)]
+        folder = write_photos(host.layout.input, concept, "demo", recipe.shots)
+        names = sorted((host.layout.input / folder).glob("*.png"))
+        photo_tiles += [(f"{concept.word} {i}", path) for i, path in enumerate(names)]
         graph = train_graph(
-            ckpt, names, concept, recipe, concept.word, preview_every=recipe.steps,
+            ckpt, folder, concept, recipe, concept.word, preview_every=recipe.steps,
             validation_prompts="\n".join(PREVIEW_PROMPTS), preview_size=world.IMAGE_SIZE, preview_steps=STEPS,
         )  # fmt: skip
         graph["6"] = {

@@ -1,13 +1,13 @@
 """How toy-world concepts are trained: one recipe for the demo, the quality benchmark and the tests.
 
-The 5 training images show the object in the centre of a white background (small shifts between
-them), and every training prompt says so: whatever else a sample shows (another place, another
-background, another block) has to come from the prompt, which is what alignment measures.
+The 5 training images show the object on a white background at three places (centre, top, left;
+small shifts between them), each with its caption, through ComfyUI's own dataset loader: whatever
+else a sample shows (another place, another background, another object) has to come from the
+prompt, which is what alignment measures.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from harness.perfusion_graphs import train_prompt
 
 from . import world
 
-TEMPLATE = "in the centre a {}, white background"
+TEMPLATE = world.caption("white", centre="{}")
 SUGGESTED_BIAS = 0.7  # measured on the quality benchmark: benchmarks/README.md "Quality"
 
 
@@ -25,7 +25,8 @@ SUGGESTED_BIAS = 0.7  # measured on the quality benchmark: benchmarks/README.md 
 class Recipe:
     """Training settings (the LoRA baseline gets the same image-steps at batch 1)."""
 
-    steps: int = 150
+    steps: int = 300
+    shots: int = 5
     batch_size: int = 4
     lr_v: float = 0.05
     lr_embedding: float = 0.01
@@ -34,19 +35,21 @@ class Recipe:
     lora_lr: float = 0.001
 
 
-def write_photos(folder: Path, concept: world.Concept, prefix: str = "toyworld") -> list[str]:
-    """The concept's training images as PNGs in ``folder`` (ComfyUI's input folder); their names."""
-    names = []
-    for i, img in enumerate(world.concept_photos(concept)):
-        name = f"{prefix}_{concept.word}_{i}.png"
-        Image.fromarray(img).save(folder / name)
-        names.append(name)
-    return names
+def write_photos(input_dir: Path, concept: world.Concept, prefix: str = "toyworld", n: int = 5) -> str:
+    """The concept's training photos as PNGs with their captions (``.txt``) in a new folder of
+    ComfyUI's input folder, as Load Image and Text Dataset from Folder reads them; its name."""
+    name = f"{prefix}_{concept.word}_{n}"
+    folder = input_dir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (img, caption) in enumerate(world.concept_photos(concept, n)):
+        Image.fromarray(img).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(caption)
+    return name
 
 
 def train_graph(
     ckpt: str,
-    names: Sequence[str],
+    folder: str,
     concept: world.Concept,
     recipe: Recipe,
     save_name: str,
@@ -54,10 +57,11 @@ def train_graph(
     lr_v: float | None = None,
     **extra,
 ) -> dict:
-    """Checkpoint -> photos -> PerfusionTrainConcept -> Save (node ids as :func:`train_prompt`)."""
-    return train_prompt(
+    """Checkpoint -> photos and captions (dataset loader, node "90") -> PerfusionTrainConcept -> Save
+    (node ids as :func:`train_prompt`)."""
+    graph = train_prompt(
         ckpt,
-        names,
+        [],
         word=concept.word,
         superclass=concept.superclass,
         steps=recipe.steps,
@@ -70,3 +74,6 @@ def train_graph(
         save_name=save_name,
         extra={"flip": False, **extra},
     )
+    graph["90"] = {"class_type": "LoadImageTextDataSetFromFolder", "inputs": {"folder": folder}}
+    graph["3"]["inputs"].update(images=["90", 0], captions=["90", 1])
+    return graph

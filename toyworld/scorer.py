@@ -4,7 +4,7 @@ Each 8 px cell is averaged; the background is the palette background nearest the
 outer ring of cells (objects cover at most 6 of its 32); at each place, the footprint's cells that
 differ from that background are the object's: present when at least two are, its shape the
 template (:data:`toyworld.world.SHAPES`) that overlaps them best, its colour the nearest object
-colour (the world's six and the concepts' own) that most of them show. Works on any square image
+colour (the world's four and the concepts' own) that most of them show. Works on any square image
 size (resized to 72 px first) and on noisy samples, which is what a sampler returns.
 """
 

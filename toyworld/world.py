@@ -1,15 +1,17 @@
 """The toy world: 72 px scenes on a 9x9 grid of 8 px cells, one cell per latent pixel.
 
-A scene is a flat background and one or two objects. An object is a **shape** (its superclass:
-``block``, ``ball`` or ``bar``, drawn as a pattern of cells in a 3x3 footprint) in one **colour**, at
-one of five places that never overlap. Concepts (:data:`CONCEPTS`) are shapes in colours the world
-never shows (brown, pink), which the model can only learn from a concept's images; their
-superclass is their shape, so two concepts of different superclasses get different keys.
+A scene is a flat background and one or two objects. An object is named by one **noun** that fixes
+its look, as a noun does in real captions ("brick": a red block, "lime": a green ball): a **shape**
+(``block``, ``ball`` or ``bar``, drawn as a pattern of cells in a 3x3 footprint) in one **colour**, at
+one of five places that never overlap. So the UNet learns to read an object's look from its noun,
+which is the word Perfusion edits. Concepts (:data:`CONCEPTS`) are shapes in colours the world never
+shows (brown, pink); their superclass is a noun of the same shape ("cherry" for a brown ball).
 
-Captions name the place first ("on the left a red ball and on the right a blue bar, white
-background"): CLIP's text attention is causal, so only a word that comes after its place can carry
-it, and the object word is where the UNet, and Perfusion's edits, read the object. Objects sit on
-whole cells, so the exact autoencoder (:mod:`toyworld.vae`) loses nothing.
+Captions are five slots in a fixed order, then the background ("top empty, left brick, centre
+empty, right lime, bottom empty, white background"): every place's noun sits at the same token in
+every caption, so the UNet can tell which object goes where by the token alone, which is what binds
+two objects (captions that named the place before each object bound 20 % of pairs; README, "The toy
+world"). Objects sit on whole cells, so the exact autoencoder (:mod:`toyworld.vae`) loses nothing.
 """
 
 from __future__ import annotations
@@ -30,8 +32,6 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "green": (40, 170, 60),
     "blue": (40, 80, 220),
     "yellow": (240, 210, 40),
-    "purple": (150, 60, 190),
-    "orange": (245, 140, 30),
 }
 # Colours only concepts have: never in a world scene or caption, each >= 100 away from every other.
 CONCEPT_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -59,20 +59,27 @@ POSITIONS: dict[str, tuple[int, int]] = {
     "bottom": (6, 3),
     "centre": (3, 3),
 }
-_PLACE = {
-    "left": "on the left",
-    "right": "on the right",
-    "top": "at the top",
-    "bottom": "at the bottom",
-    "centre": "in the centre",
+# The caption's slots, in order: each place's word, then what is there (a noun, or EMPTY).
+SLOTS: tuple[str, ...] = ("top", "left", "centre", "right", "bottom")
+EMPTY = "empty"
+# Two-object scenes: every pair of places (they never overlap).
+PAIRS: tuple[tuple[str, str], ...] = tuple(itertools.combinations(SLOTS, 2))
+# Every world object has a noun of its own (one CLIP token each; a random CLIP-L gives the words no
+# meaning, the world does): (colour, shape).
+NOUNS: dict[str, tuple[str, str]] = {
+    "brick": ("red", "block"),
+    "cherry": ("red", "ball"),
+    "chili": ("red", "bar"),
+    "cactus": ("green", "block"),
+    "lime": ("green", "ball"),
+    "pickle": ("green", "bar"),
+    "crate": ("blue", "block"),
+    "marble": ("blue", "ball"),
+    "pencil": ("blue", "bar"),
+    "cheese": ("yellow", "block"),
+    "lemon": ("yellow", "ball"),
+    "banana": ("yellow", "bar"),
 }
-# Two-object scenes use these ordered pairs (the caption names the first position first).
-PAIRS: tuple[tuple[str, str], ...] = (
-    ("left", "right"),
-    ("right", "left"),
-    ("top", "bottom"),
-    ("bottom", "top"),
-)
 
 
 @dataclass(frozen=True)
@@ -92,43 +99,56 @@ class Scene:
 
     @property
     def caption(self) -> str:
-        return " and ".join(phrase(t) for t in self.things) + f", {self.background} background"
+        return caption(self.background, **{t.position: t.name for t in self.things})
 
 
-def phrase(t: Thing) -> str:
-    """How a caption names one object: its place, then the object ("on the left a red ball")."""
-    return f"{_PLACE[t.position]} {_article(t.name)} {t.name}"
+def caption(background: str, **names: str) -> str:
+    """The caption of a background and the names at some places, e.g. ``caption("white",
+    centre="{}")`` is a training template."""
+    unknown = set(names) - set(SLOTS)
+    if unknown:
+        raise ValueError(f"no such place {sorted(unknown)}; places are {list(SLOTS)}")
+    slots = ", ".join(f"{place} {names.get(place, EMPTY)}" for place in SLOTS)
+    return f"{slots}, {background} background"
 
 
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
+def noun(colour: str, shape: str) -> str:
+    """The world's noun for a colour and shape."""
+    for word, look in NOUNS.items():
+        if look == (colour, shape):
+            return word
+    raise KeyError(f"the world has no {colour} {shape}")
 
 
 def thing(colour: str, shape: str, position: str) -> Thing:
-    """A world object, captioned '<colour> <shape>'."""
-    return Thing(f"{colour} {shape}", colour, shape, position)
+    """A world object, called by its noun."""
+    return Thing(noun(colour, shape), colour, shape, position)
 
 
 @dataclass(frozen=True)
 class Concept:
-    """A new object for the benchmark: a shape (its superclass) in a colour of its own; prompts call
-    it by ``word``."""
+    """A new object for the benchmark: a shape in a colour of its own; prompts call it by ``word``,
+    and its superclass is a world noun of the same shape."""
 
     word: str
     colour: str
     superclass: str
 
+    @property
+    def shape(self) -> str:
+        return NOUNS[self.superclass][1]
+
     def at(self, position: str) -> Thing:
-        return Thing(self.word, self.colour, self.superclass, position)
+        return Thing(self.word, self.colour, self.shape, position)
 
 
 CONCEPTS: dict[str, Concept] = {
-    "zorp": Concept("zorp", "brown", "ball"),
-    "quib": Concept("quib", "pink", "block"),
-    "wubo": Concept("wubo", "pink", "ball"),  # zorp's superclass: the same-superclass pair
-    "plorg": Concept("plorg", "brown", "block"),  # with the three above: brown and pink x 3 shapes
-    "snarb": Concept("snarb", "brown", "bar"),
-    "fendle": Concept("fendle", "pink", "bar"),
+    "zorp": Concept("zorp", "brown", "cherry"),
+    "quib": Concept("quib", "pink", "brick"),
+    "wubo": Concept("wubo", "pink", "cherry"),  # zorp's superclass: the same-superclass pair
+    "plorg": Concept("plorg", "brown", "brick"),  # with the three above: brown and pink x 3 shapes
+    "snarb": Concept("snarb", "brown", "chili"),
+    "fendle": Concept("fendle", "pink", "chili"),
 }
 
 
@@ -150,15 +170,23 @@ def render(scene: Scene, shift: tuple[int, int] = (0, 0)) -> np.ndarray:
 PHOTO_SHIFTS = ((0, 0), (1, 0), (0, 1), (-1, 0), (0, -1), (1, -1))
 
 
-def concept_photos(concept: Concept, n: int = 5, background: str = "white", position: str = "centre"):
-    """``n`` (<= 6) training images of a concept: one place, small shifts between them."""
-    scene = Scene(background, (concept.at(position),))
-    return [render(scene, shift) for shift in PHOTO_SHIFTS[:n]]
+PHOTO_PLACES = ("centre", "top", "left", "centre", "top", "left")
+
+
+def concept_photos(concept: Concept, n: int = 5, background: str = "white") -> list[tuple[np.ndarray, str]]:
+    """``n`` (<= 6) training photos of a concept, each with its caption: three places, small shifts.
+    Photos at one place would pin the concept there: a slot's place reaches the UNet through its
+    noun's own values, so a V target trained at one place carries that place (README, "The toy
+    world")."""
+    scenes = [
+        (Scene(background, (concept.at(p),)), shift) for p, shift in zip(PHOTO_PLACES[:n], PHOTO_SHIFTS)
+    ]
+    return [(render(scene, shift), scene.caption) for scene, shift in scenes]
 
 
 def objects() -> list[tuple[str, str]]:
-    """Every (colour, shape) of the world."""
-    return list(itertools.product(COLOURS, SHAPES))
+    """Every (colour, shape) of the world, in the order of :data:`NOUNS`."""
+    return list(NOUNS.values())
 
 
 def single_scenes() -> Iterator[Scene]:

@@ -1,0 +1,100 @@
+"""Quick looks at one toy-world concept (48 samples per arm, about 5-10 minutes each on 2 cores):
+the probes behind README "The toy world", "Concepts on this world". ``make bench-quality`` is the
+measurement; these answer one question each, fast.
+
+    python -m benchmarks.concept_probes one-place|three-places|bias|recipe [--steps N]
+
+README's one-place, three-places and bias figures were measured at 150 steps (``--steps 150``),
+before the recipe moved to 300.
+
+- ``one-place``: trained from photos at the centre only; where is the concept drawn?
+- ``three-places``: the recipe (photos at three places); where is it drawn, local and global lock?
+- ``bias``: the recipe's concept across the bias, local and global lock.
+- ``recipe``: 300 steps against 150 steps with lr_v 0.2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+from dataclasses import replace
+
+from PIL import Image
+
+from benchmarks.quality import Plan, QualityRun, eval_scenes, judge, open_run, rates
+from harness.perfusion_graphs import ConceptUse
+from toyworld import scorer, world
+from toyworld.recipe import Recipe, train_graph, write_photos
+
+SHOWN = ("fidelity", "in_place", "alignment", "background", "positions")
+ZORP = world.CONCEPTS["zorp"]
+
+
+def train(q: QualityRun, name: str, recipe: Recipe, folder: str, **options) -> str:
+    """The concept file trained from ``folder`` (photos and captions in ComfyUI's input folder)."""
+    q.timed(train_graph(q.ckpt, folder, ZORP, recipe, name, **options), f"train {name}")
+    return f"{name}.safetensors"
+
+
+def centre_photos(q: QualityRun) -> str:
+    """The recipe's photos, all at the centre: what the previous world's recipe trained on."""
+    folder = q.host.layout.input / "probe_centre"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, shift in enumerate(world.PHOTO_SHIFTS[:5]):
+        scene = world.Scene("white", (ZORP.at("centre"),))
+        Image.fromarray(world.render(scene, shift)).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(scene.caption)
+    return folder.name
+
+
+def arm(q: QualityRun, label: str, uses: list[ConceptUse]) -> None:
+    """Every prompt sampled with ``uses``: the rates, and where the concept landed per prompted place."""
+    where: collections.Counter = collections.Counter()
+    rows = []
+    for i, scene in enumerate(eval_scenes(ZORP)):
+        wanted = next(t.position for t in scene.things if t.name == ZORP.word)
+        for image in q.batch(scene.caption, 100 + i, uses):
+            where[f"{wanted}->{scorer.colour_anywhere(scorer.read(image), ZORP.colour)}"] += 1
+            rows.append(judge(image, scene, [ZORP]))
+    r = rates(rows)
+    print(f"{label:<28}", " ".join(f"{k} {r[k]:.2f}" for k in SHOWN), dict(sorted(where.items())), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("probe", choices=("one-place", "three-places", "bias", "recipe"))
+    ap.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
+    a = ap.parse_args(argv)
+    q, _ = open_run(Plan(samples=4))
+    recipe = replace(Recipe(), steps=a.steps or Recipe().steps)
+    if a.probe == "one-place":
+        folder = centre_photos(q)
+        locked = train(q, "probe_centre", recipe, folder)
+        unlocked = train(q, "probe_centre_unlocked", recipe, folder, key_lock=False)
+        arm(q, "local 0.7", [ConceptUse(locked, 0.7)])
+        arm(q, "global 0.7", [ConceptUse(locked, 0.7, key_lock="global")])
+        arm(q, "key lock off 0.7", [ConceptUse(unlocked, 0.7, key_lock="off")])
+        arm(q, "edits shut (word only)", [ConceptUse(locked, 2.0)])
+        return 0
+    folder = write_photos(q.host.layout.input, ZORP, "probe", recipe.shots)
+    if a.probe == "recipe":
+        for label, r in (
+            ("300 steps", recipe),
+            ("150 steps, lr_v 0.2", replace(recipe, steps=150, lr_v=0.2)),
+        ):
+            concept = train(
+                q, "probe_" + label.replace(" ", "_").replace(",", "").replace(".", ""), r, folder
+            )
+            for b in (0.5, 0.7):
+                arm(q, f"{label}, bias {b}", [ConceptUse(concept, b)])
+        return 0
+    concept = train(q, "probe_recipe", recipe, folder)
+    biases = (0.7,) if a.probe == "three-places" else (0.4, 0.5, 0.6, 0.7)
+    for lock in ("local", "global"):
+        for b in biases:
+            arm(q, f"{lock} {b}", [ConceptUse(concept, b, key_lock=lock)])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
