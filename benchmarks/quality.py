@@ -208,11 +208,11 @@ class QualityRun:
             recipe.lr_embedding,
         )
         if key not in self.trained:
-            photos = write_photos(self.host.layout.input, concept, "quality", recipe.shots)
+            folder = write_photos(self.host.layout.input, concept, "quality", recipe.shots)
             options = {"train_bias": SHUT, "lr_v": 0.0} if embedding_only else {}
             if weight_decay:
                 options["weight_decay"] = weight_decay
-            graph = train_graph(self.ckpt, photos, concept, recipe, name, key_lock=key_lock, **options)
+            graph = train_graph(self.ckpt, folder, concept, recipe, name, key_lock=key_lock, **options)
             self.timed(graph, f"train {name}")
             self.trained[key] = f"{name}.safetensors"
         return self.trained[key]

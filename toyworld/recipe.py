@@ -35,7 +35,7 @@ class Recipe:
     lora_lr: float = 0.001
 
 
-def write_photos(input_dir: Path, concept: world.Concept, prefix: str = "toyworld", n: int = 5) -> str:
+def write_photos(input_dir: Path, concept: world.Concept, prefix: str, n: int) -> str:
     """The concept's training photos as PNGs with their captions (``.txt``) in a new folder of
     ComfyUI's input folder, as Load Image and Text Dataset from Folder reads them; its name."""
     name = f"{prefix}_{concept.word}_{n}"
