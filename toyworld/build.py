@@ -27,11 +27,11 @@ import sys
 import time
 from pathlib import Path
 
+from toyworld.checkpoint import LAST, LAST_LAYER, TEXT_ROOT, TEXT_SILENCED
+
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "toyworld" / "weights" / "toyworld.safetensors"
 UNET_PREFIX = "model.diffusion_model."
-CLIP_PREFIX = "cond_stage_model.transformer.text_model.encoder.layers.11."
-LAST = 11  # CLIP-L's last layer
 TRAINED = ("self_attn.", "layer_norm1.")  # what of it the world trains
 CLIP_NAME = "text."  # prefix of the trained text parameters in the training state
 
@@ -56,7 +56,6 @@ def encode_hidden(captions: list[str], work: Path) -> tuple:
     import torch
 
     from harness.fixture_checkpoint import fixture_checkpoint
-    from toyworld.checkpoint import TEXT_ROOT, TEXT_SILENCED
 
     _, clip, _, _ = comfy.sd.load_checkpoint_guess_config(
         str(fixture_checkpoint("tiny")), output_vae=False, output_clip=True
@@ -237,7 +236,6 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from toyworld import vae, world
-    from toyworld.checkpoint import TEXT_SILENCED
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -395,11 +393,10 @@ def write_weights(ema: dict, out: Path, step: int, a: argparse.Namespace, second
     from safetensors.torch import save_file
 
     from toyworld import storage
-    from toyworld.checkpoint import TEXT_SILENCED
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tensors = {
-        (k.replace(CLIP_NAME, CLIP_PREFIX) if k.startswith(CLIP_NAME) else UNET_PREFIX + k): v
+        (k.replace(CLIP_NAME, LAST_LAYER) if k.startswith(CLIP_NAME) else UNET_PREFIX + k): v
         for k, v in sorted(ema.items())
     }
     tensors.update({k: torch.zeros(768) for k in TEXT_SILENCED})

@@ -24,10 +24,8 @@ _UNET = "model.diffusion_model."
 TEXT_ROOT = "cond_stage_model.transformer."
 _LAYERS = TEXT_ROOT + "text_model.encoder.layers."
 LAST = 11  # CLIP-L's last layer
-_TEXT = (
-    f"{_LAYERS}{LAST}.self_attn.",
-    f"{_LAYERS}{LAST}.layer_norm1.",
-)  # the trained part of the text encoder
+LAST_LAYER = f"{_LAYERS}{LAST}."
+_TEXT = (LAST_LAYER + "self_attn.", LAST_LAYER + "layer_norm1.")  # the trained part of the text encoder
 # The frozen layers' attention is switched off (their first layer norm is zero, so attention adds one
 # constant vector): the fixture's random attention mixes every earlier word into each word almost
 # uniformly (a caption's words then differ from another's by 20-30 % of their norm wherever they are,
