@@ -19,8 +19,6 @@ import argparse
 import collections
 from dataclasses import replace
 
-from PIL import Image
-
 from benchmarks.quality import Plan, QualityRun, eval_scenes, judge, open_run, rates
 from harness.perfusion_graphs import ConceptUse
 from toyworld import scorer, world
@@ -34,17 +32,6 @@ def train(q: QualityRun, name: str, recipe: Recipe, folder: str, **options) -> s
     """The concept file trained from ``folder`` (photos and captions in ComfyUI's input folder)."""
     q.timed(train_graph(q.ckpt, folder, ZORP, recipe, name, **options), f"train {name}")
     return f"{name}.safetensors"
-
-
-def centre_photos(q: QualityRun) -> str:
-    """The recipe's photos, all at the centre: what the previous world's recipe trained on."""
-    folder = q.host.layout.input / "probe_centre"
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, shift in enumerate(world.PHOTO_SHIFTS[:5]):
-        scene = world.Scene("white", (ZORP.at("centre"),))
-        Image.fromarray(world.render(scene, shift)).save(folder / f"{i}.png")
-        (folder / f"{i}.txt").write_text(scene.caption)
-    return folder.name
 
 
 def arm(q: QualityRun, label: str, uses: list[ConceptUse]) -> None:
@@ -68,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     q, _ = open_run(Plan(samples=4))
     recipe = replace(Recipe(), steps=a.steps or Recipe().steps)
     if a.probe == "one-place":
-        folder = centre_photos(q)
+        folder = write_photos(q.host.layout.input, ZORP, "probe_centre", recipe.shots, places=("centre",) * 6)
         locked = train(q, "probe_centre", recipe, folder)
         unlocked = train(q, "probe_centre_unlocked", recipe, folder, key_lock=False)
         arm(q, "local 0.7", [ConceptUse(locked, 0.7)])

@@ -8,6 +8,7 @@ prompt, which is what alignment measures.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,13 +36,15 @@ class Recipe:
     lora_lr: float = 0.001
 
 
-def write_photos(input_dir: Path, concept: world.Concept, prefix: str, n: int) -> str:
-    """The concept's training photos as PNGs with their captions (``.txt``) in a new folder of
-    ComfyUI's input folder, as Load Image and Text Dataset from Folder reads them; its name."""
+def write_photos(
+    input_dir: Path, concept: world.Concept, prefix: str, n: int, places: Sequence[str] = world.PHOTO_PLACES
+) -> str:
+    """The concept's training photos (at ``places``) as PNGs with their captions (``.txt``) in a new
+    folder of ComfyUI's input folder, as Load Image and Text Dataset from Folder reads them; its name."""
     name = f"{prefix}_{concept.word}_{n}"
     folder = input_dir / name
     folder.mkdir(parents=True, exist_ok=True)
-    for i, (img, caption) in enumerate(world.concept_photos(concept, n)):
+    for i, (img, caption) in enumerate(world.concept_photos(concept, n, places=places)):
         Image.fromarray(img).save(folder / f"{i}.png")
         (folder / f"{i}.txt").write_text(caption)
     return name

@@ -17,7 +17,7 @@ world"). Objects sit on whole cells, so the exact autoencoder (:mod:`toyworld.va
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,14 +173,14 @@ PHOTO_SHIFTS = ((0, 0), (1, 0), (0, 1), (-1, 0), (0, -1), (1, -1))
 PHOTO_PLACES = ("centre", "top", "left", "centre", "top", "left")
 
 
-def concept_photos(concept: Concept, n: int = 5, background: str = "white") -> list[tuple[np.ndarray, str]]:
+def concept_photos(
+    concept: Concept, n: int = 5, background: str = "white", places: Sequence[str] = PHOTO_PLACES
+) -> list[tuple[np.ndarray, str]]:
     """``n`` (<= 6) training photos of a concept, each with its caption: three places, small shifts.
     Photos at one place would pin the concept there: a slot's place reaches the UNet through its
     noun's own values, so a V target trained at one place carries that place (README, "The toy
     world")."""
-    scenes = [
-        (Scene(background, (concept.at(p),)), shift) for p, shift in zip(PHOTO_PLACES[:n], PHOTO_SHIFTS)
-    ]
+    scenes = [(Scene(background, (concept.at(p),)), shift) for p, shift in zip(places[:n], PHOTO_SHIFTS)]
     return [(render(scene, shift), scene.caption) for scene, shift in scenes]
 
 
