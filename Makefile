@@ -53,7 +53,7 @@ bench-choose-bias: setup
 device-kit: setup
 	@bash scripts/device_check.sh prepare
 
-# Retrains the toy world (UNet + CLIP's last attention; ~95 min on 2 CPU cores, resumable) into toyworld/weights/
+# Retrains the toy world (UNet + CLIP's last attention; ~115 min on 2 CPU cores, resumable) into toyworld/weights/
 toyworld: setup
 	$(PY) -m toyworld.build $(TOYWORLD_ARGS)
 

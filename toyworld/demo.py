@@ -4,7 +4,8 @@ prompts put them, over a bias sweep and together (called by ``scripts/demo.py``,
 Writes rows of images, each scaled up 8x (nearest: 576 px, every cell of the world a sharp square)
 and labelled with its prompt and setting:
 
-* ``toyworld_photos.png``: the 5 training images of each concept (all centre, white background);
+* ``toyworld_photos.png``: the 5 training images of each concept (centre, top and left, white
+  background; each with its caption);
 * ``toyworld_previews_<word>.png``: the trainer's previews before and after training;
 * ``toyworld_places.png``: "zorp" (a brown ball) at six places and backgrounds, twice next to
   another object;
@@ -101,7 +102,7 @@ def run_demo(host, ckpt: str, out: Path, *, quick: bool, steps: int | None, prog
             labelled_row(list(zip(labels, paths)), f"{concept.word}: trainer previews", dest, TILE)
         )
         concepts[concept.word] = f"{concept.word}.safetensors"
-    title = "training images (all: centre, white background)"
+    title = f"training images ({', '.join(dict.fromkeys(world.PHOTO_PLACES))}; white background)"
     written.insert(0, labelled_row(photo_tiles, title, out / "toyworld_photos.png", TILE))
 
     def generate(scene: world.Scene, uses, tag: str, positive: str | None = None) -> Path:

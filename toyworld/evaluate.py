@@ -62,12 +62,20 @@ def sample(
     return host.images(result, "9")
 
 
-def world_quality(host, ckpt: str, scenes: Sequence[world.Scene], per_scene: int, seed: int = 1000) -> dict:
+def world_quality(
+    host,
+    ckpt: str,
+    scenes: Sequence[world.Scene],
+    per_scene: int,
+    seed: int = 1000,
+    steps: int = STEPS,
+    cfg: float = CFG,
+) -> dict:
     """Attribute rates; for two-object scenes also ``swapped``: both objects drawn, each at the other's
     place. Right as often as swapped means the words are drawn but not bound to their places."""
     scores, swapped = [], 0
     for i, scene in enumerate(scenes):
-        for image in sample(host, ckpt, scene.caption, seed=seed + i, n=per_scene):
+        for image in sample(host, ckpt, scene.caption, seed=seed + i, n=per_scene, steps=steps, cfg=cfg):
             reading = scorer.read(image)
             scores.append(scorer.score_scene(reading, scene))
             if len(scene.things) == 2:
@@ -97,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--pair-every", type=int, default=5, help="one sample of every Nth held-out two-object caption"
     )
+    ap.add_argument("--steps", type=int, default=STEPS, help="sampling steps")
+    ap.add_argument("--cfg", type=float, default=CFG, help="classifier-free guidance scale")
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args(argv)
     from harness.inprocess import ComfyHost
@@ -112,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "checkpoint": ckpt,
         "weights": weights_info(),
-        "sampler": f"KSampler euler/normal, {STEPS} steps, cfg {CFG}, {world.IMAGE_SIZE} px",
-        "one_object": world_quality(host, ckpt, singles, a.per_scene),
-        "two_objects": world_quality(host, ckpt, pairs, 1, seed=5000),
+        "sampler": f"KSampler euler/normal, {a.steps} steps, cfg {a.cfg}, {world.IMAGE_SIZE} px",
+        "one_object": world_quality(host, ckpt, singles, a.per_scene, steps=a.steps, cfg=a.cfg),
+        "two_objects": world_quality(host, ckpt, pairs, 1, seed=5000, steps=a.steps, cfg=a.cfg),
     }
     report["seconds"] = round(time.perf_counter() - t0, 1)
     for name in ("one_object", "two_objects"):
