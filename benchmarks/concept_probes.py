@@ -2,7 +2,7 @@
 the probes behind README "The toy world", "Concepts on this world". ``make bench-quality`` is the
 measurement; these answer one question each, fast.
 
-    python -m benchmarks.concept_probes one-place|three-places|bias|recipe [--steps N]
+    python -m benchmarks.concept_probes one-place|three-places|bias|recipe|gates [--steps N]
 
 README's one-place, three-places and bias figures were measured at 150 steps (``--steps 150``),
 before the recipe moved to 300.
@@ -11,12 +11,15 @@ before the recipe moved to 300.
 - ``three-places``: the recipe (photos at three places); where is it drawn, local and global lock?
 - ``bias``: the recipe's concept across the bias, local and global lock.
 - ``recipe``: 300 steps against 150 steps with lr_v 0.2.
+- ``gates``: the recipe's concept; r(e) = eᵀu / i*ᵀu (what the gate compares with the bias) of its
+  word, of its superclass word and, at most, of any other token, with the concept at each place.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import math
 from dataclasses import replace
 
 from benchmarks.quality import Plan, QualityRun, eval_scenes, judge, open_run, rates
@@ -47,9 +50,39 @@ def arm(q: QualityRun, label: str, uses: list[ConceptUse]) -> None:
     print(f"{label:<28}", " ".join(f"{k} {r[k]:.2f}" for k in SHOWN), dict(sorted(where.items())), flush=True)
 
 
+def relevance(q: QualityRun, concept: str) -> None:
+    """Each token's r(e), read back from the gate map node's table at bias 0 and temperature 1 (where
+    the gate is sigmoid(r)), for the concept's word and its superclass word at every place."""
+    for place in world.POSITIONS:
+        for word in (ZORP.word, ZORP.superclass):
+            text = world.Scene("white", (ZORP.at(place),)).caption.replace(ZORP.word, word)
+            prompt = {
+                "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": q.ckpt}},
+                "2": {
+                    "class_type": "PerfusionConceptLoader",
+                    "inputs": {"model": ["1", 0], "clip": ["1", 1]}
+                    | ConceptUse(concept, 0.0, temperature=1.0).loader_inputs(),
+                },
+                "3": {
+                    "class_type": "PerfusionGateMap",
+                    "inputs": {"model": ["2", 0], "clip": ["2", 1], "text": text},
+                },
+            }
+            (table,) = q.run(prompt, f"gate map {text!r}").outputs["3"]["text"]
+            r = collections.defaultdict(list)
+            for token, gate in (line.split("\t") for line in table.splitlines()[1:]):
+                g = min(max(float(gate), 1e-7), 1 - 1e-7)
+                r[token].append(math.log(g / (1 - g)))
+            rest = max(v for token, values in r.items() if token != word for v in values)
+            print(
+                f"{word:>8} at {place:<6}  r {r[word][0]:.3f}  (any other token at most {rest:.3f})",
+                flush=True,
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("probe", choices=("one-place", "three-places", "bias", "recipe"))
+    ap.add_argument("probe", choices=("one-place", "three-places", "bias", "recipe", "gates"))
     ap.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
     a = ap.parse_args(argv)
     q, _ = open_run(Plan(samples=4))
@@ -76,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
                 arm(q, f"{label}, bias {b}", [ConceptUse(concept, b)])
         return 0
     concept = train(q, "probe_recipe", recipe, folder)
+    if a.probe == "gates":
+        relevance(q, concept)
+        return 0
     biases = (0.7,) if a.probe == "three-places" else (0.4, 0.5, 0.6, 0.7)
     for lock in ("local", "global"):
         for b in biases:

@@ -1,10 +1,12 @@
 """`make bench-quality`: does a concept show up where the prompt puts it, and what does each part of
 Perfusion buy? Measured on the toy world: a mechanism test on a 3-cross-attention-layer UNet with a
-random CLIP, which says whether the pack's machinery does what the paper claims, not how SD1.5 behaves.
+random, mostly frozen CLIP, which says whether the pack's machinery does what the paper claims, not
+how SD1.5 behaves.
 
 New objects the world never showed (:data:`toyworld.world.CONCEPTS`: zorp a brown ball, quib a pink
-block, wubo a pink ball) are trained from 5 photos "in the centre a {}, white background" through the
-pack's ``PerfusionTrainConcept`` (:mod:`toyworld.recipe`), then sampled through the pack's loader (or
+block, wubo a pink ball) are trained from 5 captioned photos at three places (centre, top, left; white
+background) through the pack's ``PerfusionTrainConcept`` (:mod:`toyworld.recipe`), then sampled
+through the pack's loader (or
 ComfyUI's LoRA nodes) with 12 prompts that move them: 8 to another place and background, 4 next to
 another object. Every prompt is one KSampler batch of 9 (seed 100 + prompt index, the same for every
 arm): 108 samples per arm. The scorers read each sample (:mod:`toyworld.scorer`):
@@ -62,7 +64,7 @@ from benchmarks.train_worker import lora_prompt  # noqa: E402
 from harness.perfusion_graphs import ConceptUse, generate_prompt  # noqa: E402
 from toyworld import scorer, world  # noqa: E402
 from toyworld.evaluate import CFG, STEPS  # noqa: E402
-from toyworld.recipe import SUGGESTED_BIAS, Recipe, train_graph, write_photos  # noqa: E402
+from toyworld.recipe import BIAS_SWEEP, SUGGESTED_BIAS, Recipe, train_graph, write_photos  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SHUT = 2.0  # a gate bias no token reaches: the edits are off, only the learned word acts
@@ -75,7 +77,7 @@ class Plan:
 
     every: int = 1  # every Nth prompt
     samples: int = 9  # per prompt (one KSampler batch)
-    biases: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
+    biases: tuple[float, ...] = BIAS_SWEEP
     strengths: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
     steps: tuple[int, ...] = (100, 300, 600)  # the recipe's 300 among them
     embedding_lrs: tuple[float, ...] = (0.01, 0.002, 0.0005)  # the recipe's 0.01 among them

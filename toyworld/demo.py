@@ -25,7 +25,7 @@ from harness.perfusion_graphs import ConceptUse, generate_prompt
 
 from . import world
 from .evaluate import CFG, STEPS
-from .recipe import SUGGESTED_BIAS, Recipe, train_graph, write_photos
+from .recipe import BIAS_SWEEP, SUGGESTED_BIAS, Recipe, train_graph, write_photos
 
 NOTE = (
     "toy world: a tiny SD1.5-layout model trained here on 72 px scenes of coloured shapes, with a random "
@@ -47,7 +47,6 @@ TOGETHER = (
     world.Scene("white", (QUIB.at("left"), ZORP.at("right"))),
 )
 TILE = 512  # px, at least, per image
-BIASES = (0.5, 0.6, 0.7, 0.8, 0.9)
 SEED = 3
 
 
@@ -128,7 +127,7 @@ def run_demo(host, ckpt: str, out: Path, *, quick: bool, steps: int | None, prog
     sweep_scene = PLACES[0]
     superclass = sweep_scene.caption.replace(ZORP.word, ZORP.superclass)
     sweep = [("no concept:\n" + superclass, generate(sweep_scene, [], "sweep_none", superclass))]
-    for bias in BIASES[::2] if quick else BIASES:
+    for bias in BIAS_SWEEP[::2] if quick else BIAS_SWEEP:
         use = [ConceptUse(concepts["zorp"], bias)]
         sweep.append((f"bias {bias:.1f}", generate(sweep_scene, use, f"sweep_{bias:.1f}")))
     written.append(labelled_row(sweep, f'"{sweep_scene.caption}": lower bias = stronger concept',

@@ -20,6 +20,10 @@ from . import world
 
 TEMPLATE = world.caption("white", centre="{}")
 SUGGESTED_BIAS = 0.7  # measured on the quality benchmark: benchmarks/README.md "Quality"
+# The bias grid of the benchmark and the demo. On this world a recipe concept's word has r ~ 1.04 at
+# every place (`python -m benchmarks.concept_probes gates`), so at temperature 0.15 its gate is 0.97
+# at bias 0.5 and 0.14 at 1.3: the grid spans the gate, where 0.5-0.9 kept it open (0.97-0.72).
+BIAS_SWEEP = (0.5, 0.7, 0.9, 1.1, 1.3)
 
 
 @dataclass(frozen=True)
