@@ -82,8 +82,8 @@ def crosstalk_warnings(applied: tuple[AppliedConcept, ...], new_from: int = 0) -
 
 
 IDENTICAL_KEY_ADVICE = (
-    "set key_lock to global for both (each word then keys from its own place in the prompt), "
-    "or train them with different superclass words"
+    "train one of them from another superclass word, and set key_lock to global for both (each word "
+    "then keys from its own place in the prompt)"
 )
 _SAME_KEY_COSINE = 0.9999  # superclass encodings this close give keys no attention can tell apart
 

@@ -17,8 +17,8 @@ from perfusion_core import concept_set  # noqa: E402
 from perfusion_core.concept_set import AppliedConcept, ConceptSet  # noqa: E402
 
 ADVICE = (
-    "set key_lock to global for both (each word then keys from its own place in the prompt), "
-    "or train them with different superclass words"
+    "train one of them from another superclass word, and set key_lock to global for both (each word "
+    "then keys from its own place in the prompt)"
 )
 
 

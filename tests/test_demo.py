@@ -36,7 +36,7 @@ def test_demo_quick_writes_toyworld_images_and_concepts(tmp_path):
         "toyworld_previews_zorp.png": 4,
         "toyworld_previews_quib.png": 4,
         "toyworld_places.png": 6,
-        "toyworld_bias_sweep.png": 4,  # no concept + biases 0.5, 0.7, 0.9
+        "toyworld_bias_sweep.png": 4,  # no concept + every second bias of BIAS_SWEEP
         "toyworld_two_concepts.png": 3,
     }
     for name, tiles in rows.items():

@@ -66,9 +66,17 @@ def test_report_merges_parts_of_one_checkpoint_and_refuses_mixed_ones(tmp_path):
     assert "| perfusion | perfusion | bias 0.7 | 1.00 ± 0.00 |" in table
     merged = json.loads((tmp_path / "quality.json").read_text())
     assert [a["part"] for a in merged["arms"]] == ["perfusion", "pairs"]
-    assert merged["missing_parts"] == ["unlocked", "baselines", "recipe", "schedule", "export", "word"]
+    assert merged["missing_parts"] == [
+        "unlocked",
+        "baselines",
+        "photos",
+        "steps",
+        "schedule",
+        "export",
+        "word",
+    ]
     assert (tmp_path / "quality.png").stat().st_size > 0
-    _part(tmp_path, "recipe", "b.ckpt")
+    _part(tmp_path, "photos", "b.ckpt")
     with pytest.raises(SystemExit, match="different weights"):
         report(tmp_path)
 

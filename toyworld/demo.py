@@ -10,7 +10,8 @@ and labelled with its prompt and setting:
 * ``toyworld_places.png``: "zorp" (a brown ball) at six places and backgrounds, twice next to
   another object;
 * ``toyworld_bias_sweep.png``: one prompt over the gate bias, and the unpatched model;
-* ``toyworld_two_concepts.png``: "zorp" and "quib" (a pink block), trained apart, in one prompt.
+* ``toyworld_two_concepts.png``: "zorp" and "quib" (a pink block), trained apart, in one prompt
+  (global key lock).
 """
 
 from __future__ import annotations
@@ -133,14 +134,16 @@ def run_demo(host, ckpt: str, out: Path, *, quick: bool, steps: int | None, prog
     written.append(labelled_row(sweep, f'"{sweep_scene.caption}": lower bias = stronger concept',
                                 out / "toyworld_bias_sweep.png", TILE))  # fmt: skip
 
-    both = [ConceptUse(concepts["zorp"], SUGGESTED_BIAS), ConceptUse(concepts["quib"], SUGGESTED_BIAS)]
+    # The global lock: with the local one, two concepts were both in place in 4 % of the benchmark's
+    # samples, against 34 % (README "Quality", pairs).
+    both = [ConceptUse(concepts[c.word], SUGGESTED_BIAS, key_lock="global") for c in (ZORP, QUIB)]
     together = [
         (_caption_lines(s.caption), generate(s, both, f"together_{i}")) for i, s in enumerate(TOGETHER)
     ]
     written.append(
         labelled_row(
             together,
-            f"two concepts trained apart, one prompt (bias {SUGGESTED_BIAS})",
+            f"two concepts trained apart, one prompt (bias {SUGGESTED_BIAS}, key lock global)",
             out / "toyworld_two_concepts.png",
             TILE,
         )
