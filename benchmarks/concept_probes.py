@@ -23,7 +23,7 @@ import math
 from dataclasses import replace
 
 from benchmarks.quality import Plan, QualityRun, eval_scenes, judge, open_run, rates
-from harness.perfusion_graphs import ConceptUse
+from harness.perfusion_graphs import ConceptUse, generate_prompt
 from toyworld import scorer, world
 from toyworld.recipe import Recipe, train_graph, write_photos
 
@@ -56,17 +56,11 @@ def relevance(q: QualityRun, concept: str) -> None:
     for place in world.POSITIONS:
         for word in (ZORP.word, ZORP.superclass):
             text = world.Scene("white", (ZORP.at(place),)).caption.replace(ZORP.word, word)
-            prompt = {
-                "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": q.ckpt}},
-                "2": {
-                    "class_type": "PerfusionConceptLoader",
-                    "inputs": {"model": ["1", 0], "clip": ["1", 1]}
-                    | ConceptUse(concept, 0.0, temperature=1.0).loader_inputs(),
-                },
-                "3": {
-                    "class_type": "PerfusionGateMap",
-                    "inputs": {"model": ["2", 0], "clip": ["2", 1], "text": text},
-                },
+            graph = generate_prompt(q.ckpt, [ConceptUse(concept, 0.0, temperature=1.0)], positive=text)
+            prompt = {k: v for k, v in graph.items() if k in ("1", "20")}  # checkpoint -> loader
+            prompt["3"] = {
+                "class_type": "PerfusionGateMap",
+                "inputs": {"model": ["20", 0], "clip": ["20", 1], "text": text},
             }
             (table,) = q.run(prompt, f"gate map {text!r}").outputs["3"]["text"]
             r = collections.defaultdict(list)
