@@ -265,7 +265,6 @@ def main(argv: list[str] | None = None) -> int:
         ],
         weight_decay=0.01,
     )
-    warmup = 100
     cycles = [(a.steps, 1.0), *a.restart]  # (steps, peak factor) of each cosine cycle
     total = sum(n for n, _ in cycles)
     # A saved state resumes only for the same settings and the same world (its captions and the
@@ -279,17 +278,6 @@ def main(argv: list[str] | None = None) -> int:
     # A run with fewer restart cycles is a prefix of this one: its steps are the same, so its state
     # resumes here.
     prefixes = [settings[:k] for k in range(len(base), len(settings) + 1)]
-
-    def lr_factor(step: int) -> float:
-        """Each cycle: a warm-up, then a cosine to zero. The first learns the looks and, once its
-        rate is low, the places; the later ones, at lower peaks, bind each look to its place."""
-        for length, scale in cycles:
-            if step < length:
-                if step < warmup:
-                    return scale * (step + 1) / warmup
-                return scale * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, length - warmup)))
-            step -= length
-        return 0.0
 
     state_file = a.work / "state.pt"
     step, seconds = 0, 0.0  # seconds: training time so far, over every resumed part
@@ -343,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         snr = acp[t] / (1 - acp[t])
         weight = snr.clamp(max=5.0) / snr  # Min-SNR-5 for epsilon prediction
         for group, base in zip(opt.param_groups, (a.lr, a.text_lr)):
-            group["lr"] = base * lr_factor(step)
+            group["lr"] = base * lr_factor(step, cycles)
         context = head(h)
         pred = unet(xt, timesteps=t.float(), context=context)  # fp32: bf16 autocast ran 20x slower here
         loss = ((pred.float() - noise) ** 2).mean(dim=(1, 2, 3)).mul(weight).mean()
@@ -363,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         bar.update(1)
         bar.set_postfix(
             loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}",
-            lr=f"{a.lr * lr_factor(step - 1):.2e}",
+            lr=f"{a.lr * lr_factor(step - 1, cycles):.2e}",
         )
         if not a.bench and (step % a.save_every == 0 or step == total):
             save_state()
@@ -380,6 +368,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     write_weights(ema, a.out, step, a, seconds + time.perf_counter() - t0)
     return 0
+
+
+def lr_factor(step: int, cycles: list[tuple[int, float]], warmup: int = 100) -> float:
+    """The learning rate's factor at ``step`` over cosine ``cycles`` of (steps, peak): each a warm-up,
+    then a cosine to zero. The first learns the looks and, once its rate is low, the places; the later
+    ones, at lower peaks, bind each look to its place."""
+    for length, scale in cycles:
+        if step < length:
+            if step < warmup:
+                return scale * (step + 1) / warmup
+            return scale * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, length - warmup)))
+        step -= length
+    return 0.0
 
 
 def _restarts(text: str) -> list[tuple[int, float]]:
