@@ -6,9 +6,8 @@ how SD1.5 behaves.
 New objects the world never showed (:data:`toyworld.world.CONCEPTS`: zorp a brown ball, quib a pink
 block, wubo a pink ball) are trained from 5 captioned photos at three places (centre, top, left; white
 background) through the pack's ``PerfusionTrainConcept`` (:mod:`toyworld.recipe`), then sampled
-through the pack's loader (or
-ComfyUI's LoRA nodes) with 12 prompts that move them: 8 to another place and background, 4 next to
-another object. Every prompt is one KSampler batch of 9 (seed 100 + prompt index, the same for every
+through the pack's loader (or ComfyUI's LoRA nodes) with 12 prompts that move them: 8 to another
+place and background, 4 next to another object. Every prompt is one KSampler batch of 9 (seed 100 + prompt index, the same for every
 arm): 108 samples per arm. The scorers read each sample (:mod:`toyworld.scorer`):
 
 * **fidelity**: the concept's colour is in the image, in the concept's shape (anywhere);
