@@ -4,8 +4,11 @@ same rule lands when the toy world's scorer reads every sample? A mechanism test
 
 Six concepts (brown and pink, each as a ball, a block and a bar: :data:`toyworld.world.CONCEPTS`) are
 trained with the toy world's recipe through ``PerfusionTrainConcept``. Each is sampled as Choose
-Perfusion Bias samples it: one prompt with the concept word, the same seeds at every bias of the
-node's default grid (local key lock) and with the superclass word in its place. Two curves come
+Perfusion Bias samples it: one prompt with the concept word, the same seeds at every bias of a grid
+(local key lock) and with the superclass word in its place. The grid is the toy world's bias sweep
+(:data:`toyworld.recipe.BIAS_SWEEP`, 0.5-1.3), not the node's default 0.4-0.9: a recipe concept's gate
+stays open up to 0.9 on this world (README, "why the bias hardly moved"), so on the node's grid
+every bias gives the same images and no rule has anything to choose between. Two curves come
 from the same images, and :func:`perfusion_core.operating_point.choose_bias` picks on each:
 
 * **proxy** (what the node does): :func:`perfusion_core.operating_point.score_curve` on the
@@ -17,7 +20,7 @@ Reported: per concept, both choices and whether they are within one grid step; o
 bias) points, the Spearman rank correlation of each proxy score with its scorer rate. The samples are
 one KSampler batch per row (the node samples seed by seed; the curve and the rule are the same code).
 
-    python -m benchmarks.choose_bias [--samples 12] [--concepts zorp,quib] [--steps 300]
+    python -m benchmarks.choose_bias [--samples 12] [--concepts zorp,quib] [--steps 300] [--grid 0.4,0.9,0.1]
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ from scipy.stats import spearmanr
 from benchmarks.quality import RESULTS, Plan, QualityRun, judge, open_run
 from harness.perfusion_graphs import ConceptUse
 from perfusion_core.operating_point import (
-    GRID,
     BiasPoint,
     OperatingCurve,
     balanced_bias,
@@ -44,6 +46,7 @@ from perfusion_core.operating_point import (
     score_curve,
 )
 from toyworld import embedder, world
+from toyworld.recipe import BIAS_SWEEP
 
 SEED = 300
 # Each concept's prompt: away from its training photos (white, at the centre, top and left): a place
@@ -167,6 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=12, help="seeds per bias (one KSampler batch)")
     ap.add_argument("--concepts", default=",".join(SCENES), help="comma-separated concept words")
     ap.add_argument("--steps", type=int, default=Plan().recipe.steps, help="training steps per concept")
+    ap.add_argument(
+        "--grid",
+        type=lambda text: bias_grid(*map(float, text.split(","))),
+        default=BIAS_SWEEP,
+        metavar="LOW,HIGH,STEP",
+        help="the bias grid (default: the toy world's sweep, 0.5-1.3 in 0.2; the node's is 0.4,0.9,0.1)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "choose_bias.json")
     ap.add_argument("--report", action="store_true", help="only re-score the curves already in --out")
     a = ap.parse_args(argv)
@@ -176,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = {k: v for k, v in saved.items() if k not in measured and not k.startswith("within_one_step")}
         summary = summarise(meta, saved["concepts"])
     else:
-        grid = bias_grid(*GRID)
+        grid = tuple(a.grid)
         plan = replace(Plan(), samples=a.samples)
         q, meta = open_run(plan, seeds=f"{SEED}.. (one batch per row)", grid=list(grid))
         t0 = time.perf_counter()
