@@ -45,7 +45,7 @@ bench-families: setup
 bench-quality: setup
 	$(PY) benchmarks/quality.py $(BENCH_ARGS)
 
-# The bias chooser against the toy world's scorer, 6 concepts (~40 min on 2 CPU cores)
+# The bias chooser against the toy world's scorer, 6 concepts (~50 min on 2 CPU cores)
 bench-choose-bias: setup
 	$(PY) -m benchmarks.choose_bias $(BENCH_ARGS)
 
