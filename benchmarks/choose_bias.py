@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = {k: v for k, v in saved.items() if k not in measured and not k.startswith("within_one_step")}
         summary = summarise(meta, saved["concepts"])
     else:
-        grid = tuple(a.grid)
+        grid = a.grid
         plan = replace(Plan(), samples=a.samples)
         q, meta = open_run(plan, seeds=f"{SEED}.. (one batch per row)", grid=list(grid))
         t0 = time.perf_counter()
