@@ -21,6 +21,7 @@ bias) points, the Spearman rank correlation of each proxy score with its scorer 
 one KSampler batch per row (the node samples seed by seed; the curve and the rule are the same code).
 
     python -m benchmarks.choose_bias [--samples 12] [--concepts zorp,quib] [--steps 300] [--grid 0.4,0.9,0.1]
+        [--scenes confirmation --seed 400 --out benchmarks/results/choose_bias_confirmation.json]
 """
 
 from __future__ import annotations
@@ -50,14 +51,26 @@ from toyworld.recipe import BIAS_SWEEP
 
 SEED = 300
 # Each concept's prompt: away from its training photos (white, at the centre, top and left): a place
-# never trained and another background, a different pair each.
-SCENES = {
-    "zorp": ("right", "cyan"),
-    "quib": ("bottom", "black"),
-    "wubo": ("right", "gray"),
-    "plorg": ("bottom", "cyan"),
-    "snarb": ("right", "black"),
-    "fendle": ("bottom", "gray"),
+# never trained and another background, a different pair each. "validation" is the set the node's
+# rule was chosen on; "confirmation" gives every concept another place and background (run it with
+# other seeds), to check that choice on prompts it was not made on.
+SCENE_SETS = {
+    "validation": {
+        "zorp": ("right", "cyan"),
+        "quib": ("bottom", "black"),
+        "wubo": ("right", "gray"),
+        "plorg": ("bottom", "cyan"),
+        "snarb": ("right", "black"),
+        "fendle": ("bottom", "gray"),
+    },
+    "confirmation": {
+        "zorp": ("bottom", "gray"),
+        "quib": ("right", "cyan"),
+        "wubo": ("bottom", "black"),
+        "plorg": ("right", "gray"),
+        "snarb": ("bottom", "cyan"),
+        "fendle": ("right", "black"),
+    },
 }
 
 
@@ -85,13 +98,15 @@ def proxy_curve(grid, rows: list[list], superclass: list, references: list) -> O
 RULES = {"stated": choose_bias, "balanced": balanced_bias}  # the node uses "stated"
 
 
-def measure(q: QualityRun, concept: world.Concept, grid, steps: int) -> dict:
+def measure(
+    q: QualityRun, concept: world.Concept, grid, steps: int, scenes: str = "validation", seed: int = SEED
+) -> dict:
     """One concept: trained, sampled over the grid and with its superclass word; both curves."""
-    position, background = SCENES[concept.word]
+    position, background = SCENE_SETS[scenes][concept.word]
     scene = world.Scene(background, (concept.at(position),))
     concept_file = q.train(concept, concept.word, steps=steps)
-    superclass = q.batch(scene.caption.replace(concept.word, concept.superclass), SEED)
-    rows = [q.batch(scene.caption, SEED, [ConceptUse(concept_file, b, key_lock="local")]) for b in grid]
+    superclass = q.batch(scene.caption.replace(concept.word, concept.superclass), seed)
+    rows = [q.batch(scene.caption, seed, [ConceptUse(concept_file, b, key_lock="local")]) for b in grid]
     truth = symbolic_curve(grid, rows, superclass, scene, concept)
     proxy = proxy_curve(grid, rows, superclass, [img for img, _ in world.concept_photos(concept)])
     return {
@@ -168,7 +183,9 @@ def markdown(summary: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", type=int, default=12, help="seeds per bias (one KSampler batch)")
-    ap.add_argument("--concepts", default=",".join(SCENES), help="comma-separated concept words")
+    ap.add_argument("--concepts", default=",".join(world.CONCEPTS), help="comma-separated concept words")
+    ap.add_argument("--scenes", choices=list(SCENE_SETS), default="validation", help="each concept's prompt")
+    ap.add_argument("--seed", type=int, default=SEED, help="the first seed of each row's batch")
     ap.add_argument("--steps", type=int, default=Plan().recipe.steps, help="training steps per concept")
     ap.add_argument(
         "--grid",
@@ -188,9 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         grid = a.grid
         plan = replace(Plan(), samples=a.samples)
-        q, meta = open_run(plan, seeds=f"{SEED}.. (one batch per row)", grid=list(grid))
+        q, meta = open_run(plan, seeds=f"{a.seed}.. (one batch per row)", grid=list(grid), scenes=a.scenes)
         t0 = time.perf_counter()
-        results = [measure(q, world.CONCEPTS[word], grid, a.steps) for word in a.concepts.split(",")]
+        words = a.concepts.split(",")
+        results = [measure(q, world.CONCEPTS[w], grid, a.steps, a.scenes, a.seed) for w in words]
         meta |= {"minutes": round((time.perf_counter() - t0) / 60, 1), "train_seconds": q.train_seconds}
         summary = summarise(meta, results)
     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ per sampled image, so 1.7 minutes per arm of 108 samples):
   steps      100, 300 (the recipe) and 500 training steps                              ~29
   pairs      zorp + quib (two superclasses) and zorp + wubo (one), trained apart,       30
              chained, local and global key lock
+  pairs_word the same pairs trained at lr_embedding 0.001 (zorp + wubo global only)  ~29
   schedule   a linear bias schedule, 0.2 above a constant bias's value at the first   ~17
              step to 0.2 below it at the last, local key lock
   export     Export Perfusion Concept's LoRA + embedding (strength 0.5, 1) against     ~14
@@ -359,20 +360,42 @@ def part_steps(q: QualityRun, plan: Plan) -> list[dict]:
     return arms
 
 
-def part_pairs(q: QualityRun, plan: Plan) -> list[dict]:
-    """Two concepts trained apart, chained, at the suggested bias; in_place is "both present, on
-    their places". zorp + quib: two superclasses (ball, block); zorp + wubo: one (ball)."""
+def chained_pairs(
+    q: QualityRun, plan: Plan, locks: dict[str, Sequence[str]], lr_embedding: float | None = None
+) -> list[dict]:
+    """zorp chained with each concept of ``locks`` under each of its key locks, all trained apart at
+    ``lr_embedding`` (None: the recipe's), at the suggested bias; in_place is "both present, on their
+    places"."""
     zorp = world.CONCEPTS["zorp"]
-    files = {zorp.word: q.train(zorp, "zorp")}
+    lr = {} if lr_embedding is None else {"lr_embedding": lr_embedding}
+    suffix = "" if lr_embedding is None else f"_lr_embedding_{lr_embedding:g}"
+    label = "" if lr_embedding is None else f", lr_embedding {lr_embedding:g}"
+    files = {zorp.word: q.train(zorp, f"zorp{suffix}", **lr)}
     arms = []
-    for other in (world.CONCEPTS["quib"], world.CONCEPTS["wubo"]):
-        files[other.word] = q.train(other, other.word)
+    for word, lock_list in locks.items():
+        other = world.CONCEPTS[word]
+        files[word] = q.train(other, f"{word}{suffix}", **lr)
         scenes = pair_scenes(zorp, other)[:: plan.every]
-        for lock in ("local", "global"):
+        for lock in lock_list:
             uses = [ConceptUse(files[c.word], SUGGESTED_BIAS, key_lock=lock) for c in (zorp, other)]
-            method = f"{zorp.word} + {other.word} {lock}"
+            method = f"{zorp.word} + {word} {lock}{label}"
             arms.append(q.arm(method, "bias", SUGGESTED_BIAS, scenes, [zorp, other], uses))
     return arms
+
+
+def part_pairs(q: QualityRun, plan: Plan) -> list[dict]:
+    """Two concepts trained apart with the recipe, chained. zorp + quib: two superclasses (ball,
+    block); zorp + wubo: one (ball)."""
+    both = ("local", "global")
+    return chained_pairs(q, plan, {"quib": both, "wubo": both})
+
+
+def part_pairs_word(q: QualityRun, plan: Plan) -> list[dict]:
+    """The same pairs trained at the lower embedding learning rate of ``word`` (whose word alone then
+    draws the superclass, so it leaves the other concept's place to it); zorp + wubo only with the
+    global lock (the local lock gives both the same key), so the part fits in 30 minutes."""
+    lr = min(plan.embedding_lrs)
+    return chained_pairs(q, plan, {"quib": ("local", "global"), "wubo": ("global",)}, lr)
 
 
 def part_export(q: QualityRun, plan: Plan) -> list[dict]:
@@ -443,6 +466,7 @@ PARTS: dict[str, Callable[[QualityRun, Plan], list[dict]]] = {
     "photos": part_photos,
     "steps": part_steps,
     "pairs": part_pairs,
+    "pairs_word": part_pairs_word,
     "schedule": part_schedule,
     "export": part_export,
     "word": part_word,

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.choose_bias import SCENES, main, proxy_curve, summarise, symbolic_curve
+from benchmarks.choose_bias import SCENE_SETS, main, proxy_curve, summarise, symbolic_curve
 from perfusion_core.operating_point import choose_bias
 from toyworld import embedder, world
 
@@ -94,9 +94,14 @@ def test_report_rescores_saved_curves(tmp_path, capsys):
 
 
 def test_every_concept_has_a_prompt_away_from_its_training_photos():
-    assert set(SCENES) == set(world.CONCEPTS)
     assert {(c.colour, c.shape) for c in world.CONCEPTS.values()} == {
         (colour, shape) for colour in world.CONCEPT_COLOURS for shape in world.SHAPES
     }
     trained = set(world.PHOTO_PLACES)
-    assert all(place not in trained and bg != "white" for place, bg in SCENES.values())
+    validation, confirmation = SCENE_SETS["validation"], SCENE_SETS["confirmation"]
+    assert set(validation) == set(confirmation) == set(world.CONCEPTS)
+    for scenes in (validation, confirmation):
+        assert all(place not in trained and bg != "white" for place, bg in scenes.values())
+    # the confirmation prompts are new to every concept: another place and another background
+    assert all(validation[w][0] != confirmation[w][0] for w in validation)
+    assert all(validation[w][1] != confirmation[w][1] for w in validation)
