@@ -41,9 +41,9 @@ from harness.perfusion_graphs import ConceptUse
 from perfusion_core.operating_point import (
     BiasPoint,
     OperatingCurve,
-    balanced_bias,
     bias_grid,
     choose_bias,
+    fidelity_share_bias,
     score_curve,
 )
 from toyworld import embedder, world
@@ -95,7 +95,8 @@ def proxy_curve(grid, rows: list[list], superclass: list, references: list) -> O
     return score_curve(grid, samples, emb(superclass), emb([img / 255.0 for img in references]))
 
 
-RULES = {"stated": choose_bias, "balanced": balanced_bias}  # the node uses "stated"
+# The node's rule (the knee) and the one it replaced, both picked on the same curves.
+RULES = {"knee": choose_bias, "fidelity_share": fidelity_share_bias}
 
 
 def measure(
@@ -180,6 +181,15 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def parse_grid(text: str) -> tuple[float, ...]:
+    """``--grid LOW,HIGH,STEP`` as the biases it names; argparse shows the error beside the option."""
+    try:
+        low, high, step = (float(v) for v in text.split(","))
+        return bias_grid(low, high, step)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a grid LOW,HIGH,STEP ({e})") from e
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", type=int, default=12, help="seeds per bias (one KSampler batch)")
@@ -189,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=Plan().recipe.steps, help="training steps per concept")
     ap.add_argument(
         "--grid",
-        type=lambda text: bias_grid(*map(float, text.split(","))),
+        type=parse_grid,
         default=BIAS_SWEEP,
         metavar="LOW,HIGH,STEP",
         help="the bias grid (default: the toy world's sweep, 0.5-1.3 in 0.2; the node's is 0.4,0.9,0.1)",

@@ -26,8 +26,9 @@ class PerfusionChooseBias:
         "Chooses a concept's gate bias from images: samples the concept at every bias of a grid with a few "
         "fixed seeds, and the same seeds with the superclass word, and scores them with a CLIP vision model "
         "(image tower only): fidelity = similarity to the training images, alignment = similarity to the "
-        "superclass image of the same seed. The chosen bias has the highest alignment among those keeping "
-        "at least 90% of the grid's fidelity gain over the superclass images. It is written into the "
+        "superclass image of the same seed. Both are read as shares of what the grid spans (fidelity as its "
+        "gain over the superclass images), and the chosen bias has the largest product of the two: the "
+        "curve's knee. It is written into the "
         "concept's suggested bias: save the concept, and set the loader's bias_mode to 'suggested'."
     )
     CATEGORY = "perfusion/training"

@@ -3,15 +3,18 @@ stand-in image embedder and both curves, on clean renders whose answers are know
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.choose_bias import SCENE_SETS, main, proxy_curve, summarise, symbolic_curve
+from benchmarks.choose_bias import SCENE_SETS, main, parse_grid, proxy_curve, summarise, symbolic_curve
 from perfusion_core.operating_point import choose_bias
 from toyworld import embedder, world
+from toyworld.recipe import BIAS_SWEEP
 
 ZORP = world.CONCEPTS["zorp"]
 GRID = (0.4, 0.5, 0.6)
@@ -59,7 +62,7 @@ def test_both_curves_choose_on_renders_whose_answer_is_known():
     alignment = [p.alignment for p in proxy.points]
     assert fidelity[0] > fidelity[1] > fidelity[2] == proxy.superclass_fidelity
     assert alignment[2] > alignment[1] > alignment[0]
-    # the stated rule follows the proxy's fidelity to the copy of the training photo
+    # the earlier rule follows the proxy's fidelity to the copy of the training photo; the knee does not
     result = {
         "truth": [vars(p) for p in truth.points],
         "truth_superclass_fidelity": truth.superclass_fidelity,
@@ -67,13 +70,17 @@ def test_both_curves_choose_on_renders_whose_answer_is_known():
         "proxy_superclass_fidelity": proxy.superclass_fidelity,
     }
     summary = summarise({}, [result, result])
-    assert summary["concepts"][0]["stated"] == {"true_bias": 0.5, "chosen_bias": 0.4, "within_one_step": True}
-    assert summary["concepts"][0]["balanced"] == {
+    assert summary["concepts"][0]["fidelity_share"] == {
+        "true_bias": 0.5,
+        "chosen_bias": 0.4,
+        "within_one_step": True,
+    }
+    assert summary["concepts"][0]["knee"] == {
         "true_bias": 0.5,
         "chosen_bias": 0.5,
         "within_one_step": True,
     }
-    assert summary["within_one_step_balanced"] == "2 of 2" and summary["points"] == 6
+    assert summary["within_one_step_knee"] == "2 of 2" and summary["points"] == 6
     assert summary["rho_alignment"] == 0.866  # the scorer ties 0.5 and 0.6; the proxy orders them
 
 
@@ -89,8 +96,14 @@ def test_report_rescores_saved_curves(tmp_path, capsys):
     saved = json.loads(out.read_text())
     assert saved["machine"] == "m" and "within_one_step" not in saved
     assert saved["rho_fidelity"] is None  # the scorer's fidelity is 1 everywhere: nothing to rank
-    assert saved["concepts"][0]["stated"] == {"true_bias": 0.6, "chosen_bias": 0.4, "within_one_step": False}
-    assert "| zorp (brown, superclass cherry) | p | stated | 0.6 | 0.4 | no |" in capsys.readouterr().out
+    assert saved["concepts"][0]["fidelity_share"] == {
+        "true_bias": 0.6,
+        "chosen_bias": 0.4,
+        "within_one_step": False,
+    }
+    assert (
+        "| zorp (brown, superclass cherry) | p | fidelity_share | 0.6 | 0.4 | no |" in capsys.readouterr().out
+    )
 
 
 def test_every_concept_has_a_prompt_away_from_its_training_photos():
@@ -105,3 +118,10 @@ def test_every_concept_has_a_prompt_away_from_its_training_photos():
     # the confirmation prompts are new to every concept: another place and another background
     assert all(validation[w][0] != confirmation[w][0] for w in validation)
     assert all(validation[w][1] != confirmation[w][1] for w in validation)
+
+
+def test_grid_option_names_the_grid_or_says_what_is_wrong():
+    assert parse_grid("0.5,1.3,0.2") == BIAS_SWEEP
+    for bad, why in (("0.4,0.9", "LOW,HIGH,STEP"), ("0.9,0.4,0.1", "bias_max"), ("a,b,c", "LOW,HIGH,STEP")):
+        with pytest.raises(argparse.ArgumentTypeError, match=why):
+            parse_grid(bad)
