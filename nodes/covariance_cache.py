@@ -1,4 +1,4 @@
-"""C⁻¹ of a text encoder's encodings: computed once per base model, cached on disk (spec §6)."""
+"""C⁻¹ of a text encoder's encodings: computed once per base model, cached on disk (docs/method.md §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Global key-locking plumbing on the model side (spec §5).
+"""Global key-locking plumbing on the model side (docs/method.md §5).
 
 K must read the prompt's encoding with every globally locked concept word replaced by its superclass
 word, V the personalised one. The text encoder encodes each 77-token window of a prompt on its own,
@@ -9,7 +9,7 @@ the key context of whatever context reaches the model, window by window: a windo
 them gets its key encoding, any other window is its own key. So contexts lengthened after encoding
 (ConditioningConcat) or repeated to a common length where the host batches prompts of different
 lengths keep the lock; an attn2 patch then feeds the key context to every K projection. Plain extra keys in a
-conditioning dict never reach the model, hence the model-cond route (comfyui-notes.md).
+conditioning dict never reach the model, hence the model-cond route (docs/host.md, "Text encoder").
 
 What cannot be kept: ConditioningConcat keeps only `conditioning_to`'s model conds, so a locked
 concept word in `conditioning_from` reaches K unlocked (README, prompts section).

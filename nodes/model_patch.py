@@ -3,7 +3,8 @@
 The edit is an object patch on each cross-attention `to_k.forward` / `to_v.forward` — the only
 hook that sees every token's encoding and returns the projection, so the edit is exact. It calls
 the previous forward for `W e` and `W i*`, which keeps weight casting (fp16/bf16/fp8), low-VRAM
-offloading and LoRA in force. Replacing the module itself would drop LoRA (comfyui-notes.md).
+offloading and LoRA in force. Replacing the module itself would drop LoRA (docs/host.md,
+"Patching cross-attention").
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ def _install(model, source: PlanSource, *, key_edits: bool, per_run_rows: bool, 
 
 
 def apply_concepts(model, applied: tuple[AppliedConcept, ...]):
-    """A clone of `model` whose edits cover earlier concepts plus `applied`, jointly (spec §4)."""
+    """A clone of `model` whose edits cover earlier concepts plus `applied`, jointly (docs/method.md §4)."""
     earlier = current_concepts(model)
     source = ConceptSet(earlier + applied, new_from=len(earlier))
     patched = _install(

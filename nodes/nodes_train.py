@@ -1,4 +1,4 @@
-"""Training node: key-locked Perfusion optimisation inside the graph (spec §3, §6)."""
+"""Training node: key-locked Perfusion optimisation inside the graph (docs/method.md §3, §6)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ The concept word must not change anything but what the edit reads, so the pooled
 size-and-style vector) is that of the prompt with each concept word replaced by its superclass word,
 as the key lock does for K. For global key-locking the clone's encoder also attaches, as a model
 cond for the K projections, the encoding of the prompt with the globally locked words swapped
-(positions stay aligned) for each 77-token window that holds one (spec §5, key_lock.py).
+(positions stay aligned) for each 77-token window that holds one (docs/method.md §5, key_lock.py).
 
 The gate recognises a concept word by its encoding at the text-encoder layer it was trained on, so
 a prompt with the word encoded at another layer (CLIP Set Last Layer) is refused, not mis-applied.
@@ -351,7 +351,7 @@ class ConceptEncoder:
     concept's: `CLIP.encode_from_tokens` has applied the encoding CLIP's layer to the shared modules
     just before, so this also catches a CLIP Set Last Layer placed after the loader. A prompt with a
     concept word gets the pooled output of its superclass prompt. With globally key-locked concepts it
-    adds, for K, the superclass prompt's encoding of each window holding a locked word (spec §5,
+    adds, for K, the superclass prompt's encoding of each window holding a locked word (docs/method.md §5,
     key_lock.KeyWindows); prompts without one carry an empty set, so a negative prompt encoded by the
     same CLIP still batches with the positive one.
     """

@@ -1,4 +1,4 @@
-"""Runs key-locked Perfusion training on the host (spec §3, §6): glue between ComfyUI's
+"""Runs key-locked Perfusion training on the host (docs/method.md §3, §6): glue between ComfyUI's
 models and `perfusion_core.training`.
 
 Everything of the model outside the Perfusion parameters stays frozen: the denoiser and the text
@@ -50,7 +50,7 @@ class TrainingResult:
 
 
 def check_words(clip, word: str, superclass: str) -> None:
-    """The concept word must be one new word; the superclass one vocabulary word (spec §5)."""
+    """The concept word must be one new word; the superclass one vocabulary word (docs/method.md §5)."""
     if not _WORD.match(word or ""):
         raise ValueError(
             f"concept word '{word}': use one word of letters, digits or '_' starting with a letter "
@@ -239,7 +239,7 @@ class PromptEncoder:
 
 
 def superclass_encoding(clip, superclass: str, templates: tuple[str, ...]) -> torch.Tensor:
-    """ī_super: mean encoding of the superclass word over the training prompts (spec §3)."""
+    """ī_super: mean encoding of the superclass word over the training prompts (docs/method.md §3)."""
     token_id = text_encoder.word_token_ids(clip, superclass)[0]
     prompts = [t.format(superclass) for t in templates]
     cond, positions = encode_marked(clip, prompts, lambda token: isinstance(token, int) and token == token_id)
@@ -595,7 +595,7 @@ def train_concept(
     on_step: Callable[[int, float | None, TrainingRun], None] | None = None,
     **options,
 ) -> TrainingResult:
-    """Optimises the word embedding and V targets; K stays locked to W_K ī_super (spec §3, §6).
+    """Optimises the word embedding and V targets; K stays locked to W_K ī_super (docs/method.md §3, §6).
     `options` are `open_run`'s (covariance_prompts, gradient_checkpointing, precision, resume)."""
     with torch.inference_mode(False), torch.enable_grad():
         with open_run(model, clip, vae, images, masks, word, superclass, config, **options) as run:

@@ -1,4 +1,4 @@
-"""Does a concept fit the loaded model? (spec §7)
+"""Does a concept fit the loaded model? (docs/method.md §7)
 
 A concept is a set of vectors sized for one model's text encoder and cross-attention layers. Applying
 it to a model with other layers or widths cannot work, so that is refused with a message that says

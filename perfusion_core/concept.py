@@ -11,7 +11,7 @@ FORMAT_VERSION = "2"  # 2: the word embedding may span several text encoders (SD
 
 @dataclass(frozen=True)
 class ConceptInfo:
-    """Descriptive fields that travel with a concept (the file's metadata, spec §7)."""
+    """Descriptive fields that travel with a concept (the file's metadata, docs/method.md §7)."""
 
     word: str
     superclass: str
@@ -37,7 +37,7 @@ class ConceptInfo:
 
 @dataclass(frozen=True)
 class Concept:
-    """A Perfusion concept (spec §3, §7).
+    """A Perfusion concept (docs/method.md §3, §7).
 
     `v_targets` maps each cross-attention layer name (as found in the model, e.g.
     ``diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2``) to its V target o*_V.

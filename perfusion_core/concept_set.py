@@ -27,7 +27,7 @@ class AppliedConcept:
     concept: Concept
     beta: float  # at the first sampling step (all steps without a schedule)
     tau: float
-    global_lock: bool = False  # K sees the superclass prompt instead of a K edit (spec §5)
+    global_lock: bool = False  # K sees the superclass prompt instead of a K edit (docs/method.md §5)
     key_edit: bool = True  # False: K unedited (only for concepts trained without the lock, an ablation)
     beta_end: float | None = None  # at the last step, reached linearly; None: no schedule
 

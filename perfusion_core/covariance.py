@@ -1,4 +1,4 @@
-"""The second moment C = E[e eᵀ] of text encodings, its inverse, and a cache for it (spec §2, §6).
+"""The second moment C = E[e eᵀ] of text encodings, its inverse, and a cache for it (docs/method.md §2, §6).
 
 C⁻¹ turns a concept's target input i* into u = C⁻¹ i*, which makes the rank-1 edit leave other
 encodings as unchanged as possible *in the distribution of real prompts*. So C must be estimated from

@@ -1,4 +1,4 @@
-"""The gated rank-1 edit of one K or V projection, for one or many concepts (spec §2, §4).
+"""The gated rank-1 edit of one K or V projection, for one or many concepts (docs/method.md §2, §4).
 
 For concepts j = 1..J with target inputs i*_j, u_j = C⁻¹ i*_j and target outputs o*_j:
 
@@ -11,7 +11,7 @@ For concepts j = 1..J with target inputs i*_j, u_j = C⁻¹ i*_j and target outp
 
 `W e` and `W i*_j` come from the host's own projection (so weight casting, offloading and
 LoRA stay in force); this module only adds the correction, in float32 whatever the model's
-dtype. For J = 1, c = r and the edit is spec §2's; with g replaced by r it is ROME.
+dtype. For J = 1, c = r and the edit is docs/method.md §2's; with g replaced by r it is ROME.
 
 Both c(e) and the gates' pre-activations are linear in e, so one (2J × D) matrix gives all 2J
 of them in a single matmul, and a second one mixes the 2J output rows into the projection's

@@ -1,4 +1,4 @@
-"""Discovery of cross-attention layers from a loaded denoiser (never a hard-coded list, spec §1)."""
+"""Discovery of cross-attention layers from a loaded denoiser (never a hard-coded list, docs/method.md §1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A varied, deterministic prompt corpus for estimating the text-encoding second moment C (spec §6).
+"""A varied, deterministic prompt corpus for estimating the text-encoding second moment C (docs/method.md §6).
 
 The paper estimated C from ~100k captions; nothing can be downloaded here, so prompts are generated
 from word lists shipped in the pack (`prompt_words`). What matters for C is that the encodings cover

@@ -1,4 +1,5 @@
-"""Word lists for the shipped prompt corpus (spec §6: no captions can be downloaded, so we generate them).
+"""Word lists for the shipped prompt corpus (docs/method.md §6: no captions can be downloaded, so we
+generate them).
 
 Plain tuples of lowercase phrases, kept in Python so they ship with the pack and import without any
 file I/O. Editing any list changes `prompt_corpus.CORPUS_VERSION` (it hashes these lists), which
@@ -288,7 +289,7 @@ DETAILS = (
     "and a red door behind", "and a clock on the wall", "and warm light from the windows",
 )
 
-# Training-style templates (spec §6) so that C covers the positions the concept prompts use.
+# Training-style templates (docs/method.md §6) so that C covers the positions the concept prompts use.
 TRAINING_TEMPLATES = (
     "a photo of a {}", "a good photo of the {}", "image of a {}", "a photo of the {}",
     "a rendering of a {}", "a cropped photo of the {}", "a bright photo of a {}",

@@ -1,4 +1,4 @@
-"""Key-locked Perfusion training state and the pieces of the optimisation (spec §3, §6).
+"""Key-locked Perfusion training state and the pieces of the optimisation (docs/method.md §3, §6).
 
 Pure torch: the host layer encodes prompts, runs the denoiser and drives the loop; this module
 owns what is trained, how i* follows the concept, and the loss.
@@ -52,7 +52,7 @@ DEFAULT_TEMPLATES = (
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Settings of one training run; defaults are the paper's (spec §6)."""
+    """Settings of one training run; defaults are the paper's (docs/method.md §6)."""
 
     steps: int = 400
     batch_size: int = 4
@@ -192,7 +192,7 @@ class ConceptTrainingState(torch.nn.Module):
 
     @torch.no_grad()
     def update_i_star(self, concept_encodings: torch.Tensor, momentum: float) -> None:
-        """i* ← m i* + (1 − m) mean(e_concept): no gradient flows into i* (spec §3)."""
+        """i* ← m i* + (1 − m) mean(e_concept): no gradient flows into i* (docs/method.md §3)."""
         mean = concept_encodings.detach().float().reshape(-1, self.i_star.shape[0]).mean(0)
         self.i_star.mul_(momentum).add_(mean.cpu(), alpha=1 - momentum)
         self._edit = None
@@ -260,7 +260,7 @@ class ConceptTrainingState(torch.nn.Module):
 def masked_noise_loss(
     denoised: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor, mask: torch.Tensor | None
 ) -> torch.Tensor:
-    """Noise-prediction MSE, weighted per pixel by the zero-shot mask (spec §6).
+    """Noise-prediction MSE, weighted per pixel by the zero-shot mask (docs/method.md §6).
 
     The error is taken on the denoised estimate and divided by σ², which equals the ε-prediction
     error for every parameterisation ComfyUI models use (x0 = x_t − σ ε).

@@ -1,4 +1,4 @@
-"""Concept file: exact round trip, atomic writes, size, and model compatibility checks (spec §7)."""
+"""Concept file: exact round trip, atomic writes, size, and model compatibility checks (docs/method.md §7)."""
 
 from __future__ import annotations
 
@@ -271,7 +271,8 @@ def test_sd15_concept_is_about_40_kb(tmp_path: Path) -> None:
     print(
         f"\nSD1.5 concept file: {size} bytes ({size / 1024:.1f} KiB; tensors {tensor_bytes}, header {size - tensor_bytes})"
     )
-    assert size <= 42 * 1024  # spec §7: ~40 KB (paper: 100 KB; public implementations: 200 KB-10 MB)
+    # docs/method.md §7: ~40 KB (paper: 100 KB; public implementations: 200 KB-10 MB)
+    assert size <= 42 * 1024
     assert size - tensor_bytes < 5 * 1024  # the header stays small
 
 

@@ -1,4 +1,5 @@
-"""C = E[e eᵀ], its inverse, its cache, the prompt corpus and the encoder fingerprint (spec §2, §6)."""
+"""C = E[e eᵀ], its inverse, its cache, the prompt corpus and the encoder fingerprint
+(docs/method.md §2, §6)."""
 
 from __future__ import annotations
 

@@ -69,7 +69,7 @@ def test_sdxl_concept_file_records_both_encoders(comfy_host, sdxl_concepts):
 
 
 def dense_reference(weight, concepts, targets, beta, tau, e):
-    """h(e) = W (e − Σ c_j(e) i*_j) + Σ g_j(e) o*_j in float64, written out (spec §3-4)."""
+    """h(e) = W (e − Σ c_j(e) i*_j) + Σ g_j(e) o*_j in float64, written out (docs/method.md §3-4)."""
     i_star = torch.stack([c.i_star for c in concepts]).double()
     u = torch.stack([c.u for c in concepts]).double()
     m = u @ i_star.T

@@ -65,7 +65,8 @@ def test_closed_gate_removes_only_the_concept_direction():
 
 
 def test_gates_follow_the_sigmoid_formula_per_concept():
-    """g_j(e) = sigmoid((r_j(e) − β_j) / τ_j), r_j = eᵀu_j / i*_jᵀu_j: near 0 where r = 0 (spec §2)."""
+    """g_j(e) = sigmoid((r_j(e) − β_j) / τ_j), r_j = eᵀu_j / i*_jᵀu_j: near 0 where r = 0
+    (docs/method.md §2)."""
     cov, _, i_star, _, e = random_problem(5, concepts=2)
     u = (torch.linalg.inv(cov) @ i_star.T).T
     beta, tau = torch.tensor([0.6, 0.7], dtype=cov.dtype), torch.tensor([0.15, 0.2], dtype=cov.dtype)
@@ -101,7 +102,7 @@ def test_two_c_orthogonal_concepts_equal_the_sum_of_single_edits():
 
 
 def test_joint_projection_is_the_c_inverse_projection():
-    """With open gates and targets W i*, every concept input is kept: Π(i*_j) = i*_j (spec §4)."""
+    """With open gates and targets W i*, every concept input is kept: Π(i*_j) = i*_j (docs/method.md §4)."""
     cov, weight, i_star, _, _ = random_problem(4, concepts=3)
     c_inv = torch.linalg.inv(cov)
     u = (c_inv @ i_star.T).T

@@ -176,7 +176,8 @@ def test_saved_file_round_trips_and_is_small(perfusion_pack, base_models, toy_pi
     for layer, target in concept.v_targets.items():
         torch.testing.assert_close(loaded.v_targets[layer], target.half().float())
     widths = sum(concept.layer_widths.values())
-    bound = 4 * concept.encoder_width * 4 + widths * 2 + 8192  # spec §7: fp32 vectors, fp16 targets, header
+    # docs/method.md §7: fp32 vectors, fp16 targets, header
+    bound = 4 * concept.encoder_width * 4 + widths * 2 + 8192
     print(f"concept file {path.stat().st_size} bytes for widths summing to {widths} (bound {bound})")
     assert path.stat().st_size <= bound
 
