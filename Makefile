@@ -31,19 +31,19 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) scripts/demo.py $(DEMO_ARGS)
+	$(PY) -m scripts.demo $(DEMO_ARGS)
 
 serve: setup
-	$(PY) scripts/serve.py
+	$(PY) -m scripts.serve
 
 bench: setup
-	$(PY) benchmarks/run.py
+	$(PY) -m benchmarks.run
 
 bench-families: setup
 	$(PY) -m benchmarks.families $(BENCH_ARGS)
 
 bench-quality: setup
-	$(PY) benchmarks/quality.py $(BENCH_ARGS)
+	$(PY) -m benchmarks.quality $(BENCH_ARGS)
 
 # The bias chooser against the toy world's scorer, 6 concepts (~50 min on 2 CPU cores)
 bench-choose-bias: setup

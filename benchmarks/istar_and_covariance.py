@@ -42,15 +42,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from benchmarks.host import load_checkpoint, pack, start_host
+from harness.sample_images import write_toy_images
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from benchmarks.host import load_checkpoint, pack, start_host  # noqa: E402
-from harness.sample_images import write_toy_images  # noqa: E402
 
 WORD, SUPERCLASS = "hugsy", "teddy"
 BETA, TAU = 0.7, 0.15  # inference gate

@@ -50,22 +50,19 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks.train_worker import lora_prompt
+from harness.perfusion_graphs import ConceptUse, generate_prompt
+from toyworld import scorer, world
+from toyworld.evaluate import CFG, STEPS
+from toyworld.recipe import BIAS_SWEEP, SUGGESTED_BIAS, Recipe, train_graph, write_photos
 
-from benchmarks.train_worker import lora_prompt  # noqa: E402
-from harness.perfusion_graphs import ConceptUse, generate_prompt  # noqa: E402
-from toyworld import scorer, world  # noqa: E402
-from toyworld.evaluate import CFG, STEPS  # noqa: E402
-from toyworld.recipe import BIAS_SWEEP, SUGGESTED_BIAS, Recipe, train_graph, write_photos  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 RESULTS = ROOT / "benchmarks" / "results"
 SHUT = 2.0  # a gate bias no token reaches: the edits are off, only the learned word acts

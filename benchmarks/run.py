@@ -16,16 +16,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+import torch
+
+from benchmarks import report, synth
+from benchmarks.host import load_checkpoint, median, pack, start_host
+from harness.sample_images import write_toy_images
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import psutil  # noqa: E402
-import torch  # noqa: E402
-
-from benchmarks import report, synth  # noqa: E402
-from benchmarks.host import load_checkpoint, median, pack, start_host  # noqa: E402
-from harness.sample_images import write_toy_images  # noqa: E402
 
 CONCEPT_COUNTS = (1, 2, 4, 8)
 SCALING_COUNTS = (0, 1, 2, 4, 8, 12, 16)

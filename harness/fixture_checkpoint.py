@@ -241,7 +241,7 @@ def fixture_checkpoint(
 
 def import_comfy(comfy_root: Path) -> None:
     """Make ``comfy`` importable in this (builder) process with CPU-only device selection."""
-    if str(comfy_root) not in sys.path:
+    if str(comfy_root) not in sys.path:  # the host's folder: `comfy` is not an installed package
         sys.path.insert(0, str(comfy_root))
     from comfy.cli_args import args  # parsed with [] because args parsing is not enabled
 

@@ -299,7 +299,7 @@ class ComfyHost:
 
     def _boot(self) -> None:
         root = str(self.comfy_root)
-        if root in sys.path:
+        if root in sys.path:  # first, ahead of the repo root and its `nodes/` (_HOST_TOP_LEVEL_MODULES)
             sys.path.remove(root)
         sys.path.insert(0, root)
         self._check_module_origins()

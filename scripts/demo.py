@@ -27,13 +27,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # `harness` and `perfusion_core` as top-level packages
+from harness.demo_steps import Progress, copy_image, labelled_row, run
+from harness.paths import use_cpu
+from harness.perfusion_graphs import ConceptUse, generate_prompt, train_prompt
 
-from harness.demo_steps import Progress, copy_image, labelled_row, run  # noqa: E402
-from harness.paths import use_cpu  # noqa: E402
-from harness.perfusion_graphs import ConceptUse, generate_prompt, train_prompt  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 IMAGES = REPO / "assets" / "demo_images"  # not examples/: ComfyUI serves that folder as templates
 CHECKPOINT_ENV = "PERFUSION_CHECKPOINT"

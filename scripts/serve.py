@@ -6,7 +6,7 @@ random-weight fixture unless the ComfyUI being run (``$COMFYUI_PATH``, else ``.c
 checkpoints of its own, in which case its ``models/`` folders are used through an extra model paths
 file. ``$PERFUSION_CHECKPOINT`` is linked in too, the demo's concepts go to ``models/perfusion`` and
 the bundled sample images to ``input/``. Arguments after the script's own go to main.py unchanged,
-e.g. ``scripts/serve.py --port 8190 -- --preview-method auto``.
+e.g. ``python -m scripts.serve --port 8190 -- --preview-method auto``.
 """
 
 from __future__ import annotations
@@ -18,12 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from harness.basedir import link_into, prepare_base_dir
+from harness.paths import comfyui_path
 
-from harness.basedir import link_into, prepare_base_dir  # noqa: E402
-from harness.paths import comfyui_path  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 BASE = REPO / ".serve"
 MODEL_SUFFIXES = {".safetensors", ".ckpt", ".pt", ".pth", ".sft"}

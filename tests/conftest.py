@@ -1,14 +1,10 @@
-"""Test configuration: the repo root on sys.path (import `perfusion_core`, `harness` top-level),
-the host fixtures, and concepts trained once per session through the real executor."""
+"""Test configuration: the host fixtures, and concepts trained once per session through the real
+executor. (`perfusion_core`, `harness` import top-level: pyproject.toml puts the repo root on pytest's
+pythonpath.)"""
 
 import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 pytest_plugins = ["harness.pytest_fixtures"]
 

@@ -23,13 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from perfusion_core.concept_integrity import CHECKSUM_KEY, COVERED_KEY, content_checksum
+
 __all__ = ["HostileCase", "generate_hostile_files", "make_sd15_concept", "SD15_LAYER_WIDTHS"]
-
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from perfusion_core.concept_integrity import CHECKSUM_KEY, COVERED_KEY, content_checksum  # noqa: E402
 
 # Absent in older files: no defect (the checksum's key list: a sealed file without it is an older one).
 _OPTIONAL_METADATA = (CHECKSUM_KEY, COVERED_KEY, "clip_layer", "training_images")
@@ -773,6 +769,6 @@ def _mutated(header: dict, mutate: Callable[[dict], None]) -> dict:
     return copy
 
 
-if __name__ == "__main__":  # python tests/hostile_files.py DEST VALID.safetensors
+if __name__ == "__main__":  # python -m tests.hostile_files DEST VALID.safetensors
     made = generate_hostile_files(sys.argv[1], sys.argv[2])
     print(f"wrote {len(made)} hostile files to {sys.argv[1]}")

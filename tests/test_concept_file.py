@@ -3,32 +3,27 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from hostile_files import SD15_LAYER_WIDTHS, make_sd15_concept
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from hostile_files import SD15_LAYER_WIDTHS, make_sd15_concept  # noqa: E402
-
-import perfusion_core.atomic_write as atomic_write  # noqa: E402
-import perfusion_core.concept_file as concept_file  # noqa: E402
-from perfusion_core.compatibility import ConceptMismatchError, ModelSignature, check_compatible  # noqa: E402
-from perfusion_core.concept import FORMAT_VERSION, Concept, ConceptInfo  # noqa: E402
-from perfusion_core.concept_file import (  # noqa: E402
+import perfusion_core.atomic_write as atomic_write
+import perfusion_core.concept_file as concept_file
+from perfusion_core.compatibility import ConceptMismatchError, ModelSignature, check_compatible
+from perfusion_core.concept import FORMAT_VERSION, Concept, ConceptInfo
+from perfusion_core.concept_file import (
     ConceptFileError,
     load_concept,
     read_concept_metadata,
     save_concept,
 )
-from perfusion_core.layers import CrossAttentionLayer  # noqa: E402
+from perfusion_core.layers import CrossAttentionLayer
 
 FIXED = ("token_embedding", "i_star", "u", "superclass_encoding")
 

@@ -6,22 +6,17 @@ from __future__ import annotations
 import json
 import logging
 import random
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import safetensors.torch
 import torch
+from hostile_files import make_sd15_concept
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from hostile_files import make_sd15_concept  # noqa: E402
-
-from perfusion_core.concept import Concept  # noqa: E402
-from perfusion_core.concept_file import ConceptFileError, load_concept, save_concept  # noqa: E402
-from perfusion_core.concept_integrity import CHECKSUM_KEY  # noqa: E402
+from perfusion_core.concept import Concept
+from perfusion_core.concept_file import ConceptFileError, load_concept, save_concept
+from perfusion_core.concept_integrity import CHECKSUM_KEY
 
 NAME = "teddy.safetensors"
 

@@ -5,16 +5,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
-from pathlib import Path
 
 import pytest
+from hostile_files import make_sd15_concept
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from hostile_files import make_sd15_concept  # noqa: E402
-
-from perfusion_core import concept_set  # noqa: E402
-from perfusion_core.concept_set import AppliedConcept, ConceptSet  # noqa: E402
+from perfusion_core import concept_set
+from perfusion_core.concept_set import AppliedConcept, ConceptSet
 
 ADVICE = (
     "train one of them from another superclass word, and set key_lock to global for both (each word "

@@ -330,13 +330,13 @@ def test_corpus_deterministic_and_varied():
 def test_corpus_same_in_another_process():
     """No dependence on hash randomisation: a fresh interpreter with another hash seed agrees."""
     code = (
-        "import hashlib, sys; sys.path.insert(0, sys.argv[1]);"
+        "import hashlib;"
         "from perfusion_core.prompt_corpus import prompt_corpus, CORPUS_VERSION;"
         "print(CORPUS_VERSION, hashlib.sha256('\\n'.join(prompt_corpus(500, 7)).encode()).hexdigest())"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     out = subprocess.run(
-        [sys.executable, "-c", code, str(REPO)], capture_output=True, text=True, env=env, check=True
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env, check=True
     )
     local = hashlib.sha256("\n".join(prompt_corpus(500, 7)).encode()).hexdigest()
     assert out.stdout.split() == [CORPUS_VERSION, local]

@@ -1,4 +1,5 @@
-"""`make demo` end to end: scripts/demo.py --quick in its own process (it starts its own in-process host)."""
+"""`make demo` end to end: `python -m scripts.demo --quick` in its own process (it starts its own
+in-process host)."""
 
 import os
 import subprocess
@@ -18,7 +19,7 @@ def test_demo_quick_writes_toyworld_images_and_concepts(tmp_path):
     """The default demo (the toy world) from its own process: every image and concept file is written."""
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "demo.py"), "--quick", "--output", str(out)],
+        [sys.executable, "-m", "scripts.demo", "--quick", "--output", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -53,7 +54,8 @@ def test_demo_rejects_a_missing_checkpoint(tmp_path):
     proc = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "scripts" / "demo.py"),
+            "-m",
+            "scripts.demo",
             "--checkpoint",
             str(tmp_path / "nope.safetensors"),
         ],

@@ -3,18 +3,13 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from harness.perfusion_graphs import generate_prompt  # noqa: E402
-from perfusion_core.concept import Concept, ConceptInfo  # noqa: E402
-from perfusion_core.export import embedding_tensors, rank1_updates  # noqa: E402
+from harness.perfusion_graphs import generate_prompt
+from perfusion_core.concept import Concept, ConceptInfo
+from perfusion_core.export import embedding_tensors, rank1_updates
 
 D, LAYERS = 24, {"diffusion_model.a.attn2": 8, "diffusion_model.b.attn2": 16}
 

@@ -198,10 +198,7 @@ def test_a_concept_set_with_twin_concepts_warns_naming_both_and_plans_finite_edi
     """Same superclass, short training: the set says which two concepts the gates cannot tell apart."""
     import dataclasses
     import logging
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from hostile_files import make_sd15_concept
 
     from perfusion_core.concept_set import AppliedConcept, ConceptSet

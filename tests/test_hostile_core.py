@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 import tracemalloc
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from hostile_files import HostileCase, generate_hostile_files, make_sd15_concept
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from hostile_files import HostileCase, generate_hostile_files, make_sd15_concept  # noqa: E402
-
-from perfusion_core.concept_file import (  # noqa: E402
+from perfusion_core.concept_file import (
     ConceptFileError,
     load_concept,
     read_concept_metadata,

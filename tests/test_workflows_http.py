@@ -91,7 +91,7 @@ def test_object_info_describes_the_four_nodes(comfy_server, server_concepts):
 
 def test_shipped_files_are_current_and_served_to_the_template_browser(comfy_server):
     stale = stale_files(comfy_server.object_info())
-    assert not stale, f"run `python workflows/build_workflows.py`: out of date: {stale}"
+    assert not stale, f"run `python -m workflows.build_workflows`: out of date: {stale}"
     listed = requests.get(f"{comfy_server.url}/workflow_templates", timeout=30).json()
     assert sorted(listed.get(PACK, [])) == sorted(NAMES), listed
     for name in NAMES:
@@ -217,7 +217,7 @@ def test_workflow_sets_run_on_this_host(comfy_server, tiny_ckpt_name):
         if version == wset.reference_host:
             stale = stale_files(info, wset)
             assert not stale, (
-                f"run `python workflows/build_workflows.py --set {wset.name}` on {version}: {stale}"
+                f"run `python -m workflows.build_workflows --set {wset.name}` on {version}: {stale}"
             )
     train_fixture_concepts(comfy_server, tiny_ckpt_name)
     images = [f"{word}_{i}.png" for word in FIXTURE_CONCEPTS for i in range(3)]

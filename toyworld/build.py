@@ -38,11 +38,10 @@ CLIP_NAME = "text."  # prefix of the trained text parameters in the training sta
 
 
 def _import_comfy():
-    sys.path.insert(0, str(REPO))
     from harness.paths import comfyui_path
 
     root = str(comfyui_path())
-    if root not in sys.path:
+    if root not in sys.path:  # the host's folder: `comfy` is not an installed package
         sys.path.insert(0, root)
     from comfy.cli_args import args
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -21,12 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from harness.perfusion_graphs import ConceptUse, generate_prompt
+from toyworld import scorer, world
 
-from harness.perfusion_graphs import ConceptUse, generate_prompt  # noqa: E402
-from toyworld import scorer, world  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 STEPS = 20
 CFG = 5.0

@@ -1,10 +1,10 @@
 """(Re)writes the shipped workflows: the API graphs authored here, their UI-format twins (what File ->
 Save writes) and the template browser's thumbnails.
 
-    python workflows/build_workflows.py                      # starts ComfyUI (test fixture) for /object_info
-    python workflows/build_workflows.py --server 127.0.0.1:8188   # or asks a running ComfyUI
-    python workflows/build_workflows.py --check              # exit 1 when a file on disk is out of date
-    COMFYUI_PATH=.hosts/0.3.75 .hosts/0.3.75-venv/bin/python workflows/build_workflows.py --set legacy
+    python -m workflows.build_workflows                      # starts ComfyUI (test fixture) for /object_info
+    python -m workflows.build_workflows --server 127.0.0.1:8188   # or asks a running ComfyUI
+    python -m workflows.build_workflows --check              # exit 1 when a file on disk is out of date
+    COMFYUI_PATH=.hosts/0.3.75 .hosts/0.3.75-venv/bin/python -m workflows.build_workflows --set legacy
 
 Two sets of the same seven graphs (:data:`SETS`), each made from the /object_info and for the frontend of
 its reference host:
@@ -34,12 +34,8 @@ from typing import Any
 
 import requests
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script
-    sys.path.insert(0, str(REPO))
-
-from workflows.thumbnails import render  # noqa: E402
-from workflows.ui_format import (  # noqa: E402
+from workflows.thumbnails import render
+from workflows.ui_format import (
     CURRENT_FRONTEND,
     LEGACY_FRONTEND,
     Frontend,
@@ -50,6 +46,8 @@ from workflows.ui_format import (  # noqa: E402
     node_specs,
     to_ui,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 FOLDER = Path(__file__).resolve().parent
 CKPT = "v1-5-pruned-emaonly.safetensors"

@@ -29,7 +29,7 @@ def top_level_modules(site: Path) -> list[str]:
 
 def main() -> int:
     site = Path(sys.argv[1])
-    sys.path.insert(0, str(site))
+    sys.path.insert(0, str(site))  # the wheels under test, installed with --target (not a site dir)
     listed = LISTED.read_text(encoding="utf-8").splitlines()
     on_machine = {n.strip().lower().replace("_", "-") for n in listed if n.strip() and not n.startswith("#")}
     failed, leaning = [], set()
