@@ -1,4 +1,4 @@
-"""Training node: key-locked Perfusion optimisation inside the graph (spec §3, §6)."""
+"""Training node: key-locked Perfusion optimisation inside the graph (docs/method.md §3, §6)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 import time
 from dataclasses import replace
 
-from ..perfusion_core.concept_file import save_concept
+from ..perfusion_core.concept_writer import save_concept
 from ..perfusion_core.training import DEFAULT_TEMPLATES, TrainingConfig, caption_templates, parse_templates
 from . import folders, previews, trainer
 from .bias_choice import BiasSearch, clip_vision_embedder, sample_curve, with_suggested_bias

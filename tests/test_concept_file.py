@@ -22,12 +22,8 @@ import perfusion_core.atomic_write as atomic_write  # noqa: E402
 import perfusion_core.concept_file as concept_file  # noqa: E402
 from perfusion_core.compatibility import ConceptMismatchError, ModelSignature, check_compatible  # noqa: E402
 from perfusion_core.concept import FORMAT_VERSION, Concept, ConceptInfo  # noqa: E402
-from perfusion_core.concept_file import (  # noqa: E402
-    ConceptFileError,
-    load_concept,
-    read_concept_metadata,
-    save_concept,
-)
+from perfusion_core.concept_file import ConceptFileError, load_concept, read_concept_metadata  # noqa: E402
+from perfusion_core.concept_writer import save_concept  # noqa: E402
 from perfusion_core.layers import CrossAttentionLayer  # noqa: E402
 
 FIXED = ("token_embedding", "i_star", "u", "superclass_encoding")

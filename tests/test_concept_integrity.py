@@ -20,8 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hostile_files import make_sd15_concept  # noqa: E402
 
 from perfusion_core.concept import Concept  # noqa: E402
-from perfusion_core.concept_file import ConceptFileError, load_concept, save_concept  # noqa: E402
+from perfusion_core.concept_file import ConceptFileError, load_concept  # noqa: E402
 from perfusion_core.concept_integrity import CHECKSUM_KEY  # noqa: E402
+from perfusion_core.concept_writer import save_concept  # noqa: E402
 
 NAME = "teddy.safetensors"
 

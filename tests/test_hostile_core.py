@@ -14,12 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hostile_files import HostileCase, generate_hostile_files, make_sd15_concept  # noqa: E402
 
-from perfusion_core.concept_file import (  # noqa: E402
-    ConceptFileError,
-    load_concept,
-    read_concept_metadata,
-    save_concept,
-)
+from perfusion_core.concept_file import ConceptFileError, load_concept, read_concept_metadata  # noqa: E402
+from perfusion_core.concept_writer import save_concept  # noqa: E402
 
 PEAK_LIMIT = (
     4 * 2**20
