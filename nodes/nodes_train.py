@@ -464,7 +464,5 @@ class PerfusionSaveConcept:
         try:
             save_concept(concept, path, overwrite=overwrite)
         except FileExistsError:
-            raise ValueError(
-                f"name '{name}': {path} already exists; turn on 'overwrite' to replace it or choose another name"
-            ) from None
+            raise folders.name_taken(name, path) from None
         return {"ui": {"text": [f"saved {path}"]}}
