@@ -39,7 +39,7 @@ MAX_STEPS = 10**9
 MAX_TRAINING_IMAGES = 10**7
 MIN_CLIP_LAYER = -1024  # CLIP Set Last Layer counts from -1 (last) down; no text encoder is deeper
 
-Earlier = Mapping[str, Any]  # the values of the fields read before this one, by key
+_Earlier = Mapping[str, Any]  # the values of the fields read before this one, by key
 
 
 class _Kind(Protocol):
@@ -47,7 +47,7 @@ class _Kind(Protocol):
 
     def write(self, value: Any) -> str: ...
 
-    def read(self, key: str, text: str, earlier: Earlier) -> object: ...
+    def read(self, key: str, text: str, earlier: _Earlier) -> object: ...
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class _Word:
     def write(self, value: str) -> str:
         return value
 
-    def read(self, key: str, text: str, earlier: Earlier) -> str:
+    def read(self, key: str, text: str, earlier: _Earlier) -> str:
         if not text:
             raise HeaderError("metadata", f"metadata {key!r} is empty")
         if len(text) > MAX_WORD_CHARS or not text.isprintable() or any(c.isspace() for c in text):
@@ -74,7 +74,7 @@ class _Text:
     def write(self, value: str) -> str:
         return value
 
-    def read(self, key: str, text: str, earlier: Earlier) -> str:
+    def read(self, key: str, text: str, earlier: _Earlier) -> str:
         if (self.non_empty and not text) or len(text) > MAX_TEXT_CHARS or not text.isprintable():
             what = "non-empty printable" if self.non_empty else "printable"
             raise HeaderError("metadata", f"metadata {key!r} must be a short {what} string")
@@ -90,7 +90,7 @@ class _Float:
     def write(self, value: float) -> str:
         return repr(float(value))
 
-    def read(self, key: str, text: str, earlier: Earlier) -> float:
+    def read(self, key: str, text: str, earlier: _Earlier) -> float:
         try:
             value = finite_float(text)
         except ValueError:
@@ -112,7 +112,7 @@ class _Int:
     def write(self, value: int) -> str:
         return str(int(value))
 
-    def read(self, key: str, text: str, earlier: Earlier) -> int:
+    def read(self, key: str, text: str, earlier: _Earlier) -> int:
         if not re.fullmatch(r"-?[0-9]{1,18}", text):
             raise HeaderError("metadata", f"metadata {key!r} is not an integer (got {text[:40]!r})")
         value = int(text)
@@ -131,13 +131,13 @@ class _Json:
 
     `ensure_ascii` False keeps free text (layer names, training settings) readable in the header."""
 
-    check: Callable[[object, Earlier], object]
+    check: Callable[[object, _Earlier], object]
     ensure_ascii: bool = True
 
     def write(self, value: object) -> str:
         return json.dumps(value, ensure_ascii=self.ensure_ascii, separators=(",", ":"))
 
-    def read(self, key: str, text: str, earlier: Earlier) -> object:
+    def read(self, key: str, text: str, earlier: _Earlier) -> object:
         try:
             value = json.loads(text, parse_constant=_reject_json_constant)
         except (ValueError, RecursionError):
@@ -145,7 +145,7 @@ class _Json:
         return self.check(value, earlier)
 
 
-def _layer_names(names: object, earlier: Earlier) -> list[str]:
+def _layer_names(names: object, earlier: _Earlier) -> list[str]:
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
         raise HeaderError("metadata", "metadata 'layer_names' must be a non-empty JSON list of layer names")
     if len(names) > MAX_LAYERS:
@@ -155,7 +155,7 @@ def _layer_names(names: object, earlier: Earlier) -> list[str]:
     return names
 
 
-def _layer_widths(widths: object, earlier: Earlier) -> list[int]:
+def _layer_widths(widths: object, earlier: _Earlier) -> list[int]:
     count = len(earlier["layer_names"])
     if (
         not isinstance(widths, list)
@@ -171,13 +171,13 @@ def _layer_widths(widths: object, earlier: Earlier) -> list[int]:
     return widths
 
 
-def _training_settings(settings: object, earlier: Earlier) -> dict[str, str]:
+def _training_settings(settings: object, earlier: _Earlier) -> dict[str, str]:
     if not isinstance(settings, dict) or not all(isinstance(v, str) for v in settings.values()):
         raise HeaderError("metadata", "metadata 'training_settings' must be a JSON object of strings")
     return dict(settings)
 
 
-def _text_encoders(value: object, earlier: Earlier) -> tuple[tuple[str, int], ...]:
+def _text_encoders(value: object, earlier: _Earlier) -> tuple[tuple[str, int], ...]:
     """[[key, width], ...], widths adding up to the embedding's."""
     shape_ok = (
         isinstance(value, list)
