@@ -32,7 +32,7 @@ from benchmarks.host import median
 from harness.fixture_checkpoint import FixtureSpec, import_comfy, unet_shapes
 from harness.paths import comfyui_path
 from perfusion_core.concept import Concept, ConceptInfo
-from perfusion_core.concept_file import save_concept
+from perfusion_core.concept_writer import save_concept
 from perfusion_core.gated_edit import GatedRank1Edit
 
 RESULTS = Path(__file__).resolve().parent / "results"

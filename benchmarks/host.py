@@ -18,6 +18,7 @@ from harness.inprocess import ComfyHost
 PACK_MODULES = (
     "perfusion_core.concept",
     "perfusion_core.concept_file",
+    "perfusion_core.concept_writer",
     "nodes.model_patch",
     "nodes.nodes_loader",
     "nodes.covariance_cache",

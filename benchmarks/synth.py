@@ -51,7 +51,7 @@ def write_concepts(pack, model, clip, folder: Path, count: int, seed: int = 0) -
             v_targets={layer.name: vec(layer.width) for layer in layers},
         )
         name = f"bench_{word}.safetensors"
-        pack.perfusion_core.concept_file.save_concept(concept, folder / name, overwrite=True)
+        pack.perfusion_core.concept_writer.save_concept(concept, folder / name, overwrite=True)
         names.append(name)
     return names
 

@@ -75,3 +75,11 @@ def new_file(folder: str, name: str, what: str) -> str:
             f"{what} '{name}': use letters, digits, '_', '-' or '.' only (no folders), e.g. 'hugsy_teddy'"
         )
     return os.path.join(folder_paths.get_folder_paths(folder)[0], stem + ".safetensors")
+
+
+def name_taken(name: str, path: str | os.PathLike[str]) -> ValueError:
+    """The error for a widget's file name whose file exists while 'overwrite' is off: the graph's
+    words for it (the widget, the choice), not the library's."""
+    return ValueError(
+        f"name '{name}': {path} already exists; turn on 'overwrite' to replace it or choose another name"
+    )

@@ -103,9 +103,7 @@ class PerfusionExportConcept:
         if not overwrite:
             for path in (lora_path, embedding_path):
                 if os.path.lexists(path):
-                    raise ValueError(
-                        f"name '{name}': {path} already exists; turn on 'overwrite' to replace it or choose another name"
-                    )
+                    raise folders.name_taken(name, path)
         updates = rank1_updates(concept, projection_weights(model, concept.v_targets))
         names = lora_names(model, updates)
         lora = {}

@@ -6,7 +6,7 @@ import logging
 import time
 from dataclasses import replace
 
-from ..perfusion_core.concept_file import save_concept
+from ..perfusion_core.concept_writer import save_concept
 from ..perfusion_core.training import DEFAULT_TEMPLATES, TrainingConfig, caption_templates, parse_templates
 from . import folders, previews, trainer
 from .bias_choice import BiasSearch, clip_vision_embedder, sample_curve, with_suggested_bias
@@ -464,7 +464,5 @@ class PerfusionSaveConcept:
         try:
             save_concept(concept, path, overwrite=overwrite)
         except FileExistsError:
-            raise ValueError(
-                f"name '{name}': {path} already exists; turn on 'overwrite' to replace it or choose another name"
-            ) from None
+            raise folders.name_taken(name, path) from None
         return {"ui": {"text": [f"saved {path}"]}}

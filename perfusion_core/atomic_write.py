@@ -41,6 +41,15 @@ def _exists(what: str, target: Path) -> FileExistsError:
     return FileExistsError(f"{what} '{target}' already exists; pass overwrite=True to replace it")
 
 
+def refuse_existing(target: Path, *, overwrite: bool, what: str) -> None:
+    """Raise FileExistsError (naming `what`) when `target` exists and `overwrite` is False.
+
+    `write_atomic` checks this itself; a caller checks it first too when preparing the bytes is
+    costly or can fail, so the name conflict is what the user hears about."""
+    if not overwrite and os.path.lexists(target):
+        raise _exists(what, target)
+
+
 def _commit_no_clobber(tmp: str, target: Path, what: str) -> None:
     """Move tmp to target only if target does not exist, atomically where the filesystem allows."""
     try:
@@ -58,8 +67,7 @@ def _commit_no_clobber(tmp: str, target: Path, what: str) -> None:
 def write_atomic(data: bytes, target: Path, *, overwrite: bool, what: str) -> Path:
     """Write `data` to `target` completely or not at all. Raises FileExistsError (naming `what`)
     when the file exists and `overwrite` is False, UnwritableFile when the folder or disk refuses."""
-    if not overwrite and os.path.lexists(target):
-        raise _exists(what, target)
+    refuse_existing(target, overwrite=overwrite, what=what)
     directory = target.parent if str(target.parent) else Path(".")
     try:
         directory.mkdir(parents=True, exist_ok=True)  # a fresh install has no such folder yet

@@ -17,12 +17,8 @@ import perfusion_core.atomic_write as atomic_write
 import perfusion_core.concept_file as concept_file
 from perfusion_core.compatibility import ConceptMismatchError, ModelSignature, check_compatible
 from perfusion_core.concept import FORMAT_VERSION, Concept, ConceptInfo
-from perfusion_core.concept_file import (
-    ConceptFileError,
-    load_concept,
-    read_concept_metadata,
-    save_concept,
-)
+from perfusion_core.concept_file import ConceptFileError, load_concept, read_concept_metadata
+from perfusion_core.concept_writer import save_concept
 from perfusion_core.layers import CrossAttentionLayer
 
 FIXED = ("token_embedding", "i_star", "u", "superclass_encoding")

@@ -15,8 +15,9 @@ import torch
 from hostile_files import make_sd15_concept
 
 from perfusion_core.concept import Concept
-from perfusion_core.concept_file import ConceptFileError, load_concept, save_concept
+from perfusion_core.concept_file import ConceptFileError, load_concept
 from perfusion_core.concept_integrity import CHECKSUM_KEY
+from perfusion_core.concept_writer import save_concept
 
 NAME = "teddy.safetensors"
 

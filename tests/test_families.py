@@ -312,7 +312,7 @@ def test_a_format_1_file_keeps_loading_and_gives_the_same_image(comfy_host, tiny
     same concept does in format 2."""
     import dataclasses
 
-    from perfusion_core.concept_file import save_concept
+    from perfusion_core.concept_writer import save_concept
 
     concept = load_concept(concept_path(comfy_host, trained_concepts["hugsy"]))
     old = dataclasses.replace(concept, info=dataclasses.replace(concept.info, text_encoders=None))

@@ -11,7 +11,8 @@ import torch
 
 from harness.fixture_checkpoint import fixture_checkpoint
 from harness.perfusion_graphs import ConceptUse, generate_prompt
-from perfusion_core.concept_file import load_concept, save_concept
+from perfusion_core.concept_file import load_concept
+from perfusion_core.concept_writer import save_concept
 
 
 def perfusion_dir(host):

@@ -9,12 +9,8 @@ from pathlib import Path
 import pytest
 from hostile_files import HostileCase, generate_hostile_files, make_sd15_concept
 
-from perfusion_core.concept_file import (
-    ConceptFileError,
-    load_concept,
-    read_concept_metadata,
-    save_concept,
-)
+from perfusion_core.concept_file import ConceptFileError, load_concept, read_concept_metadata
+from perfusion_core.concept_writer import save_concept
 
 PEAK_LIMIT = (
     4 * 2**20

@@ -160,7 +160,7 @@ def test_gates_of_special_tokens_stay_near_zero(perfusion_pack, base_models, toy
 
 
 def test_saved_file_round_trips_and_is_small(perfusion_pack, base_models, toy_pixels, tmp_path):
-    from perfusion_core.concept_file import save_concept
+    from perfusion_core.concept_writer import save_concept
 
     concept = run_trainer(perfusion_pack, base_models, toy_pixels, steps=2).concept
     path = save_concept(concept, tmp_path / "c.safetensors")
