@@ -51,9 +51,10 @@ import torch  # noqa: E402
 
 from benchmarks.host import load_checkpoint, pack, start_host  # noqa: E402
 from harness.sample_images import write_toy_images  # noqa: E402
+from perfusion_core.defaults import COVARIANCE_PROMPTS, INFERENCE_BIAS, INFERENCE_TEMPERATURE  # noqa: E402
 
 WORD, SUPERCLASS = "hugsy", "teddy"
-BETA, TAU = 0.7, 0.15  # inference gate
+BETA, TAU = INFERENCE_BIAS, INFERENCE_TEMPERATURE  # inference gate
 KINDS = ("start", "words", "words_after", "end", "padding", "concept")
 
 # Prompts no generator wrote: the held-out check that does not share the corpus' word lists.
@@ -135,7 +136,7 @@ FULL = Settings(
     grad_accumulation=4,
     resolution=64,
     heldout=200,
-    train_prompts=2000,
+    train_prompts=COVARIANCE_PROMPTS,
     train_ridge=1e-6,
 )
 QUICK = Settings(

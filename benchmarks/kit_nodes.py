@@ -310,7 +310,14 @@ class PerfusionKitGradients:
                 "precision": (["auto", "fp16", "bf16"],),
                 "resolution": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64}),
                 "batch_size": ("INT", {"default": 4, "min": 1, "max": 64}),
-                "covariance_prompts": ("INT", {"default": 2000, "min": 64, "max": 100000}),
+                "covariance_prompts": (
+                    "INT",
+                    {
+                        "default": pack_module("perfusion_core.defaults").COVARIANCE_PROMPTS,
+                        "min": 64,
+                        "max": 100000,
+                    },
+                ),
             }
         }
 

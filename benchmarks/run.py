@@ -26,6 +26,7 @@ import torch  # noqa: E402
 from benchmarks import report, synth  # noqa: E402
 from benchmarks.host import load_checkpoint, median, pack, start_host  # noqa: E402
 from harness.sample_images import write_toy_images  # noqa: E402
+from perfusion_core.defaults import INFERENCE_BIAS, INFERENCE_TEMPERATURE  # noqa: E402
 
 CONCEPT_COUNTS = (1, 2, 4, 8)
 SCALING_COUNTS = (0, 1, 2, 4, 8, 12, 16)
@@ -127,9 +128,9 @@ class Bench:
         loader = self.host.node_class("PerfusionConceptLoader")()
         lora_loader = self.host.node_class("LoraLoader")()
         makers = {
-            f"Perfusion concept ({layout})": lambda: loader.load(model, clip, files[0], 0.7, 0.15, "local")[
-                0
-            ],
+            f"Perfusion concept ({layout})": lambda: loader.load(
+                model, clip, files[0], INFERENCE_BIAS, INFERENCE_TEMPERATURE, "local"
+            )[0],
             f"LoRA rank 16 ({layout})": lambda: lora_loader.load_lora(model, clip, lora, 1.0, 0.0)[0],
         }
         times: dict[str, list[float]] = {k: [] for k in makers}
