@@ -8,8 +8,10 @@ from dataclasses import replace
 
 from ..perfusion_core.concept_file import save_concept
 from ..perfusion_core.training import TrainingConfig, caption_templates, parse_templates
+from ..perfusion_core.training_job import TrainingJob
 from . import folders, previews, train_inputs, trainer
 from .bias_choice import BiasSearch, clip_vision_embedder, sample_curve, with_suggested_bias
+from .denoiser_inputs import native_resolution
 from .host_support import require_host
 from .list_inputs import one_each
 from .loss_plot import loss_curve_image
@@ -99,7 +101,7 @@ class PerfusionTrainConcept:
         concept_word, superclass = concept_word.strip(), superclass.strip()
         image_templates = caption_templates(captions, concept_word, superclass) if captions else ()
         if resolution == 0:
-            resolution = trainer.native_resolution(model)
+            resolution = native_resolution(model)
         config = TrainingConfig(
             steps=steps,
             batch_size=batch_size,
@@ -127,8 +129,7 @@ class PerfusionTrainConcept:
 
             def on_step(step, _loss, run):
                 if step > 0 and step % save_every == 0 and step < config.steps:
-                    info = trainer.concept_info(model, clip, concept_word, superclass, run, resume, step)
-                    save_concept(run.state.to_concept(info), target, overwrite=True)
+                    save_concept(run.concept(step), target, overwrite=True)
                     log.info("Perfusion: checkpoint at step %d written to %s", step, target)
 
             callbacks.append(on_step)
@@ -151,21 +152,18 @@ class PerfusionTrainConcept:
                 callback(step, loss, run)
 
         started = time.perf_counter()
-        result = trainer.train_concept(
-            model,
-            clip,
-            vae,
-            images,
-            mask,
-            concept_word,
-            superclass,
-            config,
+        job = TrainingJob(
+            word=concept_word,
+            superclass=superclass,
+            images=images,
+            config=config,
+            masks=mask,
+            resume=resume,
             covariance_prompts=covariance_prompts,
             gradient_checkpointing=gradient_checkpointing,
             precision=precision,
-            resume=resume,
-            on_step=each_step if callbacks else None,
         )
+        result = trainer.train_concept(model, clip, vae, job, on_step=each_step if callbacks else None)
         summary = (
             f"{concept_word} ({superclass}): {len(result.losses)} steps; loss on the training images "
             f"{result.eval_before:.5f} -> {result.eval_after:.5f}"

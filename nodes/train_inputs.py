@@ -7,8 +7,9 @@ leaves out from OPTIONAL_DEFAULTS, so the widget and the run cannot disagree.
 
 from __future__ import annotations
 
-from ..perfusion_core.defaults import COVARIANCE_PROMPTS, INFERENCE_BIAS, INFERENCE_TEMPERATURE
+from ..perfusion_core.defaults import INFERENCE_BIAS, INFERENCE_TEMPERATURE
 from ..perfusion_core.training import DEFAULT_TEMPLATES, TrainingConfig
+from ..perfusion_core.training_job import TrainingJob
 from . import previews
 from .nodes_loader import CONCEPT_TYPE
 from .precision import PRECISIONS
@@ -150,7 +151,7 @@ OPTIONAL = {
     "gradient_checkpointing": (
         "BOOLEAN",
         {
-            "default": False,
+            "default": TrainingJob.gradient_checkpointing,
             "tooltip": "Recompute activations in backward: less memory, slower.",
         },
     ),
@@ -173,7 +174,7 @@ OPTIONAL = {
     "precision": (
         list(PRECISIONS),
         {
-            "default": "auto",
+            "default": TrainingJob.precision,
             "tooltip": "Dtype the denoiser trains in (trained values stay fp32). auto: the dtype "
             "ComfyUI samples this model in on this device (fp16 on most GPUs, fp32 on a CPU); fp16 "
             "uses dynamic loss scaling. On a CPU keep fp32: half-precision compute was several times slower there.",
@@ -182,7 +183,7 @@ OPTIONAL = {
     "covariance_prompts": (
         "INT",
         {
-            "default": COVARIANCE_PROMPTS,
+            "default": TrainingJob.covariance_prompts,
             "min": 64,
             "max": 100000,
             "tooltip": "Prompts for the text-encoding covariance (cached per model).",
