@@ -27,6 +27,9 @@ from harness.perfusion_graphs import ConceptUse, generate_prompt
 from toyworld import scorer, world
 from toyworld.recipe import Recipe, train_graph, write_photos
 
+# The one-place probe compares the key locks at this bias: a probe setting (its results are labelled
+# with it), equal to the node's default bias but not read from it.
+LOCK_PROBE_BIAS = 0.7
 SHOWN = ("fidelity", "in_place", "alignment", "background", "positions")
 ZORP = world.CONCEPTS["zorp"]
 
@@ -85,9 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         folder = write_photos(q.host.layout.input, ZORP, "probe_centre", recipe.shots, places=("centre",) * 6)
         locked = train(q, "probe_centre", recipe, folder)
         unlocked = train(q, "probe_centre_unlocked", recipe, folder, key_lock=False)
-        arm(q, "local 0.7", [ConceptUse(locked, 0.7)])
-        arm(q, "global 0.7", [ConceptUse(locked, 0.7, key_lock="global")])
-        arm(q, "key lock off 0.7", [ConceptUse(unlocked, 0.7, key_lock="off")])
+        b = LOCK_PROBE_BIAS
+        arm(q, f"local {b}", [ConceptUse(locked, b)])
+        arm(q, f"global {b}", [ConceptUse(locked, b, key_lock="global")])
+        arm(q, f"key lock off {b}", [ConceptUse(unlocked, b, key_lock="off")])
         arm(q, "edits shut (word only)", [ConceptUse(locked, 2.0)])
         return 0
     folder = write_photos(q.host.layout.input, ZORP, "probe", recipe.shots)

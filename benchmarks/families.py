@@ -33,6 +33,7 @@ from harness.fixture_checkpoint import FixtureSpec, import_comfy, unet_shapes
 from harness.paths import comfyui_path
 from perfusion_core.concept import Concept, ConceptInfo
 from perfusion_core.concept_writer import save_concept
+from perfusion_core.defaults import INFERENCE_BIAS, INFERENCE_TEMPERATURE
 from perfusion_core.gated_edit import GatedRank1Edit
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -60,7 +61,7 @@ def time_projections(layers: dict[str, tuple[int, int]], concepts: tuple[int, ..
     edits = {}
     for j in concepts:
         i_star = torch.randn(j, context_dim, generator=generator)
-        edit = GatedRank1Edit(i_star, i_star, [0.7] * j, [0.15] * j)
+        edit = GatedRank1Edit(i_star, i_star, [INFERENCE_BIAS] * j, [INFERENCE_TEMPERATURE] * j)
         edits[j] = [(edit, torch.randn(2 * j, p.out_features, generator=generator)) for p in projections]
 
     def unpatched() -> None:

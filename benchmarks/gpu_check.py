@@ -63,6 +63,7 @@ from harness.paths import repo_root
 from harness.perfusion_graphs import ConceptUse, generate_prompt, train_prompt
 from harness.sample_images import write_toy_images
 from harness.server import ComfyServer
+from perfusion_core.defaults import COVARIANCE_PROMPTS
 
 from . import device_bundle
 from .train_worker import lora_prompt
@@ -102,7 +103,7 @@ class Plan:
 GPU = Plan(
     "full", "sdxl_full", sd15_px=512, sdxl_px=1024, steps=6, batch=4, accumulation=4,
     sdxl_batch=1, sdxl_accumulation=4, sdxl_precision="bf16", sdxl_training=True,
-    precisions=("fp16", "bf16"), gradient_precisions=("fp16", "bf16"), covariance_prompts=2000,
+    precisions=("fp16", "bf16"), gradient_precisions=("fp16", "bf16"), covariance_prompts=COVARIANCE_PROMPTS,
     sample_steps=20, sample_repeats=3, budget_s=420,
 )  # fmt: skip
 # Half precision on a CPU was 10-30x slower than fp32 here, so the CPU run trains in fp32; its

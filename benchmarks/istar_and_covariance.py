@@ -38,7 +38,6 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,11 +46,12 @@ import torch
 
 from benchmarks.host import load_checkpoint, pack, start_host
 from harness.sample_images import write_toy_images
+from perfusion_core.defaults import COVARIANCE_PROMPTS, INFERENCE_BIAS, INFERENCE_TEMPERATURE
+from perfusion_core.gated_edit import GatedRank1Edit
 
 ROOT = Path(__file__).resolve().parents[1]
 
 WORD, SUPERCLASS = "hugsy", "teddy"
-BETA, TAU = 0.7, 0.15  # inference gate
 KINDS = ("start", "words", "words_after", "end", "padding", "concept")
 
 # Prompts no generator wrote: the held-out check that does not share the corpus' word lists.
@@ -133,7 +133,7 @@ FULL = Settings(
     grad_accumulation=4,
     resolution=64,
     heldout=200,
-    train_prompts=2000,
+    train_prompts=COVARIANCE_PROMPTS,
     train_ridge=1e-6,
 )
 QUICK = Settings(
@@ -330,17 +330,6 @@ class Study:
 
         return invert_covariance(self.snapshots[n], ridge=ridge)
 
-    @contextmanager
-    def trained_with(self, c_inv: torch.Tensor):
-        """The trainer reads C⁻¹ through covariance_cache.inverse_covariance: hand it ours."""
-        cache = self.pack.nodes.covariance_cache
-        original = cache.inverse_covariance
-        cache.inverse_covariance = lambda *a, **k: c_inv.clone()
-        try:
-            yield
-        finally:
-            cache.inverse_covariance = original
-
     def pixels(self) -> torch.Tensor:
         from PIL import Image
 
@@ -357,6 +346,7 @@ class Study:
         estimate = getattr(self, "_step_s", 10.0) * self.s.steps + 20
         self.check_budget(estimate)
         from perfusion_core.training import TrainingConfig
+        from perfusion_core.training_job import TrainingJob
 
         config = TrainingConfig(
             steps=self.s.steps,
@@ -374,19 +364,9 @@ class Study:
             drift.append(float((i_star - start).norm() / start.norm()))
 
         t0, cpu0 = time.perf_counter(), time.process_time()
-        with self.trained_with(self.c_inv(self.s.train_prompts, self.s.train_ridge)):
-            result = self.pack.nodes.trainer.train_concept(
-                self.model,
-                self.clip,
-                self.vae,
-                self._pixels,
-                None,
-                WORD,
-                SUPERCLASS,
-                config,
-                covariance_prompts=self.s.train_prompts,
-                on_step=on_step,
-            )
+        c_inv = self.c_inv(self.s.train_prompts, self.s.train_ridge)
+        job = TrainingJob(WORD, SUPERCLASS, self._pixels, config, c_inv=c_inv)
+        result = self.pack.nodes.trainer.train_concept(self.model, self.clip, self.vae, job, on_step=on_step)
         step_s = statistics.median(np.diff(stamps)[1:]) if len(stamps) > 2 else float("nan")
         self._step_s = step_s
         c = result.concept
@@ -462,17 +442,22 @@ def ratios(enc: torch.Tensor, u: torch.Tensor, i_star: torch.Tensor) -> np.ndarr
     return (enc @ u / (i_star @ u)).numpy()
 
 
-def gate(r: np.ndarray) -> np.ndarray:
-    return 1 / (1 + np.exp(-(r - BETA) / TAU))
+def gates(enc: torch.Tensor, u: torch.Tensor, i_star: torch.Tensor) -> np.ndarray:
+    """The gate each encoding gets from the library's own edit at the inference bias and temperature."""
+    edit = GatedRank1Edit(i_star, u, INFERENCE_BIAS, INFERENCE_TEMPERATURE)
+    return edit.gates(enc)[:, 0].double().numpy()
 
 
-def by_kind(r: np.ndarray, kinds: np.ndarray) -> dict:
+def by_kind(enc: torch.Tensor, kinds: np.ndarray, u: torch.Tensor, i_star: torch.Tensor) -> dict:
+    """r and the gate of the encodings `enc`, summarised per token kind."""
+    r, g_all = ratios(enc, u, i_star), gates(enc, u, i_star)
     out = {}
     for k, name in enumerate(KINDS):
-        sel = r[kinds == k]
+        selected = kinds == k
+        sel = r[selected]
         if sel.size == 0:
             continue
-        g = gate(sel)
+        g = g_all[selected]
         out[name] = {
             "n": int(sel.size),
             "r_mean": float(sel.mean()),
@@ -497,12 +482,10 @@ def evaluate_concept(study: Study, run: dict, c_inv: torch.Tensor, c_estimate: t
     i_star = run["i_star"]
     u = c_inv @ i_star.double()
     out = {}
-    enc, kinds = run["concept_enc"]
-    out["concept_prompts"] = by_kind(ratios(enc, u, i_star), kinds)
-    enc, kinds = run["template_enc"]
-    out["training_templates"] = by_kind(ratios(enc, u, i_star), kinds)
+    out["concept_prompts"] = by_kind(*run["concept_enc"], u, i_star)
+    out["training_templates"] = by_kind(*run["template_enc"], u, i_star)
     for name, data in study.held.items():
-        out[name] = by_kind(ratios(data["enc"], u, i_star), data["kinds"])
+        out[name] = by_kind(data["enc"], data["kinds"], u, i_star)
     out["rms_r_heldout"] = {}
     for name, data in study.held.items():
         keep = torch.from_numpy(data["kinds"] != KINDS.index("concept"))  # the superclass word is not noise
@@ -755,7 +738,7 @@ def main() -> int:
         "settings": settings.__dict__,
         "fixture": "tiny random-weight checkpoint (one-level UNet, full-size random CLIP-L): a mechanism "
         "measurement, not a claim about real SD1.5",
-        "gate": {"beta": BETA, "tau": TAU},
+        "gate": {"beta": INFERENCE_BIAS, "tau": INFERENCE_TEMPERATURE},
         "encoding": encoding,
         "heldout_prompts": heldout,
         "part_a": part_a(study, runs, untrained),

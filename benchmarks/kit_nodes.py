@@ -310,21 +310,29 @@ class PerfusionKitGradients:
                 "precision": (["auto", "fp16", "bf16"],),
                 "resolution": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64}),
                 "batch_size": ("INT", {"default": 4, "min": 1, "max": 64}),
-                "covariance_prompts": ("INT", {"default": 2000, "min": 64, "max": 100000}),
+                "covariance_prompts": (
+                    "INT",
+                    {
+                        "default": pack_module("perfusion_core.defaults").COVARIANCE_PROMPTS,
+                        "min": 64,
+                        "max": 100000,
+                    },
+                ),
             }
         }
 
     def compare(self, model, clip, vae, images, precision, resolution, batch_size, covariance_prompts):
         training = pack_module("perfusion_core.training")
         trainer = pack_module("nodes.trainer")
+        jobs = pack_module("perfusion_core.training_job")
         config = training.TrainingConfig(steps=1, batch_size=batch_size, resolution=resolution, seed=0)
         grads, dtypes = {}, {}
         for choice in (precision, "fp32"):
             with torch.inference_mode(False), torch.enable_grad():
-                with trainer.open_run(
-                    model, clip, vae, images, None, "hugsy", "teddy", config,
-                    covariance_prompts=covariance_prompts, precision=choice,
-                ) as run:  # fmt: skip
+                job = jobs.TrainingJob(
+                    "hugsy", "teddy", images, config, covariance_prompts=covariance_prompts, precision=choice
+                )
+                with trainer.open_run(model, clip, vae, job) as run:
                     generator = torch.Generator().manual_seed(0)
                     batch = training.plan_batch(generator, run.n_images, config.templates, batch_size, 0.5)
                     grads[choice] = run.gradients(batch, run.noise(batch_size, generator))

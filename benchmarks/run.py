@@ -22,6 +22,7 @@ import torch
 from benchmarks import report, synth
 from benchmarks.host import load_checkpoint, median, pack, start_host
 from harness.sample_images import write_toy_images
+from perfusion_core.defaults import INFERENCE_BIAS, INFERENCE_TEMPERATURE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,9 +126,9 @@ class Bench:
         loader = self.host.node_class("PerfusionConceptLoader")()
         lora_loader = self.host.node_class("LoraLoader")()
         makers = {
-            f"Perfusion concept ({layout})": lambda: loader.load(model, clip, files[0], 0.7, 0.15, "local")[
-                0
-            ],
+            f"Perfusion concept ({layout})": lambda: loader.load(
+                model, clip, files[0], INFERENCE_BIAS, INFERENCE_TEMPERATURE, "local"
+            )[0],
             f"LoRA rank 16 ({layout})": lambda: lora_loader.load_lora(model, clip, lora, 1.0, 0.0)[0],
         }
         times: dict[str, list[float]] = {k: [] for k in makers}

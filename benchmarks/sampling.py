@@ -14,6 +14,8 @@ import comfy.model_management
 import comfy.sample
 import torch
 
+from perfusion_core.defaults import INFERENCE_BIAS, INFERENCE_TEMPERATURE
+
 from . import synth
 from .host import PeakRss, median
 
@@ -80,7 +82,7 @@ def prepare(
         model = host.node_class("LoraLoader")().load_lora(model, clip, lora_name, 1.0, 0.0)[0]
     loader = host.node_class("PerfusionConceptLoader")()
     for name in concept_files[: variant.concepts]:
-        model, clip = loader.load(model, clip, name, 0.7, 0.15, variant.lock)
+        model, clip = loader.load(model, clip, name, INFERENCE_BIAS, INFERENCE_TEMPERATURE, variant.lock)
     words = synth.concept_words(variant.concepts) if variant.concepts else ["teddy"]
     encode = host.node_class("CLIPTextEncode")()
     positive = encode.encode(clip, prompt_text(words, tokens))[0]

@@ -5,14 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from perfusion_core.defaults import INFERENCE_BIAS, INFERENCE_TEMPERATURE, TRAIN_BIAS, TRAIN_TEMPERATURE
+
 
 @dataclass(frozen=True)
 class ConceptUse:
     """One 'Load Perfusion Concept' node in a chain."""
 
     file: str
-    bias: float = 0.7
-    temperature: float = 0.15
+    bias: float = INFERENCE_BIAS
+    temperature: float = INFERENCE_TEMPERATURE
     key_lock: str = "local"
     bias_end: float | None = None  # set: a linear bias schedule from `bias` to this
 
@@ -90,8 +92,8 @@ def train_prompt(
         "grad_accumulation": grad_accumulation,
         "lr_v": lr_v,
         "lr_embedding": lr_embedding,
-        "train_bias": 0.75,
-        "train_temperature": 0.10,
+        "train_bias": TRAIN_BIAS,
+        "train_temperature": TRAIN_TEMPERATURE,
         "resolution": resolution,
         "flip": True,
         "seed": seed,

@@ -3,24 +3,23 @@
 
 from __future__ import annotations
 
+from perfusion_core.training_job import TrainingJob
+
 WORD, SUPERCLASS = "hugsy", "teddy"
 COVARIANCE_PROMPTS = 128
 
 
-def _arguments(models, pixels, config) -> tuple:
-    """The trainer's positional arguments: (MODEL, CLIP, VAE), an IMAGE batch, no masks."""
-    model, clip, vae = models
-    return model, clip, vae, pixels, None, WORD, SUPERCLASS, config
+def job(pixels, config, **options) -> TrainingJob:
+    """The job on an IMAGE batch, no masks; `options` are TrainingJob's other fields
+    (gradient_checkpointing, precision, resume)."""
+    return TrainingJob(WORD, SUPERCLASS, pixels, config, covariance_prompts=COVARIANCE_PROMPTS, **options)
 
 
 def open_run(pack, models, pixels, config, **options):
-    """`trainer.open_run`; `options` are its keywords (gradient_checkpointing, precision, resume).
-    Use it as a context manager."""
-    args = _arguments(models, pixels, config)
-    return pack.nodes.trainer.open_run(*args, covariance_prompts=COVARIANCE_PROMPTS, **options)
+    """`trainer.open_run` on (MODEL, CLIP, VAE); `options` as for `job`. Use it as a context manager."""
+    return pack.nodes.trainer.open_run(*models, job(pixels, config, **options))
 
 
-def train(pack, models, pixels, config, **options):
-    """`trainer.train_concept`; `options` also take `on_step`."""
-    args = _arguments(models, pixels, config)
-    return pack.nodes.trainer.train_concept(*args, covariance_prompts=COVARIANCE_PROMPTS, **options)
+def train(pack, models, pixels, config, on_step=None, **options):
+    """`trainer.train_concept` on (MODEL, CLIP, VAE); `options` as for `job`."""
+    return pack.nodes.trainer.train_concept(*models, job(pixels, config, **options), on_step=on_step)

@@ -12,6 +12,7 @@ import comfy.utils
 import torch
 
 from ..perfusion_core.concept import Concept
+from ..perfusion_core.defaults import INFERENCE_TEMPERATURE
 from ..perfusion_core.operating_point import (
     GRID,
     ImageEmbedder,
@@ -33,7 +34,7 @@ class BiasSearch:
     seeds: int = 4
     seed: int = 0  # the first seed; the others follow it
     prompt: str = "a photo of a {}"
-    temperature: float = 0.15
+    temperature: float = INFERENCE_TEMPERATURE
     key_lock: str = "local"
     sampling: Sampling = Sampling(size=512, steps=20)
 

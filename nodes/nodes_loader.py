@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..perfusion_core.concept_file import load_concept
+from ..perfusion_core.defaults import INFERENCE_BIAS, INFERENCE_TEMPERATURE
 from . import folders
 from .apply import LOCK_MODES, apply_concept
 
@@ -12,7 +13,7 @@ _GATE_INPUTS = {
     "bias": (
         "FLOAT",
         {
-            "default": 0.70,
+            "default": INFERENCE_BIAS,
             "min": -1.0,
             "max": 2.0,
             "step": 0.01,
@@ -24,12 +25,12 @@ _GATE_INPUTS = {
     "temperature": (
         "FLOAT",
         {
-            "default": 0.15,
+            "default": INFERENCE_TEMPERATURE,
             "min": 0.01,
             "max": 1.0,
             "step": 0.01,
             "tooltip": "Gate temperature τ: how sharply the gate switches between unrelated tokens (off) "
-            "and the concept word (on). 0.15 is the paper's inference setting.",
+            f"and the concept word (on). {INFERENCE_TEMPERATURE:g} is the paper's inference setting.",
         },
     ),
     "key_lock": (

@@ -7,14 +7,15 @@ import time
 from dataclasses import replace
 
 from ..perfusion_core.concept_writer import save_concept
-from ..perfusion_core.training import DEFAULT_TEMPLATES, TrainingConfig, caption_templates, parse_templates
-from . import folders, previews, trainer
+from ..perfusion_core.training import TrainingConfig, caption_templates, parse_templates
+from ..perfusion_core.training_job import TrainingJob
+from . import folders, previews, train_inputs, trainer
 from .bias_choice import BiasSearch, clip_vision_embedder, sample_curve, with_suggested_bias
+from .denoiser_inputs import native_resolution
 from .host_support import require_host
 from .list_inputs import one_each
 from .loss_plot import loss_curve_image
 from .nodes_loader import CONCEPT_TYPE
-from .precision import PRECISIONS
 
 log = logging.getLogger("comfyui-perfusion")
 
@@ -51,251 +52,18 @@ class PerfusionTrainConcept:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "The base model (left unchanged)."}),
-                "clip": ("CLIP", {"tooltip": "Its text encoder (left unchanged)."}),
-                "vae": ("VAE", {"tooltip": "Encodes the training images to latents."}),
-                "images": (
-                    "IMAGE",
-                    {
-                        "tooltip": "3–10 images of the object: a batch, or a dataset node's list (e.g. "
-                        "Load Image Dataset from Folder). Any sizes: each image is centre-cropped to a "
-                        "square and resized to the training resolution on its own."
-                    },
-                ),
-                "concept_word": (
-                    "STRING",
-                    {"default": "hugsy", "tooltip": "A new made-up word that will mean your object."},
-                ),
-                "superclass": (
-                    "STRING",
-                    {
-                        "default": "teddy",
-                        "tooltip": "What the object is, as one vocabulary word (keys lock to it).",
-                    },
-                ),
-                "steps": ("INT", {"default": 400, "min": 1, "max": 100000, "tooltip": "Optimizer steps."}),
-                "batch_size": (
-                    "INT",
-                    {"default": 4, "min": 1, "max": 64, "tooltip": "Images per micro-batch."},
-                ),
-                "grad_accumulation": (
-                    "INT",
-                    {"default": 4, "min": 1, "max": 64, "tooltip": "Micro-batches per optimizer step."},
-                ),
-                "lr_v": (
-                    "FLOAT",
-                    {
-                        "default": 0.03,
-                        "min": 0.0,
-                        "max": 1.0,
-                        "step": 0.001,
-                        "tooltip": "Learning rate of the V targets.",
-                    },
-                ),
-                "lr_embedding": (
-                    "FLOAT",
-                    {
-                        "default": 0.006,
-                        "min": 0.0,
-                        "max": 1.0,
-                        "step": 0.0001,
-                        "tooltip": "Learning rate of the word embedding.",
-                    },
-                ),
-                "train_bias": (
-                    "FLOAT",
-                    {
-                        "default": 0.75,
-                        "min": -1.0,
-                        "max": 2.0,
-                        "step": 0.01,
-                        "tooltip": "Gate β while training.",
-                    },
-                ),
-                "train_temperature": (
-                    "FLOAT",
-                    {
-                        "default": 0.10,
-                        "min": 0.01,
-                        "max": 1.0,
-                        "step": 0.01,
-                        "tooltip": "Gate τ while training.",
-                    },
-                ),
-                "resolution": (
-                    "INT",
-                    {
-                        "default": 0,
-                        "min": 0,
-                        "max": 2048,
-                        "step": 64,
-                        "tooltip": "Training image size; 0 = the model's native size (512 for SD1.x, "
-                        "768 for v-prediction SD2.x, 1024 for the SDXL family).",
-                    },
-                ),
-                "flip": (
-                    "BOOLEAN",
-                    {"default": True, "tooltip": "Random horizontal flips (off for asymmetric objects)."},
-                ),
-                "seed": (
-                    "INT",
-                    {
-                        "default": 0,
-                        "min": 0,
-                        "max": 0xFFFFFFFFFFFFFFFF,
-                        # declared, not only implied by the name "seed": the 0.33 frontend counts a
-                        # saved node's values by it, and shifts them when it is missing
-                        "control_after_generate": True,
-                        "tooltip": "Same seed, same device: same concept.",
-                    },
-                ),
-                "templates": (
-                    "STRING",
-                    {
-                        "multiline": True,
-                        "default": "\n".join(DEFAULT_TEMPLATES),
-                        "tooltip": "Training prompts, one per line; '{}' is the word.",
-                    },
-                ),
-            },
-            "optional": {
-                "mask": ("MASK", {"tooltip": "Optional object masks, one per image (zero-shot mask loss)."}),
-                "captions": (
-                    "STRING",
-                    {
-                        "forceInput": True,
-                        "tooltip": "Optional captions, one per image (e.g. from Load Image and Text Dataset "
-                        "from Folder): each image trains with its caption instead of the templates. A "
-                        "caption without the concept word gets it in place of its first superclass word "
-                        "('a teddy on a bench' -> 'a hugsy on a bench'), else as 'a photo of a hugsy, "
-                        "<caption>'.",
-                    },
-                ),
-                "resume": (
-                    CONCEPT_TYPE,
-                    {"tooltip": "Continue training this concept instead of starting anew."},
-                ),
-                "gradient_checkpointing": (
-                    "BOOLEAN",
-                    {"default": False, "tooltip": "Recompute activations in backward: less memory, slower."},
-                ),
-                "save_every": (
-                    "INT",
-                    {
-                        "default": 0,
-                        "min": 0,
-                        "max": 100000,
-                        "tooltip": "Write a checkpoint every N steps (0 = off).",
-                    },
-                ),
-                "checkpoint_name": (
-                    "STRING",
-                    {
-                        "default": "",
-                        "tooltip": "Checkpoint file in models/perfusion, replaced at each save (default: <concept word>_checkpoint).",
-                    },
-                ),
-                "precision": (
-                    list(PRECISIONS),
-                    {
-                        "default": "auto",
-                        "tooltip": "Dtype the denoiser trains in (trained values stay fp32). auto: the dtype "
-                        "ComfyUI samples this model in on this device (fp16 on most GPUs, fp32 on a CPU); fp16 "
-                        "uses dynamic loss scaling. On a CPU keep fp32: half-precision compute was several times slower there.",
-                    },
-                ),
-                "covariance_prompts": (
-                    "INT",
-                    {
-                        "default": 2000,
-                        "min": 64,
-                        "max": 100000,
-                        "tooltip": "Prompts for the text-encoding covariance (cached per model).",
-                    },
-                ),
-                "preview_every": (
-                    "INT",
-                    {
-                        "default": 0,
-                        "min": 0,
-                        "max": 100000,
-                        "tooltip": "Sample the validation prompts at step 0 and every N steps (and the last), "
-                        f"shown on this node and returned as 'previews' (0 = off; at most {previews.MAX_POINTS} "
-                        "preview steps: a smaller N is widened).",
-                    },
-                ),
-                "validation_prompts": (
-                    "STRING",
-                    {
-                        "multiline": True,
-                        "default": previews.DEFAULT_VALIDATION_PROMPTS,
-                        "tooltip": "Preview prompts, one per line; '{}' is the concept word. Prompt k uses "
-                        f"seed k at every preview step. At most {previews.MAX_PROMPTS}.",
-                    },
-                ),
-                "preview_size": (
-                    "INT",
-                    {
-                        "default": 512,
-                        "min": 64,
-                        "max": 2048,
-                        "step": 64,
-                        "tooltip": "Preview image size in pixels (square): 512 for SD1.x, 768 for SD2.x "
-                        "768-v, 1024 for the SDXL family (their own sizes; smaller ones change the picture).",
-                    },
-                ),
-                "preview_steps": (
-                    "INT",
-                    {
-                        "default": 15,
-                        "min": 1,
-                        "max": 50,
-                        "tooltip": f"Sampler steps per preview ({previews.SAMPLER}, {previews.SCHEDULER} "
-                        f"scheduler, cfg {previews.CFG:g}, empty negative, the concept at bias 0.70 / "
-                        "temperature 0.15 as Apply Perfusion Concept uses it).",
-                    },
-                ),
-                "key_lock": (
-                    "BOOLEAN",
-                    {
-                        "default": True,
-                        "tooltip": "Lock the concept word's keys to the superclass (Perfusion). Off trains "
-                        "with K unedited, the ablation the lock is measured against; load such a concept "
-                        "with key_lock 'off'.",
-                    },
-                ),
-                "weight_decay": (
-                    "FLOAT",
-                    {
-                        "default": TrainingConfig.weight_decay,
-                        "min": 0.0,
-                        "max": 1.0,
-                        "step": 0.001,
-                        "tooltip": "AdamW weight decay of the trained tensors. It pulls the V targets toward "
-                        "0, not toward the superclass's values where they start, so the default is none.",
-                    },
-                ),
-                "clip_vision": (
-                    "CLIP_VISION",
-                    {
-                        "tooltip": "Connect a CLIP vision model to choose the concept's suggested bias after "
-                        "training, as 'Choose Perfusion Bias' does with its defaults (local key lock) at the "
-                        "training resolution. Takes (1 + biases) x seeds extra samplings.",
-                    },
-                ),
-            },
-        }
+        return {"required": dict(train_inputs.REQUIRED), "optional": dict(train_inputs.OPTIONAL)}
 
     def train(self, images, mask=None, captions=None, **inputs):
         """Lists in (INPUT_IS_LIST): `images`, `mask` and `captions` may hold many items (all train one
         concept); every other input must be one value."""
         single = one_each(inputs, listed="images, mask and captions")
-        return self._train(images=images, mask=mask, captions=captions, **single)
+        settings = {**train_inputs.OPTIONAL_DEFAULTS, **single}
+        return self._train(images=images, mask=mask, captions=captions, **settings)
 
     def _train(
         self,
+        *,
         model,
         clip,
         vae,
@@ -313,27 +81,27 @@ class PerfusionTrainConcept:
         flip,
         seed,
         templates,
-        mask=None,
-        captions=None,
-        resume=None,
-        gradient_checkpointing=False,
-        save_every=0,
-        checkpoint_name="",
-        covariance_prompts=2000,
-        precision="auto",
-        preview_every=0,
-        validation_prompts=previews.DEFAULT_VALIDATION_PROMPTS,
-        preview_size=512,
-        preview_steps=15,
-        key_lock=True,
-        weight_decay=TrainingConfig.weight_decay,
-        clip_vision=None,
+        mask,
+        captions,
+        resume,
+        gradient_checkpointing,
+        save_every,
+        checkpoint_name,
+        covariance_prompts,
+        precision,
+        preview_every,
+        validation_prompts,
+        preview_size,
+        preview_steps,
+        key_lock,
+        weight_decay,
+        clip_vision,
     ):
         require_host()
         concept_word, superclass = concept_word.strip(), superclass.strip()
         image_templates = caption_templates(captions, concept_word, superclass) if captions else ()
         if resolution == 0:
-            resolution = trainer.native_resolution(model)
+            resolution = native_resolution(model)
         config = TrainingConfig(
             steps=steps,
             batch_size=batch_size,
@@ -342,7 +110,7 @@ class PerfusionTrainConcept:
             lr_embedding=lr_embedding,
             beta=train_bias,
             tau=train_temperature,
-            flip_probability=0.5 if flip else 0.0,
+            flip_probability=TrainingConfig.flip_probability if flip else 0.0,
             resolution=resolution,
             seed=seed,
             templates=tuple(dict.fromkeys(image_templates)) or parse_templates(templates),
@@ -361,8 +129,7 @@ class PerfusionTrainConcept:
 
             def on_step(step, _loss, run):
                 if step > 0 and step % save_every == 0 and step < config.steps:
-                    info = trainer.concept_info(model, clip, concept_word, superclass, run, resume, step)
-                    save_concept(run.state.to_concept(info), target, overwrite=True)
+                    save_concept(run.concept(step), target, overwrite=True)
                     log.info("Perfusion: checkpoint at step %d written to %s", step, target)
 
             callbacks.append(on_step)
@@ -385,21 +152,18 @@ class PerfusionTrainConcept:
                 callback(step, loss, run)
 
         started = time.perf_counter()
-        result = trainer.train_concept(
-            model,
-            clip,
-            vae,
-            images,
-            mask,
-            concept_word,
-            superclass,
-            config,
+        job = TrainingJob(
+            word=concept_word,
+            superclass=superclass,
+            images=images,
+            config=config,
+            masks=mask,
+            resume=resume,
             covariance_prompts=covariance_prompts,
             gradient_checkpointing=gradient_checkpointing,
             precision=precision,
-            resume=resume,
-            on_step=each_step if callbacks else None,
         )
+        result = trainer.train_concept(model, clip, vae, job, on_step=each_step if callbacks else None)
         summary = (
             f"{concept_word} ({superclass}): {len(result.losses)} steps; loss on the training images "
             f"{result.eval_before:.5f} -> {result.eval_after:.5f}"

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import comfy.model_management
 import comfy.utils
@@ -26,7 +26,8 @@ import torch
 from comfy.cli_args import args
 from PIL import Image
 
-from ..perfusion_core.concept import Concept, ConceptInfo
+from ..perfusion_core.concept import Concept
+from ..perfusion_core.defaults import INFERENCE_BIAS, INFERENCE_TEMPERATURE
 from .sampling import CFG, SAMPLER, SCHEDULER, Sampling, encode, sample_image
 
 log = logging.getLogger("comfyui-perfusion")
@@ -94,8 +95,7 @@ def inference_gate(resume: Concept | None) -> tuple[float, float]:
     """(β, τ) a concept is generated with: its suggested local-lock bias and temperature."""
     if resume is not None:
         return resume.info.suggested_beta_local, resume.info.suggested_tau
-    defaults = {f.name: f.default for f in fields(ConceptInfo)}
-    return defaults["suggested_beta_local"], defaults["suggested_tau"]
+    return INFERENCE_BIAS, INFERENCE_TEMPERATURE
 
 
 def placeholder() -> torch.Tensor:

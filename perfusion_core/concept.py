@@ -6,6 +6,14 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .defaults import (
+    INFERENCE_BIAS,
+    INFERENCE_BIAS_GLOBAL,
+    INFERENCE_TEMPERATURE,
+    TRAIN_BIAS,
+    TRAIN_TEMPERATURE,
+)
+
 FORMAT_VERSION = "2"  # 2: the word embedding may span several text encoders (SDXL)
 
 
@@ -17,11 +25,11 @@ class ConceptInfo:
     superclass: str
     model_family: str
     encoder_fingerprint: str
-    train_beta: float = 0.75
-    train_tau: float = 0.10
-    suggested_beta_local: float = 0.70
-    suggested_beta_global: float = 0.50
-    suggested_tau: float = 0.15
+    train_beta: float = TRAIN_BIAS
+    train_tau: float = TRAIN_TEMPERATURE
+    suggested_beta_local: float = INFERENCE_BIAS
+    suggested_beta_global: float = INFERENCE_BIAS_GLOBAL
+    suggested_tau: float = INFERENCE_TEMPERATURE
     steps: int = 0
     training_settings: dict[str, str] = field(default_factory=dict)
     # The text-encoder layer the concept was trained on, counted as CLIP Set Last Layer counts

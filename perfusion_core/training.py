@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from .concept import Concept, ConceptInfo
 from .concept_set import Projection, ProjectionPlan
+from .defaults import TRAIN_BIAS, TRAIN_TEMPERATURE
 from .gated_edit import GatedRank1Edit
 
 DEFAULT_TEMPLATES = (
@@ -62,8 +63,8 @@ class TrainingConfig:
     # AdamW's decay pulls o*_V toward 0, not toward W_V ī_super where it starts: 0.01 shrinks the
     # targets by ~11 % over 400 steps at lr 0.03 whatever the data say, so training uses none.
     weight_decay: float = 0.0
-    beta: float = 0.75
-    tau: float = 0.10
+    beta: float = TRAIN_BIAS
+    tau: float = TRAIN_TEMPERATURE
     i_star_momentum: float = 0.99
     # EMA of i* after every micro-batch (as the reference code does; ~25-step window at 4 micro-batches)
     # rather than every optimizer step (~100): measured better, benchmarks/README.md "i* and C".

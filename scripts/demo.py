@@ -30,6 +30,8 @@ from pathlib import Path
 from harness.demo_steps import Progress, copy_image, labelled_row, run
 from harness.paths import use_cpu
 from harness.perfusion_graphs import ConceptUse, generate_prompt, train_prompt
+from perfusion_core.defaults import COVARIANCE_PROMPTS
+from perfusion_core.training import TrainingConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,7 +69,18 @@ def choose_settings(quick: bool, steps: int | None) -> Settings:
     if quick:
         s = Settings(4, 1, 1, 0.3, 0.02, 64, 64, 2, 64, biases=(0.4, 0.8))
     else:
-        s = Settings(400, 4, 4, 0.03, 0.006, 512, 2000, 30, 512)
+        paper = TrainingConfig()
+        s = Settings(
+            paper.steps,
+            paper.batch_size,
+            paper.grad_accumulation,
+            paper.lr_v,
+            paper.lr_embedding,
+            paper.resolution,
+            COVARIANCE_PROMPTS,
+            30,
+            512,
+        )
     if steps is not None:
         s = dataclasses.replace(s, train_steps=steps)
     return s
@@ -233,7 +246,7 @@ def real_checkpoint_demo(args: argparse.Namespace, out: Path, startup: _StartupF
     )
 
     zorbo = train(host, ckpt, ZORBO, s, out, progress)
-    uses = [ConceptUse(hugsy, bias=0.7), ConceptUse(zorbo, bias=0.7)]
+    uses = [ConceptUse(hugsy), ConceptUse(zorbo)]  # at the inference bias
     both = f"a photo of {HUGSY.word} and {ZORBO.word} on the beach"
     result = generate(host, ckpt, uses, both, s, progress, "two concepts")
     written.append(copy_image(host, result, "9", out / "hugsy_and_zorbo.png"))

@@ -13,6 +13,7 @@ import torch
 from harness.fixture_checkpoint import fixture_checkpoint
 from harness.perfusion_graphs import ConceptUse, generate_prompt, train_prompt
 from perfusion_core.concept_file import load_concept, read_concept_metadata
+from perfusion_core.training_job import TrainingJob
 from tests.conftest import CONCEPTS, train_test_concepts
 
 SDXL_ENCODERS = (("l", 768), ("g", 1280))
@@ -194,9 +195,8 @@ def test_training_previews_encode_with_the_superclass_pooled_vector(perfusion_pa
     text = "a photo of hugsy on the beach"
     _, super_pooled = encode(clip, "a photo of teddy on the beach")
     with torch.inference_mode(False), torch.enable_grad():
-        with perfusion_pack.nodes.trainer.open_run(
-            model, clip, vae, toy_pixels, None, "hugsy", "teddy", config, covariance_prompts=64
-        ) as run:
+        job = TrainingJob("hugsy", "teddy", toy_pixels, config, covariance_prompts=64)
+        with perfusion_pack.nodes.trainer.open_run(model, clip, vae, job) as run:
             # superclass-initialised embeddings: the word's pooled vector differs only by its position
             with torch.no_grad():
                 for p in run.state.token_embeddings:
@@ -284,9 +284,8 @@ def test_v_prediction_training_loss_is_the_v_objective(perfusion_pack, sd2, toy_
     config = TrainingConfig(steps=1, batch_size=2, resolution=64, templates=("a photo of a {}",))
     trainer = perfusion_pack.nodes.trainer
     with torch.inference_mode(False), torch.enable_grad():
-        with trainer.open_run(
-            vmodel, clip, vae, toy_pixels, None, "hugsy", "teddy", config, covariance_prompts=64
-        ) as run:
+        job = TrainingJob("hugsy", "teddy", toy_pixels, config, covariance_prompts=64)
+        with trainer.open_run(vmodel, clip, vae, job) as run:
             assert isinstance(run.sampling, comfy.model_sampling.V_PREDICTION)
             assert run.model.model.model_sampling is run.sampling  # what apply_model uses
             batch = BatchPlan([0, 1], [False, False], ["a photo of a {}"] * 2, torch.tensor([0.3, 0.7]))

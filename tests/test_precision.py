@@ -16,6 +16,7 @@ import torch
 
 from harness import training_runs
 from perfusion_core.training import BatchPlan, TrainingConfig
+from perfusion_core.training_job import TrainingJob
 
 TEMPLATES = ("a photo of a {}", "a good photo of the {}")
 HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -224,9 +225,8 @@ def train(pack, model_set, pixels, cfg, snapshot_at: int):
             )
 
     model, clip, vae = model_set
-    result = pack.nodes.trainer.train_concept(
-        model, clip, vae, pixels, None, "hugsy", "teddy", cfg, covariance_prompts=128, on_step=on_step
-    )
+    job = TrainingJob("hugsy", "teddy", pixels, cfg, covariance_prompts=128)
+    result = pack.nodes.trainer.train_concept(model, clip, vae, job, on_step=on_step)
     return result, snapshot["at"]
 
 
@@ -257,9 +257,8 @@ def test_fp16_overflow_skips_the_step_and_says_so(perfusion_pack, models, toy_pi
     stay where they started, and the log names each skipped step and the count."""
     model, clip, vae = models["fp16"]
     with caplog.at_level("WARNING", logger="comfyui-perfusion"):
-        result = perfusion_pack.nodes.trainer.train_concept(
-            model, clip, vae, toy_pixels, None, "hugsy", "teddy", config(2, 1e30), covariance_prompts=128
-        )
+        job = TrainingJob("hugsy", "teddy", toy_pixels, config(2, 1e30), covariance_prompts=128)
+        result = perfusion_pack.nodes.trainer.train_concept(model, clip, vae, job)
     assert "step 1 skipped: fp16 gradients overflowed" in caplog.text
     assert "2 of 2 steps skipped for fp16 overflow" in caplog.text
     concept = result.concept
@@ -314,19 +313,10 @@ def test_a_run_leaves_no_patch_on_the_shared_model(
 
     if ending == "failed":
         monkeypatch.setattr(trainer.TrainingRun, "_init_v_targets", fail)
+    job = TrainingJob("hugsy", "teddy", toy_pixels, config(2), covariance_prompts=128, precision=precision)
     try:
         result = trainer.train_concept(
-            model,
-            clip,
-            vae,
-            toy_pixels,
-            None,
-            "hugsy",
-            "teddy",
-            config(2),
-            covariance_prompts=128,
-            precision=precision,
-            on_step=stop if ending == "interrupted" else None,
+            model, clip, vae, job, on_step=stop if ending == "interrupted" else None
         )
     except (comfy.model_management.InterruptProcessingException, RuntimeError) as e:
         assert ending != "finished", e

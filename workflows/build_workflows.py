@@ -34,6 +34,13 @@ from typing import Any
 
 import requests
 
+from perfusion_core.defaults import (
+    COVARIANCE_PROMPTS,
+    INFERENCE_BIAS,
+    INFERENCE_TEMPERATURE,
+    TRAIN_BIAS,
+    TRAIN_TEMPERATURE,
+)
 from workflows.thumbnails import render
 from workflows.ui_format import (
     CURRENT_FRONTEND,
@@ -123,7 +130,13 @@ class Builder:
         return self.add("CheckpointLoaderSimple", ckpt_name=self.ckpt, **hints)
 
     def loader(
-        self, model: list, clip: list, concept: str, bias: float = 0.7, key_lock: str = "local", **hints
+        self,
+        model: list,
+        clip: list,
+        concept: str,
+        bias: float = INFERENCE_BIAS,
+        key_lock: str = "local",
+        **hints,
     ) -> str:
         return self.add(
             "PerfusionConceptLoader",
@@ -131,7 +144,7 @@ class Builder:
             clip=clip,
             concept_name=concept,
             bias=bias,
-            temperature=0.15,
+            temperature=INFERENCE_TEMPERATURE,
             key_lock=key_lock,
             bias_mode="widget",
             bias_schedule="constant",
@@ -293,8 +306,8 @@ def train_and_generate(
         grad_accumulation=settings["grad_accumulation"],
         lr_v=0.03,
         lr_embedding=0.006,
-        train_bias=0.75,
-        train_temperature=0.1,
+        train_bias=TRAIN_BIAS,
+        train_temperature=TRAIN_TEMPERATURE,
         resolution=b.size,
         flip=True,
         seed=0,
@@ -303,7 +316,7 @@ def train_and_generate(
         save_every=0,
         checkpoint_name="",
         precision="auto",
-        covariance_prompts=2000,
+        covariance_prompts=COVARIANCE_PROMPTS,
         preview_every=100,
         validation_prompts="a photo of {}\n{} on the beach",
         preview_size=b.size,
@@ -328,12 +341,12 @@ def train_and_generate(
         model=link(ckpt, 0),
         clip=link(ckpt, 1),
         concept=link(trainer, 0),
-        bias=0.7,
-        temperature=0.15,
+        bias=INFERENCE_BIAS,
+        temperature=INFERENCE_TEMPERATURE,
         key_lock="local",
         bias_mode="widget",
         bias_schedule="constant",
-        bias_end=0.7,
+        bias_end=INFERENCE_BIAS,
         group=gen,
         column=4,
     )
@@ -351,7 +364,7 @@ def train_and_generate(
         f"({more}). Training runs on ComfyUI's device with a progress bar; Cancel stops "
         f"it. The concept is saved as models/perfusion/{save_name}.safetensors (set overwrite to replace it) and "
         "used right away by Apply Perfusion Concept.\n\nPreviews: the validation prompts are sampled at step "
-        "0 and every 100 steps (preview_every; 0 = off) as generation will show the concept (bias 0.70), one "
+        f"0 and every 100 steps (preview_every; 0 = off) as generation will show the concept (bias {INFERENCE_BIAS:.2f}), one "
         "fixed seed per prompt; they show on the training node while it runs and in 'Previews' "
         "after. Training again with steps = N and the same seed gives the concept of the step-N preview."
     )
