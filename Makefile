@@ -5,7 +5,7 @@ export COMFYUI_PATH ?=
 # The ComfyUI hosts `make test-hosts` runs the compatibility subset (pytest -m hosts) on.
 HOSTS ?= 0.33.0 0.16.4 0.3.75 2024-12
 
-.PHONY: setup test test-fast test-hosts demo serve bench bench-families bench-quality bench-choose-bias device-kit toyworld toyworld-eval lint format clean
+.PHONY: setup test test-fast test-hosts demo serve bench bench-families bench-quality bench-choose-bias workflows device-kit toyworld toyworld-eval lint format clean
 
 setup:
 	@bash scripts/setup_env.sh
@@ -48,6 +48,11 @@ bench-quality: setup
 # The bias chooser against the toy world's scorer, 6 concepts (~50 min on 2 CPU cores)
 bench-choose-bias: setup
 	$(PY) -m benchmarks.choose_bias $(BENCH_ARGS)
+
+# Rewrites the shipped workflows (workflows/*.json, their API twins and thumbnails) from
+# workflows/build_workflows.py; WORKFLOW_ARGS="--check" only lists the files that are out of date.
+workflows: setup
+	$(PY) -m workflows.build_workflows $(WORKFLOW_ARGS)
 
 # The device kit for a lent GPU machine: .kit/ (wheels + host), its checks, and the call to make.
 device-kit: setup

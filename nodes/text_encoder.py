@@ -14,6 +14,10 @@ cond for the K projections, the encoding of the prompt with the globally locked 
 
 The gate recognises a concept word by its encoding at the text-encoder layer it was trained on, so
 a prompt with the word encoded at another layer (CLIP Set Last Layer) is refused, not mis-applied.
+
+It is longer than the pack's other modules (~450 lines) on purpose: it is the one place that reads
+ComfyUI's tokenizer and text-encoder internals (inner tokenizers, `embedding:` lookup, layer
+indices), so when a release changes them (as 0.28 did), this file is the one to probe and mend.
 """
 
 from __future__ import annotations
