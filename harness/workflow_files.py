@@ -29,7 +29,6 @@ __all__ = [
     "for_fixture",
     "missing_classes",
     "train_fixture_concepts",
-    "ui_for_fixture",
     "ui_workflow",
     "workflow_set_for",
     "workflows_dir",
@@ -144,17 +143,6 @@ def for_fixture(prompt: Mapping[str, Mapping], values: FixtureValues) -> dict:
                 raise ValueError(f"node {node_id} (LoadImage) needs an image: pass images=[...]")
             inputs["image"] = next(images)
     return out
-
-
-def ui_for_fixture(name: str, object_info: Mapping, values: FixtureValues, wset: str = "current") -> dict:
-    """The UI-format twin of ``for_fixture(api_workflow(name, wset), values)``, made by the same
-    generator that wrote the shipped file (so only the substituted values differ from it)."""
-    from workflows.build_workflows import SETS, workflow
-    from workflows.ui_format import node_specs, to_ui
-
-    wf = workflow(name, SETS[wset])
-    wf.prompt = for_fixture(wf.prompt, values)
-    return to_ui(wf, node_specs(object_info, wf.prompt), SETS[wset].frontend)
 
 
 def train_fixture_concepts(

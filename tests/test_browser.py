@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -26,13 +27,14 @@ from harness.workflow_files import (
     FIXTURE_CONCEPTS,
     FixtureValues,
     api_workflow,
+    for_fixture,
     missing_classes,
     train_fixture_concepts,
-    ui_for_fixture,
     ui_workflow,
     workflow_set_for,
 )
-from workflows.build_workflows import NAMES
+from workflows.build_workflows import NAMES, SETS, workflow
+from workflows.ui_format import node_specs, to_ui
 
 pytestmark = pytest.mark.slow
 
@@ -61,6 +63,14 @@ if not CHROMIUM.exists() and not os.environ.get("CI"):
         f"{CHROMIUM} not found (install it with `apt-get install -y chromium`); required when CI is set",
         allow_module_level=True,
     )
+
+
+def ui_for_fixture(name: str, object_info: Mapping, values: FixtureValues, wset: str = "current") -> dict:
+    """The UI-format twin of ``for_fixture(api_workflow(name, wset), values)``, made by the same
+    generator that wrote the shipped file (so only the substituted values differ from it)."""
+    wf = workflow(name, SETS[wset])
+    wf.prompt = for_fixture(wf.prompt, values)
+    return to_ui(wf, node_specs(object_info, wf.prompt), SETS[wset].frontend)
 
 
 @pytest.fixture(scope="module")
