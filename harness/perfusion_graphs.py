@@ -1,11 +1,17 @@
-"""API-format prompts that use the pack's nodes, shared by tests, the demo and benchmarks."""
+"""The graphs tests, the demo and the benchmarks run, built on :class:`harness.graph.Graph`: plain
+and concept generation, training, and the bias chooser. Callers find a node by its class
+(``graph.node("KSampler")``), never by id."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from harness.fixture_checkpoint import fixture_checkpoint_name
+from harness.graph import Graph, Node
 from perfusion_core.defaults import INFERENCE_BIAS, INFERENCE_TEMPERATURE, TRAIN_BIAS, TRAIN_TEMPERATURE
+
+__all__ = ["ConceptUse", "add_concepts", "choose_bias_prompt", "generate_prompt", "train_prompt"]
 
 
 @dataclass(frozen=True)
@@ -17,44 +23,28 @@ class ConceptUse:
     temperature: float = INFERENCE_TEMPERATURE
     key_lock: str = "local"
     bias_end: float | None = None  # set: a linear bias schedule from `bias` to this
+    bias_mode: str = "widget"
 
     def loader_inputs(self) -> dict:
-        """The loader's widget values (the schedule's only when there is one)."""
-        inputs = {"concept_name": self.file, "bias": self.bias, "temperature": self.temperature}
-        inputs["key_lock"] = self.key_lock
-        if self.bias_end is not None:
-            inputs |= {"bias_schedule": "linear", "bias_end": self.bias_end}
-        return inputs
+        """Every widget of the loader, as the frontend saves them."""
+        linear = self.bias_end is not None
+        return {
+            "concept_name": self.file,
+            "bias": self.bias,
+            "temperature": self.temperature,
+            "key_lock": self.key_lock,
+            "bias_mode": self.bias_mode,
+            "bias_schedule": "linear" if linear else "constant",
+            "bias_end": self.bias_end if linear else self.bias,
+        }
 
 
-def load_images(prompt: dict, names: Sequence[str], first_id: int = 100) -> tuple[list, list]:
-    """Adds LoadImage nodes batched with ImageBatch; returns ([node, 0] of IMAGE, of MASK batch)."""
-    image_ref: list | None = None
-    mask_ref: list | None = None
-    node = first_id
-    for name in names:
-        prompt[str(node)] = {"class_type": "LoadImage", "inputs": {"image": name}}
-        load = str(node)
-        node += 1
-        if image_ref is None:
-            image_ref, mask_ref = [load, 0], [load, 1]
-            continue
-        prompt[str(node)] = {"class_type": "ImageBatch", "inputs": {"image1": image_ref, "image2": [load, 0]}}
-        image_ref = [str(node), 0]
-        node += 1
-        prompt[str(node)] = {"class_type": "MaskToImage", "inputs": {"mask": mask_ref}}
-        prompt[str(node + 1)] = {"class_type": "MaskToImage", "inputs": {"mask": [load, 1]}}
-        prompt[str(node + 2)] = {
-            "class_type": "ImageBatch",
-            "inputs": {"image1": [str(node), 0], "image2": [str(node + 1), 0]},
-        }
-        prompt[str(node + 3)] = {
-            "class_type": "ImageToMask",
-            "inputs": {"image": [str(node + 2), 0], "channel": "red"},
-        }
-        mask_ref = [str(node + 3), 0]
-        node += 4
-    return image_ref, mask_ref
+def add_concepts(g: Graph, model: list, clip: list, uses: Sequence[ConceptUse]) -> tuple[list, list]:
+    """Chains one loader per concept onto (model, clip); returns the last loader's (MODEL, CLIP)."""
+    for use in uses:
+        loader = g.add("PerfusionConceptLoader", model=model, clip=clip, **use.loader_inputs())
+        model, clip = loader[0], loader[1]
+    return model, clip
 
 
 def train_prompt(
@@ -76,45 +66,42 @@ def train_prompt(
     overwrite: bool = True,
     covariance_prompts: int = 128,
     extra: dict | None = None,
-) -> dict:
-    """Checkpoint -> images -> Train Perfusion Concept (-> Save) (+ loss curve preview). Train node id "3"."""
-    prompt: dict = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}}}
-    images, masks = load_images(prompt, image_names)
-    inputs = {
-        "model": ["1", 0],
-        "clip": ["1", 1],
-        "vae": ["1", 2],
-        "images": images,
-        "concept_word": word,
-        "superclass": superclass,
-        "steps": steps,
-        "batch_size": batch_size,
-        "grad_accumulation": grad_accumulation,
-        "lr_v": lr_v,
-        "lr_embedding": lr_embedding,
-        "train_bias": TRAIN_BIAS,
-        "train_temperature": TRAIN_TEMPERATURE,
-        "resolution": resolution,
-        "flip": True,
-        "seed": seed,
-        "templates": templates,
-        "covariance_prompts": covariance_prompts,
+) -> Graph:
+    """Checkpoint -> images -> Train Perfusion Concept (-> Save) (+ a preview of its loss curve)."""
+    g = Graph()
+    ckpt = g.checkpoint(ckpt_name)
+    images, masks = g.load_images(image_names)
+    trainer = g.add(
+        "PerfusionTrainConcept",
+        model=ckpt[0],
+        clip=ckpt[1],
+        vae=ckpt[2],
+        images=images,
+        concept_word=word,
+        superclass=superclass,
+        steps=steps,
+        batch_size=batch_size,
+        grad_accumulation=grad_accumulation,
+        lr_v=lr_v,
+        lr_embedding=lr_embedding,
+        train_bias=TRAIN_BIAS,
+        train_temperature=TRAIN_TEMPERATURE,
+        resolution=resolution,
+        flip=True,
+        seed=seed,
+        templates=templates,
+        covariance_prompts=covariance_prompts,
+        **({"mask": masks} if use_mask else {}),
         **(extra or {}),
-    }
-    if use_mask:
-        inputs["mask"] = masks
-    prompt["3"] = {"class_type": "PerfusionTrainConcept", "inputs": inputs}
-    prompt["5"] = {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}}
+    )
+    g.preview(trainer[1])
     if save_name is not None:
-        prompt["4"] = {
-            "class_type": "PerfusionSaveConcept",
-            "inputs": {"concept": ["3", 0], "name": save_name, "overwrite": overwrite},
-        }
-    return prompt
+        g.add("PerfusionSaveConcept", concept=trainer, name=save_name, overwrite=overwrite)
+    return g
 
 
 def generate_prompt(
-    ckpt_name: str,
+    ckpt_name: str | None = None,
     concepts: Sequence[ConceptUse] = (),
     *,
     positive: str = "a photo of hugsy on the beach",
@@ -125,48 +112,18 @@ def generate_prompt(
     size: int = 64,
     batch_size: int = 1,
     filename_prefix: str = "perfusion",
-) -> dict:
-    """Checkpoint -> concept loaders (chained) -> CLIPTextEncode x2 -> KSampler -> VAEDecode -> SaveImage.
-
-    Node ids: "1" checkpoint, "20".. loaders, "4"/"5" prompts, "6" latent, "7" KSampler, "8" decode,
-    "9" save. Without concepts the graph is the plain txt2img one.
-    """
-    prompt: dict = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}}}
-    model, clip = ["1", 0], ["1", 1]
-    for i, use in enumerate(concepts):
-        node = str(20 + i)
-        prompt[node] = {
-            "class_type": "PerfusionConceptLoader",
-            "inputs": {"model": model, "clip": clip, **use.loader_inputs()},
-        }
-        model, clip = [node, 0], [node, 1]
-    prompt["4"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": positive}}
-    prompt["5"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": negative}}
-    prompt["6"] = {
-        "class_type": "EmptyLatentImage",
-        "inputs": {"width": size, "height": size, "batch_size": batch_size},
-    }
-    prompt["7"] = {
-        "class_type": "KSampler",
-        "inputs": {
-            "model": model,
-            "seed": seed,
-            "steps": steps,
-            "cfg": cfg,
-            "sampler_name": "euler",
-            "scheduler": "normal",
-            "positive": ["4", 0],
-            "negative": ["5", 0],
-            "latent_image": ["6", 0],
-            "denoise": 1.0,
-        },
-    }
-    prompt["8"] = {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2]}}
-    prompt["9"] = {
-        "class_type": "SaveImage",
-        "inputs": {"images": ["8", 0], "filename_prefix": filename_prefix},
-    }
-    return prompt
+) -> Graph:
+    """Checkpoint (default: the tiny fixture) -> concept loaders (chained) -> CLIPTextEncode x2 ->
+    KSampler -> VAEDecode -> SaveImage. Without concepts it is the plain txt2img graph."""
+    g = Graph()
+    ckpt = g.checkpoint(ckpt_name or fixture_checkpoint_name())
+    model, clip = add_concepts(g, ckpt[0], ckpt[1], concepts)
+    pos, neg = g.encode(clip, positive), g.encode(clip, negative)
+    image = g.sample(
+        model, pos, neg, g.latent(size, batch_size=batch_size), ckpt[2], seed=seed, steps=steps, cfg=cfg
+    )
+    g.save(image, filename_prefix)
+    return g
 
 
 def choose_bias_prompt(
@@ -176,19 +133,24 @@ def choose_bias_prompt(
     clip_vision: str,
     save_name: str,
     **search,
-) -> dict:
-    """Checkpoint + concept file + images + CLIP vision -> Choose Perfusion Bias -> Save (node ids: "10"
-    the chooser, "11" the save, "12" a preview of its curve). ``search``: the chooser's widgets."""
-    prompt: dict = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}}}
-    images, _ = load_images(prompt, image_names)
-    prompt["2"] = {"class_type": "PerfusionConceptFile", "inputs": {"concept_name": concept_file}}
-    prompt["3"] = {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": clip_vision}}
-    inputs = {"model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "clip_vision": ["3", 0]}
-    inputs |= {"concept": ["2", 0], "images": images, **search}
-    prompt["10"] = {"class_type": "PerfusionChooseBias", "inputs": inputs}
-    prompt["11"] = {
-        "class_type": "PerfusionSaveConcept",
-        "inputs": {"concept": ["10", 0], "name": save_name, "overwrite": True},
-    }
-    prompt["12"] = {"class_type": "PreviewImage", "inputs": {"images": ["10", 2]}}
-    return prompt
+) -> Graph:
+    """Checkpoint + concept file + images + CLIP vision -> Choose Perfusion Bias -> Save, and a preview
+    of its curve. ``search``: the chooser's widgets."""
+    g = Graph()
+    ckpt = g.checkpoint(ckpt_name)
+    images, _ = g.load_images(image_names)
+    concept = g.add("PerfusionConceptFile", concept_name=concept_file)
+    vision = g.add("CLIPVisionLoader", clip_name=clip_vision)
+    chooser: Node = g.add(
+        "PerfusionChooseBias",
+        model=ckpt[0],
+        clip=ckpt[1],
+        vae=ckpt[2],
+        clip_vision=vision,
+        concept=concept,
+        images=images,
+        **search,
+    )
+    g.add("PerfusionSaveConcept", concept=chooser, name=save_name, overwrite=True)
+    g.preview(chooser[2])
+    return g

@@ -27,13 +27,16 @@ import argparse
 import json
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import requests
 
+from harness.graph import Graph, Node
+from harness.perfusion_graphs import ConceptUse
 from perfusion_core.defaults import (
     COVARIANCE_PROMPTS,
     INFERENCE_BIAS,
@@ -89,129 +92,94 @@ LEGACY = WorkflowSet("legacy", FOLDER / "legacy", LEGACY_FRONTEND, True, "0.3.75
 SETS = {s.name: s for s in (CURRENT, LEGACY)}
 
 
-def link(node_id: str, slot: int = 0) -> list:
-    return [node_id, slot]
+SAMPLER_SETTINGS = {"seed": SEED, "steps": STEPS, "cfg": CFG, "sampler_name": SAMPLER, "scheduler": SCHEDULER}
 
 
-class Builder:
-    """Adds API nodes with ids "1", "2", ... and remembers their layout hints."""
+class Builder(Graph):
+    """A shipped workflow being authored: its API graph, and what the UI format adds to it (node
+    titles, groups, columns, notes)."""
 
     def __init__(
-        self,
-        name: str,
-        title: str,
-        description: str,
-        legacy: bool,
-        ckpt: str = CKPT,
-        size: int = SIZE,
+        self, name: str, title: str, description: str, legacy: bool, ckpt: str = CKPT, size: int = SIZE
     ):
-        self.wf = Workflow(name, title, description, {})
+        super().__init__()
+        self.name, self.title, self.description = name, title, description
         self.legacy, self.ckpt, self.size = legacy, ckpt, size
+        self.ui: dict[str, UiNode] = {}
+        self.notes: list[Note] = []
+        self._place: dict[str, Any] = {}
 
-    def add(
-        self,
-        class_type: str,
-        *,
-        title: str | None = None,
-        group: str | None = None,
-        column: int | None = None,
-        **inputs: Any,
-    ) -> str:
-        node_id = str(len(self.wf.prompt) + 1)
-        self.wf.prompt[node_id] = {"class_type": class_type, "inputs": inputs}
-        if title or group or column is not None:
-            self.wf.ui[node_id] = UiNode(title, group, column)
-        return node_id
+    def add(self, class_type: str, /, **inputs: Any) -> Node:
+        node = super().add(class_type, **inputs)
+        if self._place:
+            self.ui[node.id] = UiNode(**self._place)
+        return node
+
+    @contextmanager
+    def place(self, group: str | None = None, column: int | None = None) -> Iterator[None]:
+        """Nodes added inside go in ``group`` (a frame) and ``column`` (None: right of their inputs)."""
+        outer = self._place
+        self._place = {k: v for k, v in (("group", group), ("column", column)) if v is not None}
+        try:
+            yield
+        finally:
+            self._place = outer
+
+    def titled(self, node: Node, title: str) -> Node:
+        self.ui.setdefault(node.id, UiNode()).title = title
+        return node
 
     def note(self, text: str) -> None:
-        self.wf.notes.append(Note(text))
+        self.notes.append(Note(text))
 
-    def checkpoint(self, **hints: Any) -> str:
-        return self.add("CheckpointLoaderSimple", ckpt_name=self.ckpt, **hints)
+    def workflow(self) -> Workflow:
+        return Workflow(self.name, self.title, self.description, dict(self), self.ui, self.notes)
+
+    def checkpoint(self, ckpt_name: str | None = None) -> Node:
+        return super().checkpoint(ckpt_name or self.ckpt)
 
     def loader(
-        self,
-        model: list,
-        clip: list,
-        concept: str,
-        bias: float = INFERENCE_BIAS,
-        key_lock: str = "local",
-        **hints,
-    ) -> str:
-        return self.add(
-            "PerfusionConceptLoader",
-            model=model,
-            clip=clip,
-            concept_name=concept,
-            bias=bias,
-            temperature=INFERENCE_TEMPERATURE,
-            key_lock=key_lock,
-            bias_mode="widget",
-            bias_schedule="constant",
-            bias_end=bias,
-            **hints,
-        )
+        self, model: list, clip: list, concept: str, bias: float = INFERENCE_BIAS, key_lock: str = "local"
+    ) -> Node:
+        use = ConceptUse(concept, bias, key_lock=key_lock)
+        return self.add("PerfusionConceptLoader", model=model, clip=clip, **use.loader_inputs())
 
-    def encode(self, clip: list, text: str, **hints: Any) -> str:
-        return self.add("CLIPTextEncode", text=text, clip=clip, **hints)
+    def generation(
+        self, model: list, positive: Node, negative: Node, vae: list, latent: Node | None = None
+    ) -> Node:
+        """KSampler at the shipped settings -> VAEDecode, on a new empty latent unless given one."""
+        latent = latent if latent is not None else self.latent(self.size)
+        return self.sample(model, positive, negative, latent, vae, **SAMPLER_SETTINGS)
 
-    def latent(self, **hints: Any) -> str:
-        return self.add("EmptyLatentImage", width=self.size, height=self.size, batch_size=1, **hints)
-
-    def sample(self, model: list, positive: str, negative: str, latent: str, vae: list, **hints: Any) -> str:
-        """KSampler -> VAEDecode; returns the decode node."""
-        sampler = self.add(
-            "KSampler",
-            model=model,
-            seed=SEED,
-            steps=STEPS,
-            cfg=CFG,
-            sampler_name=SAMPLER,
-            scheduler=SCHEDULER,
-            positive=link(positive),
-            negative=link(negative),
-            latent_image=link(latent),
-            denoise=1.0,
-            **hints,
-        )
-        return self.add("VAEDecode", samples=link(sampler), vae=vae, **hints)
-
-    def save(self, image: str, prefix: str, **hints: Any) -> str:
-        return self.add("SaveImage", images=link(image), filename_prefix=prefix, **hints)
-
-    def batch(self, images: list[str], column: int | None = None, **hints: Any) -> str:
-        """One IMAGE batch of ``images`` (same size): Batch Images with a socket per image, or on the
-        legacy set a chain of the two-input ImageBatch."""
-        if not self.legacy:
-            sockets = {f"images.image{k}": link(image) for k, image in enumerate(images)}
-            return self.add("BatchImagesNode", column=column, **sockets, **hints)
-        batch = images[0]
-        for image in images[1:]:
-            batch = self.add("ImageBatch", image1=link(batch), image2=link(image), column=column, **hints)
-        return batch
+    def images(self, images: list[Node]) -> Node | list:
+        """One IMAGE batch: Batch Images, or on the legacy set a chain of ImageBatch."""
+        return self.batch(images, one_node=not self.legacy)
 
 
 def generate(
     legacy: bool = False, builder: Builder | None = None, concept_file: str = "hugsy.safetensors"
 ) -> Workflow:
-    b = builder or Builder(
-        "perfusion_generate",
-        "Perfusion: one concept",
-        "Load a trained concept and write its word in the prompt.",
-        legacy,
+    b = (
+        builder
+        if builder is not None
+        else Builder(
+            "perfusion_generate",
+            "Perfusion: one concept",
+            "Load a trained concept and write its word in the prompt.",
+            legacy,
+        )
     )
     ckpt = b.checkpoint()
-    concept = b.loader(link(ckpt, 0), link(ckpt, 1), concept_file)
-    pos = b.encode(link(concept, 1), "a photo of hugsy sitting on a wooden bench in a park, golden hour")
-    neg = b.encode(link(concept, 1), NEGATIVE)
-    image = b.sample(link(concept, 0), pos, neg, b.latent(), link(ckpt, 2))
-    b.save(image, "perfusion/hugsy")
+    concept = b.loader(ckpt[0], ckpt[1], concept_file)
+    pos = b.encode(concept[1], "a photo of hugsy sitting on a wooden bench in a park, golden hour")
+    neg = b.encode(concept[1], NEGATIVE)
+    b.save(b.generation(concept[0], pos, neg, ckpt[2]), "perfusion/hugsy")
     b.note(
         f"{concept_file}: a concept trained with the word 'hugsy' (superclass 'teddy'). Use the word in "
         "the prompt; encode it with the loader's CLIP.\n\nbias: lower = closer to the training images, "
         "higher = follows the rest of the prompt more (0.6-0.75 with key_lock local)."
     )
-    return b.wf
+    return b.workflow()
 
 
 def two_concepts(legacy: bool = False) -> Workflow:
@@ -222,18 +190,17 @@ def two_concepts(legacy: bool = False) -> Workflow:
         legacy,
     )
     ckpt = b.checkpoint()
-    first = b.loader(link(ckpt, 0), link(ckpt, 1), "hugsy.safetensors")
-    second = b.loader(link(first, 0), link(first, 1), "zorbo.safetensors")
-    pos = b.encode(link(second, 1), "a photo of a hugsy sailing in a zorbo on a calm lake, sunny day")
-    neg = b.encode(link(second, 1), NEGATIVE)
-    image = b.sample(link(second, 0), pos, neg, b.latent(), link(ckpt, 2))
-    b.save(image, "perfusion/hugsy_zorbo")
+    first = b.loader(ckpt[0], ckpt[1], "hugsy.safetensors")
+    second = b.loader(first[0], first[1], "zorbo.safetensors")
+    pos = b.encode(second[1], "a photo of a hugsy sailing in a zorbo on a calm lake, sunny day")
+    neg = b.encode(second[1], NEGATIVE)
+    b.save(b.generation(second[0], pos, neg, ckpt[2]), "perfusion/hugsy_zorbo")
     b.note(
         "Words: 'hugsy' = a teddy bear (hugsy.safetensors, superclass 'teddy'); 'zorbo' = a teapot "
         "(zorbo.safetensors, superclass 'teapot'). Each was trained on its own; chained loaders apply both "
         "jointly. Encode the prompt with the CLIP of the LAST loader (it knows both words)."
     )
-    return b.wf
+    return b.workflow()
 
 
 def bias_sweep(legacy: bool = False) -> Workflow:
@@ -246,29 +213,31 @@ def bias_sweep(legacy: bool = False) -> Workflow:
         legacy,
     )
     ckpt = b.checkpoint()
-    neg = b.encode(link(ckpt, 1), NEGATIVE, column=2)
-    latent = b.latent(column=2)
+    with b.place(column=2):
+        neg = b.encode(ckpt[1], NEGATIVE)
+        latent = b.latent(b.size)
     images = []
     for bias in SWEEP_BIASES:
-        concept = b.loader(link(ckpt, 0), link(ckpt, 1), "hugsy.safetensors", bias, title=f"bias {bias:.2f}")
-        pos = b.encode(link(concept, 1), "a watercolor painting of hugsy reading a book in a library")
-        images.append(b.sample(link(concept, 0), pos, neg, latent, link(ckpt, 2)))
-    if b.legacy:  # ImageStitch is not in every host (Dec 2024 lacks it): one batch, saved image by image
-        grid = b.batch(images, column=6)
-    else:
-        grid = images[0]
-        for image in images[1:]:
-            grid = b.add(
-                "ImageStitch",
-                image1=link(grid),
-                direction="right",
-                match_image_size=True,
-                spacing_width=8,
-                spacing_color="white",
-                image2=link(image),
-                column=6,
-            )
-    b.save(grid, "perfusion/bias_sweep", column=7)
+        concept = b.titled(b.loader(ckpt[0], ckpt[1], "hugsy.safetensors", bias), f"bias {bias:.2f}")
+        pos = b.encode(concept[1], "a watercolor painting of hugsy reading a book in a library")
+        images.append(b.generation(concept[0], pos, neg, ckpt[2], latent))
+    with b.place(column=6):
+        if b.legacy:  # ImageStitch is not in every host (Dec 2024 lacks it): one batch, saved image by image
+            grid = b.images(images)
+        else:
+            grid = images[0]
+            for image in images[1:]:
+                grid = b.add(
+                    "ImageStitch",
+                    image1=grid,
+                    direction="right",
+                    match_image_size=True,
+                    spacing_width=8,
+                    spacing_color="white",
+                    image2=image,
+                )
+    with b.place(column=7):
+        b.save(grid, "perfusion/bias_sweep")
     b.note(
         "Fidelity vs. text alignment: the same seed at bias "
         + ", ".join(f"{x:.1f}" for x in SWEEP_BIASES)
@@ -276,84 +245,85 @@ def bias_sweep(legacy: bool = False) -> Workflow:
         + ". Lower bias = closer to the training images; higher = more of the prompt's "
         "style and context. The negative prompt has no concept word, so the plain CLIP encodes it."
     )
-    return b.wf
+    return b.workflow()
 
 
 def train_and_generate(
     legacy: bool = False, builder: Builder | None = None, save_name: str = "hugsy", **settings: Any
 ) -> Workflow:
-    b = builder or Builder(
-        "perfusion_train_and_generate",
-        "Perfusion: train and generate",
-        "Train a concept from a few photos, save it (~40 KB) and use it in the same graph.",
-        legacy,
+    b = (
+        builder
+        if builder is not None
+        else Builder(
+            "perfusion_train_and_generate",
+            "Perfusion: train and generate",
+            "Train a concept from a few photos, save it (~40 KB) and use it in the same graph.",
+            legacy,
+        )
     )
     settings = {"batch_size": 4, "grad_accumulation": 4, "gradient_checkpointing": False, **settings}
     train, gen = "Train the concept", "Generate with it"
-    loads = [b.add("LoadImage", image=name, group=train, column=0) for name in TRAIN_IMAGES]
-    batch = b.batch(loads, group=train, column=1)
-    ckpt = b.checkpoint(group=train, column=1)
-    trainer = b.add(
-        "PerfusionTrainConcept",
-        model=link(ckpt, 0),
-        clip=link(ckpt, 1),
-        vae=link(ckpt, 2),
-        images=link(batch),
-        concept_word="hugsy",
-        superclass="teddy",
-        steps=400,
-        batch_size=settings["batch_size"],
-        grad_accumulation=settings["grad_accumulation"],
-        lr_v=0.03,
-        lr_embedding=0.006,
-        train_bias=TRAIN_BIAS,
-        train_temperature=TRAIN_TEMPERATURE,
-        resolution=b.size,
-        flip=True,
-        seed=0,
-        templates="a photo of a {}\na rendering of a {}\na close-up photo of the {}\na good photo of a {}",
-        gradient_checkpointing=settings["gradient_checkpointing"],
-        save_every=0,
-        checkpoint_name="",
-        precision="auto",
-        covariance_prompts=COVARIANCE_PROMPTS,
-        preview_every=100,
-        validation_prompts="a photo of {}\n{} on the beach",
-        preview_size=b.size,
-        preview_steps=15,
-        key_lock=True,
-        weight_decay=0.0,
-        group=train,
-        column=2,
-    )
-    b.add(
-        "PerfusionSaveConcept",
-        concept=link(trainer, 0),
-        name=save_name,
-        overwrite=False,
-        group=train,
-        column=3,
-    )
-    b.add("PreviewImage", images=link(trainer, 1), title="Loss curve", group=train, column=3)
-    b.add("PreviewImage", images=link(trainer, 3), title="Previews", group=train, column=3)
-    concept = b.add(
-        "PerfusionApplyConcept",
-        model=link(ckpt, 0),
-        clip=link(ckpt, 1),
-        concept=link(trainer, 0),
-        bias=INFERENCE_BIAS,
-        temperature=INFERENCE_TEMPERATURE,
-        key_lock="local",
-        bias_mode="widget",
-        bias_schedule="constant",
-        bias_end=INFERENCE_BIAS,
-        group=gen,
-        column=4,
-    )
-    pos = b.encode(link(concept, 1), "a photo of hugsy on the beach", group=gen)
-    neg = b.encode(link(concept, 1), NEGATIVE, group=gen)
-    image = b.sample(link(concept, 0), pos, neg, b.latent(group=gen, column=5), link(ckpt, 2), group=gen)
-    b.save(image, f"perfusion/{save_name}_trained", group=gen)
+    with b.place(train, 0):
+        loads = [b.add("LoadImage", image=name) for name in TRAIN_IMAGES]
+    with b.place(train, 1):
+        batch = b.images(loads)
+        ckpt = b.checkpoint()
+    with b.place(train, 2):
+        trainer = b.add(
+            "PerfusionTrainConcept",
+            model=ckpt[0],
+            clip=ckpt[1],
+            vae=ckpt[2],
+            images=batch,
+            concept_word="hugsy",
+            superclass="teddy",
+            steps=400,
+            batch_size=settings["batch_size"],
+            grad_accumulation=settings["grad_accumulation"],
+            lr_v=0.03,
+            lr_embedding=0.006,
+            train_bias=TRAIN_BIAS,
+            train_temperature=TRAIN_TEMPERATURE,
+            resolution=b.size,
+            flip=True,
+            seed=0,
+            templates="a photo of a {}\na rendering of a {}\na close-up photo of the {}\na good photo of a {}",
+            gradient_checkpointing=settings["gradient_checkpointing"],
+            save_every=0,
+            checkpoint_name="",
+            precision="auto",
+            covariance_prompts=COVARIANCE_PROMPTS,
+            preview_every=100,
+            validation_prompts="a photo of {}\n{} on the beach",
+            preview_size=b.size,
+            preview_steps=15,
+            key_lock=True,
+            weight_decay=0.0,
+        )
+    with b.place(train, 3):
+        b.add("PerfusionSaveConcept", concept=trainer, name=save_name, overwrite=False)
+        b.titled(b.preview(trainer[1]), "Loss curve")
+        b.titled(b.preview(trainer[3]), "Previews")
+    with b.place(gen, 4):
+        concept = b.add(
+            "PerfusionApplyConcept",
+            model=ckpt[0],
+            clip=ckpt[1],
+            concept=trainer,
+            bias=INFERENCE_BIAS,
+            temperature=INFERENCE_TEMPERATURE,
+            key_lock="local",
+            bias_mode="widget",
+            bias_schedule="constant",
+            bias_end=INFERENCE_BIAS,
+        )
+    with b.place(gen):
+        pos = b.encode(concept[1], "a photo of hugsy on the beach")
+        neg = b.encode(concept[1], NEGATIVE)
+    with b.place(gen, 5):
+        latent = b.latent(b.size)
+    with b.place(gen):
+        b.save(b.generation(concept[0], pos, neg, ckpt[2], latent), f"perfusion/{save_name}_trained")
     more = (
         "add more with Batch Images"
         if b.legacy
@@ -368,7 +338,7 @@ def train_and_generate(
         "fixed seed per prompt; they show on the training node while it runs and in 'Previews' "
         "after. Training again with steps = N and the same seed gives the concept of the step-N preview."
     )
-    return b.wf
+    return b.workflow()
 
 
 def global_key_lock(legacy: bool = False) -> Workflow:
@@ -379,16 +349,15 @@ def global_key_lock(legacy: bool = False) -> Workflow:
         legacy,
     )
     ckpt = b.checkpoint()
-    concept = b.loader(link(ckpt, 0), link(ckpt, 1), "hugsy.safetensors", 0.5, key_lock="global")
-    pos = b.encode(link(concept, 1), "an oil painting of hugsy wearing a red scarf, in the style of van gogh")
-    neg = b.encode(link(concept, 1), NEGATIVE)
-    image = b.sample(link(concept, 0), pos, neg, b.latent(), link(ckpt, 2))
-    b.save(image, "perfusion/hugsy_global")
+    concept = b.loader(ckpt[0], ckpt[1], "hugsy.safetensors", 0.5, key_lock="global")
+    pos = b.encode(concept[1], "an oil painting of hugsy wearing a red scarf, in the style of van gogh")
+    neg = b.encode(concept[1], NEGATIVE)
+    b.save(b.generation(concept[0], pos, neg, ckpt[2]), "perfusion/hugsy_global")
     b.note(
         "key_lock = global: every cross-attention key comes from the prompt with 'hugsy' replaced by its "
         "superclass. Encode BOTH prompts with the loader's CLIP. Typical bias 0.4-0.6 (lower than local)."
     )
-    return b.wf
+    return b.workflow()
 
 
 def sdxl_builder(name: str, title: str, description: str, legacy: bool) -> Builder:
