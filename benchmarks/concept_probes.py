@@ -23,7 +23,8 @@ import math
 from dataclasses import replace
 
 from benchmarks.quality import Plan, QualityRun, eval_scenes, judge, open_run, rates
-from harness.perfusion_graphs import ConceptUse, generate_prompt
+from harness.graph import Graph
+from harness.perfusion_graphs import ConceptUse, add_concepts
 from toyworld import scorer, world
 from toyworld.recipe import Recipe, train_graph, write_photos
 
@@ -59,13 +60,12 @@ def relevance(q: QualityRun, concept: str) -> None:
     for place in world.POSITIONS:
         for word in (ZORP.word, ZORP.superclass):
             text = world.Scene("white", (ZORP.at(place),)).caption.replace(ZORP.word, word)
-            graph = generate_prompt(q.ckpt, [ConceptUse(concept, 0.0, temperature=1.0)], positive=text)
-            prompt = {k: v for k, v in graph.items() if k in ("1", "20")}  # checkpoint -> loader
-            prompt["3"] = {
-                "class_type": "PerfusionGateMap",
-                "inputs": {"model": ["20", 0], "clip": ["20", 1], "text": text},
-            }
-            (table,) = q.run(prompt, f"gate map {text!r}").outputs["3"]["text"]
+            prompt = Graph()
+            ckpt = prompt.checkpoint(q.ckpt)
+            use = ConceptUse(concept, 0.0, temperature=1.0)
+            model, clip = add_concepts(prompt, ckpt[0], ckpt[1], [use])  # checkpoint -> loader
+            gate_map = prompt.add("PerfusionGateMap", model=model, clip=clip, text=text)
+            (table,) = q.run(prompt, f"gate map {text!r}").outputs[gate_map.id]["text"]
             r = collections.defaultdict(list)
             for token, gate in (line.split("\t") for line in table.splitlines()[1:]):
                 g = min(max(float(gate), 1e-7), 1 - 1e-7)

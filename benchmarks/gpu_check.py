@@ -58,7 +58,7 @@ import requests
 
 from harness.errors import HostError
 from harness.fixture_checkpoint import fixture_checkpoint
-from harness.graphs import txt2img_prompt
+from harness.graph import Graph, Node
 from harness.paths import repo_root
 from harness.perfusion_graphs import ConceptUse, generate_prompt, train_prompt
 from harness.sample_images import write_toy_images
@@ -66,12 +66,9 @@ from harness.server import ComfyServer
 from perfusion_core.defaults import COVARIANCE_PROMPTS
 
 from . import device_bundle
-from .train_worker import lora_prompt
+from .train_worker import TRAINERS, lora_prompt
 
-TRAIN_NODE = "3"  # the trainer's id in train_prompt and lora_prompt
-SAMPLER_NODE = "7"  # KSampler in generate_prompt
-IMAGES_NODE = "50"  # the kit's image reader
-IMAGE_CHAIN = ("LoadImage", "ImageBatch", "MaskToImage", "ImageToMask")  # harness load_images' nodes
+IMAGE_CHAIN = ("LoadImage", "ImageBatch", "MaskToImage", "ImageToMask")  # Graph.load_images' nodes
 KIT_NODES = Path(__file__).resolve().parent / "kit_nodes.py"
 DEVICE_DIR = repo_root() / "scripts" / "device"
 RESERVE_S = 20.0  # kept back from the budget to interrupt a prompt, stop the server and write the JSON
@@ -218,26 +215,31 @@ def memory_row(window: dict) -> dict:
     return memory
 
 
-def read_images_in_server(prompt: dict, names: list[str]) -> dict:
-    """The prompt with its LoadImage chain (harness load_images) replaced by the kit's image reader:
+def kit_images(prompt: Graph, names: list[str]) -> Node:
+    """The kit's image reader of `names`: outputs IMAGE (the batch) and MASK."""
+    return prompt.add("PerfusionKitImages", names="\n".join(names))
+
+
+def read_images_in_server(prompt: Graph, names: list[str]) -> Graph:
+    """The prompt with its LoadImage chain (Graph.load_images) replaced by the kit's image reader:
     this 0.33 tree's LoadImage decodes through PyAV, which the lent machine lacks."""
-    chain = {k for k, node in prompt.items() if node["class_type"] in IMAGE_CHAIN}
+    chain = {node.id for class_type in IMAGE_CHAIN for node in prompt.nodes(class_type)}
+    reader = kit_images(prompt, names)
     for node_id, node in prompt.items():
         for key, value in node["inputs"].items():
             if node_id not in chain and isinstance(value, list) and len(value) == 2 and value[0] in chain:
                 source = prompt[value[0]]["class_type"]
                 mask = source == "ImageToMask" or (source == "LoadImage" and value[1] == 1)
-                node["inputs"][key] = [IMAGES_NODE, 1 if mask else 0]
+                node["inputs"][key] = reader[1 if mask else 0]
     for node_id in chain:
         del prompt[node_id]
-    prompt[IMAGES_NODE] = {"class_type": "PerfusionKitImages", "inputs": {"names": "\n".join(names)}}
     return prompt
 
 
-def complete_inputs(prompt: dict, node: str, info: dict) -> None:
+def complete_inputs(prompt: Graph, node: Node, info: dict) -> None:
     """Gives `node` every required widget the prompt leaves out, at the host's default (TrainLoraNode
     gains inputs from release to release)."""
-    inputs = prompt[node]["inputs"]
+    inputs = prompt.inputs(node)
     for name, spec in info["input"].get("required", {}).items():
         if name in inputs:
             continue
@@ -250,8 +252,9 @@ def complete_inputs(prompt: dict, node: str, info: dict) -> None:
             inputs[name] = options["options"][0]
 
 
-def training_prompt(kit: Kit, job: Training, ckpt: str, images: list[str], plan: Plan, size: int) -> dict:
-    """The API prompt of one training run of the matrix."""
+def training_prompt(kit: Kit, job: Training, ckpt: str, images: list[str], plan: Plan, size: int) -> Graph:
+    """The API prompt of one training run of the matrix; its trainer is the node of class
+    ``TRAINERS[job.trainer]``."""
     if job.trainer == "perfusion":
         prompt = train_prompt(
             ckpt, images, steps=plan.steps, batch_size=plan.batch, grad_accumulation=plan.accumulation,
@@ -262,20 +265,17 @@ def training_prompt(kit: Kit, job: Training, ckpt: str, images: list[str], plan:
     dtype, lora_dtype = LORA_DTYPES[job.precision]
     prompt = lora_prompt(ckpt, plan.steps, size, dtype, job.checkpointing, images=images)
     # One latent batch: 0.33 trains a list of latents image by image (its multi-resolution path).
-    del prompt["12"]
+    del prompt[prompt.node("RebatchLatents").id]
     info = kit.server.object_info("TrainLoraNode")
-    inputs = prompt[TRAIN_NODE]["inputs"]
-    inputs.update(
-        latents=["11", 0],
+    trainer = prompt.node("TrainLoraNode")
+    prompt.inputs(trainer).update(
+        latents=prompt.node("VAEEncode")[0],
         batch_size=plan.batch,
         grad_accumulation_steps=plan.accumulation,
         lora_dtype=lora_dtype,
     )
-    complete_inputs(prompt, TRAIN_NODE, info)
-    prompt["14"]["inputs"]["lora"] = [
-        TRAIN_NODE,
-        info["output"].index("LORA_MODEL"),
-    ]  # moves between releases
+    complete_inputs(prompt, trainer, info)
+    prompt.inputs("SaveLoRA")["lora"] = trainer[info["output"].index("LORA_MODEL")]  # moves between releases
     return read_images_in_server(prompt, images)
 
 
@@ -285,9 +285,10 @@ def train_row(
     """s/step and peak memory of one training run (every model unloaded before it, unless not `unload`)."""
     row = asdict(job)
     started = time.monotonic()
-    _, window = kit.run(training_prompt(kit, job, ckpt, images, plan, size), unload=unload)
+    prompt = training_prompt(kit, job, ckpt, images, plan, size)
+    _, window = kit.run(prompt, unload=unload)
     units = plan.accumulation if job.trainer == "lora" else 1
-    updates = bar_updates(window, TRAIN_NODE, total=plan.steps * units)
+    updates = bar_updates(window, prompt.node(TRAINERS[job.trainer]).id, total=plan.steps * units)
     row.update(
         step_s=seconds_per_step(updates, units),
         run_s=time.monotonic() - started,
@@ -298,11 +299,13 @@ def train_row(
 
 def sample_image(kit: Kit, ckpt: str, size: int, steps: int) -> np.ndarray:
     """One KSampler image; the kit's rerun node makes a repeat sample again instead of hitting the cache."""
-    prompt = txt2img_prompt(ckpt, positive="a photo of a teddy", width=size, height=size, steps=steps)
-    prompt["30"] = {"class_type": "PerfusionKitRerun", "inputs": {"model": ["1", 0]}}
-    prompt["5"]["inputs"]["model"] = ["30", 0]
+    prompt = generate_prompt(
+        ckpt, positive="a photo of a teddy", size=size, steps=steps, filename_prefix="harness"
+    )
+    rerun = prompt.add("PerfusionKitRerun", model=prompt.node("CheckpointLoaderSimple")[0])
+    prompt.inputs("KSampler")["model"] = rerun[0]
     run, _ = kit.run(prompt)
-    (image,) = kit.server.images(run["result"], node_id="7")
+    (image,) = kit.server.images(run["result"], node_id=prompt.node("SaveImage").id)
     return image
 
 
@@ -346,20 +349,19 @@ def training_section(kit: Kit, plan: Plan, ckpt: str, images: list[str], report:
 
 
 def precision_section(kit: Kit, plan: Plan, ckpt: str, images: list[str], report: dict) -> list[dict]:
-    prompt: dict = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}}}
-    read_images_in_server(prompt, images)
+    prompt = Graph()
+    checkpoint = prompt.checkpoint(ckpt)
+    reader = kit_images(prompt, images)
+    gradients = prompt.add(
+        "PerfusionKitGradients",
+        model=checkpoint[0], clip=checkpoint[1], vae=checkpoint[2], images=reader[0], resolution=plan.sd15_px,
+        batch_size=plan.batch, covariance_prompts=plan.covariance_prompts,
+    )  # fmt: skip
     results = []
     for precision in plan.gradient_precisions:
-        prompt["40"] = {
-            "class_type": "PerfusionKitGradients",
-            "inputs": {
-                "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "images": [IMAGES_NODE, 0],
-                "precision": precision, "resolution": plan.sd15_px, "batch_size": plan.batch,
-                "covariance_prompts": plan.covariance_prompts,
-            },
-        }  # fmt: skip
+        prompt.inputs(gradients)["precision"] = precision
         run, window = kit.run(prompt, unload=True)
-        (row,) = run["outputs"]["40"]["gradients"]
+        (row,) = run["outputs"][gradients.id]["gradients"]
         row["memory"] = memory_row(window)
         results.append(row)
     return results
@@ -367,19 +369,16 @@ def precision_section(kit: Kit, plan: Plan, ckpt: str, images: list[str], report
 
 def sampling(kit: Kit, plan: Plan, ckpt: str, size: int, subfolder: str) -> dict:
     """s/step of KSampler unpatched and with 1 and 4 concepts, interleaved, medians of repeats."""
-    written, _ = kit.run(
-        {
-            "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-            "2": {
-                "class_type": "PerfusionKitConcepts",
-                "inputs": {"model": ["1", 0], "clip": ["1", 1], "count": 4, "subfolder": subfolder},
-            },
-        }
+    writer = Graph()
+    checkpoint = writer.checkpoint(ckpt)
+    concepts = writer.add(
+        "PerfusionKitConcepts", model=checkpoint[0], clip=checkpoint[1], count=4, subfolder=subfolder
     )
-    names, words = written["outputs"]["2"]["concepts"], written["outputs"]["2"]["words"]
+    written, _ = kit.run(writer)
+    names, words = written["outputs"][concepts.id]["concepts"], written["outputs"][concepts.id]["words"]
     counts = (0, 1, 4)
 
-    def prompt(count: int, seed: int, steps: int) -> dict:
+    def prompt(count: int, seed: int, steps: int) -> Graph:
         text = "a photo of " + (" and ".join(words[:count]) if count else "a teddy") + " on a red bench"
         uses = [ConceptUse(name) for name in names[:count]]
         return generate_prompt(ckpt, uses, positive=text, seed=seed, steps=steps, size=size)
@@ -392,8 +391,9 @@ def sampling(kit: Kit, plan: Plan, ckpt: str, size: int, subfolder: str) -> dict
         order = counts[rep % len(counts) :] + counts[: rep % len(counts)]
         this_rep = {}
         for count in order:
-            _, window = kit.run(prompt(count, rep + 1, plan.sample_steps))
-            this_rep[count] = median(step_gaps(bar_updates(window, SAMPLER_NODE)))
+            sampled = prompt(count, rep + 1, plan.sample_steps)
+            _, window = kit.run(sampled)
+            this_rep[count] = median(step_gaps(bar_updates(window, sampled.node("KSampler").id)))
             step_s[count].append(this_rep[count])
             memory[count] = memory_row(window)
         for count in counts:
@@ -437,7 +437,9 @@ def sdxl_section(kit: Kit, plan: Plan, ckpt: str, images: list[str], report: dic
         "checkpointing": True,
         "batch": [plan.sdxl_batch, plan.sdxl_accumulation],
         "resolution": plan.sdxl_px,
-        "step_s": seconds_per_step(bar_updates(window, TRAIN_NODE, total=plan.steps), 1),
+        "step_s": seconds_per_step(
+            bar_updates(window, prompt.node("PerfusionTrainConcept").id, total=plan.steps), 1
+        ),
         "run_s": time.monotonic() - started,
         "memory": memory_row(window),
     }

@@ -57,6 +57,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from benchmarks.train_worker import lora_prompt
+from harness.graph import Graph
 from harness.perfusion_graphs import ConceptUse, generate_prompt
 from toyworld import scorer, world
 from toyworld.evaluate import CFG, STEPS
@@ -227,10 +228,10 @@ class QualityRun:
             rank=r.lora_rank, learning_rate=r.lora_lr, trainer=self.host.node_class("TrainLoraNode"),
         )  # fmt: skip
         folder = write_photos(self.host.layout.input, concept, "quality", r.shots)
-        graph["90"] = {"class_type": "LoadImageTextDataSetFromFolder", "inputs": {"folder": folder}}
-        graph["10"]["inputs"]["image"] = ["90", 0]
-        graph["13"]["inputs"]["text"] = ["90", 1]
-        graph["14"]["inputs"]["prefix"] = f"loras/{name}"
+        dataset = graph.add("LoadImageTextDataSetFromFolder", folder=folder)
+        graph.inputs("ImageScale")["image"] = dataset[0]
+        graph.inputs("CLIPTextEncode")["text"] = dataset[1]
+        graph.inputs("SaveLoRA")["prefix"] = f"loras/{name}"
         self.timed(graph, f"train {name}")
         saved = max((self.host.layout.output / "loras").glob(f"{name}_*.safetensors"), key=os.path.getmtime)
         return self.host.add_file("loras", saved, f"{name}.safetensors")
@@ -270,12 +271,10 @@ class QualityRun:
             batch_size=self.samples, filename_prefix="quality",
         )  # fmt: skip
         if lora is not None:
-            prompt["30"] = {
-                "class_type": "LoraLoaderModelOnly",
-                "inputs": {"model": ["1", 0], "lora_name": lora[0], "strength_model": lora[1]},
-            }
-            prompt["7"]["inputs"]["model"] = ["30", 0]
-        images = self.host.images(self.run(prompt, f"sampling {text!r}"), "9")
+            model = prompt.node("CheckpointLoaderSimple")[0]
+            loader = prompt.add("LoraLoaderModelOnly", model=model, lora_name=lora[0], strength_model=lora[1])
+            prompt.inputs("KSampler")["model"] = loader[0]
+        images = self.host.images(self.run(prompt, f"sampling {text!r}"), prompt.node("SaveImage").id)
         self.sample_seconds += time.perf_counter() - t0
         self.images += len(images)
         return images
@@ -403,14 +402,10 @@ def part_export(q: QualityRun, plan: Plan) -> list[dict]:
     scenes = eval_scenes(zorp)[:: plan.every]
     concept = q.train(zorp, "zorp")
     name = "zorp_exported"
-    graph = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": q.ckpt}},
-        "2": {"class_type": "PerfusionConceptFile", "inputs": {"concept_name": concept}},
-        "3": {
-            "class_type": "PerfusionExportConcept",
-            "inputs": {"model": ["1", 0], "concept": ["2", 0], "name": name, "overwrite": True},
-        },
-    }
+    graph = Graph()
+    ckpt = graph.checkpoint(q.ckpt)
+    concept_file = graph.add("PerfusionConceptFile", concept_name=concept)
+    graph.add("PerfusionExportConcept", model=ckpt[0], concept=concept_file, name=name, overwrite=True)
     q.run(graph, "export")
     sizes = {
         folder: (q.host.folder(folder)[0] / f"{name}.safetensors").stat().st_size // 1024

@@ -16,12 +16,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.perfusion_graphs import load_images, train_prompt
+from harness.graph import Graph
+from harness.perfusion_graphs import train_prompt
 from harness.sample_images import write_toy_images
 
 from .host import PeakRss, median, start_host
 
-TRAIN_NODE = "3"
+TRAINERS = {"perfusion": "PerfusionTrainConcept", "lora": "TrainLoraNode"}  # each run's trainer class
 IMAGES = [f"bench_{i}.png" for i in range(3)]
 
 
@@ -37,71 +38,61 @@ def lora_prompt(
     rank: int = 16,
     learning_rate: float = 0.0005,
     trainer: type | None = None,
-) -> dict:
+) -> Graph:
     """Checkpoint -> images -> ImageScale -> VAEEncode -> RebatchLatents(1) -> TrainLoraNode(rank 16) -> SaveLoRA.
 
     RebatchLatents gives TrainLoraNode a list of latents: in ComfyUI 0.3.75 one batch fails
     (UnboundLocalError: multi_res). ``trainer`` is the host's TrainLoraNode class, whose inputs and
     outputs move between releases: given, SaveLoRA takes its LORA_MODEL output (0 in 0.33, 1 in
     0.3.75) and the inputs left out here get its defaults (0.33 requires five more); None builds the
-    0.3.75 prompt."""
-    prompt: dict = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}}}
-    images, _ = load_images(prompt, images)
-    prompt["10"] = {
-        "class_type": "ImageScale",
-        "inputs": {
-            "image": images,
-            "upscale_method": "bilinear",
-            "width": resolution,
-            "height": resolution,
-            "crop": "center",
-        },
-    }
-    prompt["11"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["1", 2]}}
-    prompt["12"] = {"class_type": "RebatchLatents", "inputs": {"latents": ["11", 0], "batch_size": 1}}
-    prompt["13"] = {
-        "class_type": "CLIPTextEncode",
-        "inputs": {"clip": ["1", 1], "text": text},
-    }
-    prompt[TRAIN_NODE] = {
-        "class_type": "TrainLoraNode",
-        "inputs": {
-            "model": ["1", 0],
-            "latents": ["12", 0],
-            "positive": ["13", 0],
-            "batch_size": 1,
-            "grad_accumulation_steps": 1,
-            "steps": steps,
-            "learning_rate": learning_rate,
-            "rank": rank,
-            "optimizer": "AdamW",
-            "loss_function": "MSE",
-            "seed": 0,
-            "training_dtype": dtype,
-            "lora_dtype": dtype,
-            "algorithm": "LoRA",
-            "gradient_checkpointing": gradient_checkpointing,
-            "existing_lora": "[None]",
-        },
-    }
+    0.3.75 prompt. No ``images``: ImageScale's image is left unset, for the caller to link."""
+    g = Graph()
+    checkpoint = g.checkpoint(ckpt)
+    scale = g.add(
+        "ImageScale",
+        image=g.load_images(images)[0] if images else None,
+        upscale_method="bilinear",
+        width=resolution,
+        height=resolution,
+        crop="center",
+    )
+    latents = g.add("VAEEncode", pixels=scale, vae=checkpoint[2])
+    rebatched = g.add("RebatchLatents", latents=latents, batch_size=1)
+    positive = g.encode(checkpoint[1], text)
+    train = g.add(
+        "TrainLoraNode",
+        model=checkpoint[0],
+        latents=rebatched,
+        positive=positive,
+        batch_size=1,
+        grad_accumulation_steps=1,
+        steps=steps,
+        learning_rate=learning_rate,
+        rank=rank,
+        optimizer="AdamW",
+        loss_function="MSE",
+        seed=0,
+        training_dtype=dtype,
+        lora_dtype=dtype,
+        algorithm="LoRA",
+        gradient_checkpointing=gradient_checkpointing,
+        existing_lora="[None]",
+    )
     lora = 1
     if trainer is not None:
         lora = list(trainer.RETURN_TYPES).index("LORA_MODEL")
-        inputs = prompt[TRAIN_NODE]["inputs"]
+        inputs = g.inputs(train)
         for name, spec in trainer.INPUT_TYPES()["required"].items():
             options = spec[1] if len(spec) > 1 else {}
             if name not in inputs and "default" in options:
                 inputs[name] = options["default"]
-    prompt["14"] = {
-        "class_type": "SaveLoRA",
-        "inputs": {"lora": [TRAIN_NODE, lora], "prefix": "loras/bench_lora"},
-    }
-    return prompt
+    g.add("SaveLoRA", lora=train[lora], prefix="loras/bench_lora")
+    return g
 
 
 def perfusion_prompt(
     ckpt: str, steps: int, resolution: int, gradient_checkpointing: bool, batch_size: int = 1
-) -> dict:
+) -> Graph:
     return train_prompt(
         ckpt,
         IMAGES,
@@ -154,11 +145,12 @@ def main() -> None:
             ckpt, args.steps, args.resolution, args.gradient_checkpointing, args.batch_size
         )
 
+    train_node = prompt.node(TRAINERS[args.trainer]).id
     stamps: list[float] = []
     memory = PeakRss(interval=0.01)
 
     def on_message(event, data):
-        if not isinstance(data, dict) or data.get("node") != TRAIN_NODE:
+        if not isinstance(data, dict) or data.get("node") != train_node:
             return
         if event == "executing":
             memory.__enter__()  # peak above what was loaded when the trainer node starts
@@ -185,7 +177,7 @@ def main() -> None:
                 "train_peak_delta_mb": memory.delta / 2**20,
                 "run_s": result.duration_s,
                 # ours: the objective on a fixed batch of the training images before and after training
-                "eval_before_after": result.outputs.get(TRAIN_NODE, {}).get("perfusion_eval"),
+                "eval_before_after": result.outputs.get(train_node, {}).get("perfusion_eval"),
             }
         )
     )

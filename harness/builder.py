@@ -12,10 +12,9 @@ from harness.paths import comfyui_path, repo_root
 
 
 def build_in_subprocess(module: str, out: Path, *args: str, what: str, timeout: int = 600) -> Path:
-    """Runs ``python -m <module> <out> <args>`` with the repository and the host importable; `out`,
+    """Runs ``python -m <module> <out> <args>`` from the repository root with the host selected; `out`,
     or an error naming `what` with the child's last lines."""
-    env = dict(os.environ, COMFYUI_PATH=str(comfyui_path()))
-    env["PYTHONPATH"] = os.pathsep.join([str(repo_root()), *filter(None, [env.get("PYTHONPATH")])])
+    env = dict(os.environ, COMFYUI_PATH=str(comfyui_path()))  # `-m` from the root imports the repository
     proc = subprocess.run(
         [sys.executable, "-m", module, str(out), *args],
         cwd=repo_root(),

@@ -67,32 +67,32 @@ def train_prompt(
     covariance_prompts: int = 128,
     extra: dict | None = None,
 ) -> Graph:
-    """Checkpoint -> images -> Train Perfusion Concept (-> Save) (+ a preview of its loss curve)."""
+    """Checkpoint -> images -> Train Perfusion Concept (-> Save) (+ a preview of its loss curve).
+    Without ``image_names`` the trainer's images are left for the caller to link (a dataset node);
+    ``extra``: more of its inputs, or other values for those above."""
     g = Graph()
     ckpt = g.checkpoint(ckpt_name)
-    images, masks = g.load_images(image_names)
-    trainer = g.add(
-        "PerfusionTrainConcept",
-        model=ckpt[0],
-        clip=ckpt[1],
-        vae=ckpt[2],
-        images=images,
-        concept_word=word,
-        superclass=superclass,
-        steps=steps,
-        batch_size=batch_size,
-        grad_accumulation=grad_accumulation,
-        lr_v=lr_v,
-        lr_embedding=lr_embedding,
-        train_bias=TRAIN_BIAS,
-        train_temperature=TRAIN_TEMPERATURE,
-        resolution=resolution,
-        flip=True,
-        seed=seed,
-        templates=templates,
-        covariance_prompts=covariance_prompts,
+    images, masks = g.load_images(image_names) if image_names else (None, None)
+    widgets = {
+        "concept_word": word,
+        "superclass": superclass,
+        "steps": steps,
+        "batch_size": batch_size,
+        "grad_accumulation": grad_accumulation,
+        "lr_v": lr_v,
+        "lr_embedding": lr_embedding,
+        "train_bias": TRAIN_BIAS,
+        "train_temperature": TRAIN_TEMPERATURE,
+        "resolution": resolution,
+        "flip": True,
+        "seed": seed,
+        "templates": templates,
+        "covariance_prompts": covariance_prompts,
         **({"mask": masks} if use_mask else {}),
         **(extra or {}),
+    }
+    trainer = g.add(
+        "PerfusionTrainConcept", model=ckpt[0], clip=ckpt[1], vae=ckpt[2], images=images, **widgets
     )
     g.preview(trainer[1])
     if save_name is not None:

@@ -20,6 +20,7 @@ from itertools import cycle
 from pathlib import Path
 from typing import Any
 
+from harness.graph import Graph
 from harness.paths import repo_root
 
 __all__ = [
@@ -48,9 +49,9 @@ def workflows_dir(wset: str = "current") -> Path:
     return root if wset == "current" else root / wset
 
 
-def api_workflow(name: str, wset: str = "current") -> dict:
-    """``<set folder>/api/<name>.api.json``."""
-    return json.loads((workflows_dir(wset) / "api" / f"{name}.api.json").read_text())
+def api_workflow(name: str, wset: str = "current") -> Graph:
+    """``<set folder>/api/<name>.api.json``, as a :class:`Graph` (find its nodes by class)."""
+    return Graph(json.loads((workflows_dir(wset) / "api" / f"{name}.api.json").read_text()))
 
 
 def ui_workflow(name: str, wset: str = "current") -> dict:
@@ -126,22 +127,23 @@ class FixtureValues:
         return {**fixed, **self.overrides.get(class_type, {})}
 
 
-def for_fixture(prompt: Mapping[str, Mapping], values: FixtureValues) -> dict:
-    """A copy of an API prompt with the fixture's files, sizes and step counts."""
-    out = copy.deepcopy(dict(prompt))
-    images = cycle(values.images) if values.images else None
+def for_fixture(prompt: Mapping[str, Mapping], values: FixtureValues) -> Graph:
+    """A copy of an API prompt with the fixture's files, sizes and step counts, as a :class:`Graph`."""
+    out = Graph(copy.deepcopy(dict(prompt)))
     for node_id, node in out.items():
         inputs = node["inputs"]
         for name, value in values.node_values(node["class_type"], inputs).items():
             if name not in inputs:
                 raise KeyError(f"node {node_id} ({node['class_type']}) has no input {name!r} to override")
             inputs[name] = value
-        if node["class_type"] == "PerfusionConceptLoader":
-            inputs["concept_name"] = values.concepts.get(inputs["concept_name"], inputs["concept_name"])
-        if node["class_type"] == "LoadImage":
-            if images is None:
-                raise ValueError(f"node {node_id} (LoadImage) needs an image: pass images=[...]")
-            inputs["image"] = next(images)
+    for loader in out.nodes("PerfusionConceptLoader"):
+        inputs = out.inputs(loader)
+        inputs["concept_name"] = values.concepts.get(inputs["concept_name"], inputs["concept_name"])
+    loads = out.nodes("LoadImage")
+    if loads and not values.images:
+        raise ValueError(f"node {loads[0].id} (LoadImage) needs an image: pass images=[...]")
+    for load, image in zip(loads, cycle(values.images)):
+        out.inputs(load)["image"] = image
     return out
 
 

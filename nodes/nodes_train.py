@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 from ..perfusion_core.concept_writer import save_concept
@@ -57,135 +58,32 @@ class PerfusionTrainConcept:
     def train(self, images, mask=None, captions=None, **inputs):
         """Lists in (INPUT_IS_LIST): `images`, `mask` and `captions` may hold many items (all train one
         concept); every other input must be one value."""
-        single = one_each(inputs, listed="images, mask and captions")
-        settings = {**train_inputs.OPTIONAL_DEFAULTS, **single}
-        return self._train(images=images, mask=mask, captions=captions, **settings)
-
-    def _train(
-        self,
-        *,
-        model,
-        clip,
-        vae,
-        images,
-        concept_word,
-        superclass,
-        steps,
-        batch_size,
-        grad_accumulation,
-        lr_v,
-        lr_embedding,
-        train_bias,
-        train_temperature,
-        resolution,
-        flip,
-        seed,
-        templates,
-        mask,
-        captions,
-        resume,
-        gradient_checkpointing,
-        save_every,
-        checkpoint_name,
-        covariance_prompts,
-        precision,
-        preview_every,
-        validation_prompts,
-        preview_size,
-        preview_steps,
-        key_lock,
-        weight_decay,
-        clip_vision,
-    ):
         require_host()
-        concept_word, superclass = concept_word.strip(), superclass.strip()
-        image_templates = caption_templates(captions, concept_word, superclass) if captions else ()
-        if resolution == 0:
-            resolution = native_resolution(model)
-        config = TrainingConfig(
-            steps=steps,
-            batch_size=batch_size,
-            grad_accumulation=grad_accumulation,
-            lr_v=lr_v,
-            lr_embedding=lr_embedding,
-            beta=train_bias,
-            tau=train_temperature,
-            flip_probability=TrainingConfig.flip_probability if flip else 0.0,
-            resolution=resolution,
-            seed=seed,
-            templates=tuple(dict.fromkeys(image_templates)) or parse_templates(templates),
-            image_templates=image_templates,
-            key_lock=bool(key_lock),
-            weight_decay=weight_decay,
-        )
-        if resume is not None and (resume.word != concept_word or resume.info.superclass != superclass):
-            raise ValueError(
-                f"resume: the concept is '{resume.word}' ({resume.info.superclass}), not "
-                f"'{concept_word}' ({superclass})"
-            )
-        callbacks = []
-        if save_every > 0:
-            target = concept_path(checkpoint_name.strip() or f"{concept_word}_checkpoint", "checkpoint_name")
-
-            def on_step(step, _loss, run):
-                if step > 0 and step % save_every == 0 and step < config.steps:
-                    save_concept(run.concept(step), target, overwrite=True)
-                    log.info("Perfusion: checkpoint at step %d written to %s", step, target)
-
-            callbacks.append(on_step)
-        preview = None
-        if preview_every > 0:
-            beta, tau = previews.inference_gate(resume)
-            settings = previews.PreviewSettings(
-                previews.validation_prompts(validation_prompts, concept_word),
-                preview_every,
-                preview_size,
-                preview_steps,
-                beta,
-                tau,
-            )
-            preview = previews.TrainingPreviews(vae, settings, config.steps)
-            callbacks.append(preview)
+        w = {**train_inputs.OPTIONAL_DEFAULTS, **one_each(inputs, listed="images, mask and captions")}
+        job = training_job(w, images, mask, captions)
+        preview = training_previews(w, job)
+        callbacks = [c for c in (checkpoint_writer(w, job), preview) if c is not None]
 
         def each_step(step, loss, run):
             for callback in callbacks:
                 callback(step, loss, run)
 
         started = time.perf_counter()
-        job = TrainingJob(
-            word=concept_word,
-            superclass=superclass,
-            images=images,
-            config=config,
-            masks=mask,
-            resume=resume,
-            covariance_prompts=covariance_prompts,
-            gradient_checkpointing=gradient_checkpointing,
-            precision=precision,
+        result = trainer.train_concept(
+            w["model"], w["clip"], w["vae"], job, on_step=each_step if callbacks else None
         )
-        result = trainer.train_concept(model, clip, vae, job, on_step=each_step if callbacks else None)
         summary = (
-            f"{concept_word} ({superclass}): {len(result.losses)} steps; loss on the training images "
+            f"{job.word} ({job.superclass}): {len(result.losses)} steps; loss on the training images "
             f"{result.eval_before:.5f} -> {result.eval_after:.5f}"
         )
         if preview is not None:
             summary += f"; {preview.describe()}"
-            total = time.perf_counter() - started
-            log.info(
-                "Perfusion: previews took %.1f s (%d images at %d px, %d sampler steps each), the rest of "
-                "training %.1f s (%.0f%% of the time on previews)",
-                preview.seconds,
-                preview.samplings,
-                preview_size,
-                preview_steps,
-                total - preview.seconds,
-                100 * preview.seconds / max(total, 1e-9),
-            )
+            log_preview_time(preview, time.perf_counter() - started)
         concept = result.concept
-        if clip_vision is not None:
-            search = BiasSearch(sampling=replace(BiasSearch.sampling, size=config.resolution))
-            embed = clip_vision_embedder(clip_vision)
-            chosen = sample_curve(model, clip, vae, concept, images, embed, search)[0].chosen()
+        if w["clip_vision"] is not None:
+            search = BiasSearch(sampling=replace(BiasSearch.sampling, size=job.config.resolution))
+            embed = clip_vision_embedder(w["clip_vision"])
+            chosen = sample_curve(w["model"], w["clip"], w["vae"], concept, images, embed, search)[0].chosen()
             concept = with_suggested_bias(concept, chosen.bias, search)
             summary += f"; suggested bias {chosen.bias:.2f} (chosen from {search.seeds} seeds per bias)"
         log.info("Perfusion: %s", summary)
@@ -194,6 +92,94 @@ class PerfusionTrainConcept:
             "ui": {"text": [summary], "perfusion_eval": [result.eval_before, result.eval_after]},
             "result": (concept, loss_curve_image(result.losses), {"loss": result.losses}, previewed),
         }
+
+
+# The helpers below read `w`: the Train node's inputs by name, every optional one filled in.
+
+
+def training_job(w: dict, images: list, mask: list | None, captions: list | None) -> TrainingJob:
+    """The widgets as the method's terms: words stripped, captions as templates, resolution 0 as the
+    model's native one, the flip switch as a probability."""
+    word, superclass = w["concept_word"].strip(), w["superclass"].strip()
+    image_templates = caption_templates(captions, word, superclass) if captions else ()
+    config = TrainingConfig(
+        steps=w["steps"],
+        batch_size=w["batch_size"],
+        grad_accumulation=w["grad_accumulation"],
+        lr_v=w["lr_v"],
+        lr_embedding=w["lr_embedding"],
+        beta=w["train_bias"],
+        tau=w["train_temperature"],
+        flip_probability=TrainingConfig.flip_probability if w["flip"] else 0.0,
+        resolution=w["resolution"] or native_resolution(w["model"]),
+        seed=w["seed"],
+        templates=tuple(dict.fromkeys(image_templates)) or parse_templates(w["templates"]),
+        image_templates=image_templates,
+        key_lock=bool(w["key_lock"]),
+        weight_decay=w["weight_decay"],
+    )
+    resume = w["resume"]
+    if resume is not None and (resume.word != word or resume.info.superclass != superclass):
+        raise ValueError(
+            f"resume: the concept is '{resume.word}' ({resume.info.superclass}), not '{word}' ({superclass})"
+        )
+    return TrainingJob(
+        word=word,
+        superclass=superclass,
+        images=images,
+        config=config,
+        masks=mask,
+        resume=resume,
+        covariance_prompts=w["covariance_prompts"],
+        gradient_checkpointing=w["gradient_checkpointing"],
+        precision=w["precision"],
+    )
+
+
+def checkpoint_writer(w: dict, job: TrainingJob) -> Callable | None:
+    """A step callback that saves the concept every `save_every` steps (None when 0), so a long run
+    that stops early leaves its latest state."""
+    every = w["save_every"]
+    if every <= 0:
+        return None
+    target = concept_path(w["checkpoint_name"].strip() or f"{job.word}_checkpoint", "checkpoint_name")
+
+    def on_step(step, _loss, run):
+        if step > 0 and step % every == 0 and step < job.config.steps:
+            save_concept(run.concept(step), target, overwrite=True)
+            log.info("Perfusion: checkpoint at step %d written to %s", step, target)
+
+    return on_step
+
+
+def training_previews(w: dict, job: TrainingJob) -> previews.TrainingPreviews | None:
+    """The validation-prompt previews every `preview_every` steps (None when 0), sampled at the gate
+    generation will use."""
+    if w["preview_every"] <= 0:
+        return None
+    beta, tau = previews.inference_gate(job.resume)
+    settings = previews.PreviewSettings(
+        previews.validation_prompts(w["validation_prompts"], job.word),
+        w["preview_every"],
+        w["preview_size"],
+        w["preview_steps"],
+        beta,
+        tau,
+    )
+    return previews.TrainingPreviews(w["vae"], settings, job.config.steps)
+
+
+def log_preview_time(preview: previews.TrainingPreviews, total: float) -> None:
+    log.info(
+        "Perfusion: previews took %.1f s (%d images at %d px, %d sampler steps each), the rest of "
+        "training %.1f s (%.0f%% of the time on previews)",
+        preview.seconds,
+        preview.samplings,
+        preview.settings.size,
+        preview.settings.steps,
+        total - preview.seconds,
+        100 * preview.seconds / max(total, 1e-9),
+    )
 
 
 class PerfusionSaveConcept:

@@ -131,18 +131,22 @@ def train(host, ckpt: str, spec: ConceptSpec, s: Settings, out: Path, progress: 
     )
     label = f"train {spec.word} ({spec.superclass}, {len(names)} images)"
     result = run(host, prompt, progress, label)
-    copy_image(host, result, "5", out / f"loss_{spec.word}.png")
+    copy_image(host, result, prompt.node("PreviewImage").id, out / f"loss_{spec.word}.png")  # the loss curve
     file = f"{spec.word}.safetensors"
     (out / "concepts").mkdir(exist_ok=True)
     shutil.copyfile(host.layout.perfusion / file, out / "concepts" / file)
     return file
 
 
-def generate(host, ckpt: str, uses: Sequence[ConceptUse], positive: str, s: Settings, progress, label):
+def generate(
+    host, ckpt: str, uses: Sequence[ConceptUse], positive: str, s: Settings, progress, label, dest: Path
+) -> Path:
+    """Samples ``positive`` with ``uses``; the image, copied to ``dest``."""
     prompt = generate_prompt(
         ckpt, uses, positive=positive, steps=s.sample_steps, size=s.size, seed=7, filename_prefix="demo"
     )
-    return run(host, prompt, progress, label)
+    result = run(host, prompt, progress, label)
+    return copy_image(host, result, prompt.node("SaveImage").id, dest)
 
 
 def covariance_cached(host) -> bool:
@@ -231,15 +235,13 @@ def real_checkpoint_demo(args: argparse.Namespace, out: Path, startup: _StartupF
     hugsy = train(host, ckpt, HUGSY, s, out, progress)
     positive = f"a photo of {HUGSY.word} on the beach"
     tiles = []
-    result = generate(
-        host, ckpt, [], f"a photo of a {HUGSY.superclass} on the beach", s, progress, "no concept"
-    )
-    tiles.append(("no concept", copy_image(host, result, "9", out / "hugsy_no_concept.png")))
+    superclass = f"a photo of a {HUGSY.superclass} on the beach"
+    plain = generate(host, ckpt, [], superclass, s, progress, "no concept", out / "hugsy_no_concept.png")
+    tiles.append(("no concept", plain))
     for bias in s.biases:
-        result = generate(
-            host, ckpt, [ConceptUse(hugsy, bias=bias)], positive, s, progress, f"bias {bias:.2f}"
-        )
-        tiles.append((f"bias {bias:.2f}", copy_image(host, result, "9", out / f"hugsy_bias_{bias:.2f}.png")))
+        label, dest = f"bias {bias:.2f}", out / f"hugsy_bias_{bias:.2f}.png"
+        image = generate(host, ckpt, [ConceptUse(hugsy, bias=bias)], positive, s, progress, label, dest)
+        tiles.append((label, image))
     written += [p for _, p in tiles]
     written.append(
         labelled_row(tiles, f'"{positive}" - lower bias = stronger concept', out / "hugsy_bias_sweep.png")
@@ -248,8 +250,7 @@ def real_checkpoint_demo(args: argparse.Namespace, out: Path, startup: _StartupF
     zorbo = train(host, ckpt, ZORBO, s, out, progress)
     uses = [ConceptUse(hugsy), ConceptUse(zorbo)]  # at the inference bias
     both = f"a photo of {HUGSY.word} and {ZORBO.word} on the beach"
-    result = generate(host, ckpt, uses, both, s, progress, "two concepts")
-    written.append(copy_image(host, result, "9", out / "hugsy_and_zorbo.png"))
+    written.append(generate(host, ckpt, uses, both, s, progress, "two concepts", out / "hugsy_and_zorbo.png"))
     written += [out / f"loss_{c.word}.png" for c in (HUGSY, ZORBO)]
     written += [out / "concepts" / f for f in (hugsy, zorbo)]
     print(f"[{time.perf_counter() - progress.t0:6.1f}s] done", flush=True)

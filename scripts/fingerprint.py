@@ -23,6 +23,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from harness.fixture_checkpoint import fixture_checkpoint
+from harness.graph import Graph
 from harness.inprocess import ComfyHost
 from harness.perfusion_graphs import ConceptUse, generate_prompt, train_prompt
 from harness.sample_images import write_toy_images
@@ -47,7 +48,7 @@ def content_hash(path: Path) -> str:
     return hashlib.sha256(b"|".join(data)).hexdigest()[:16]
 
 
-def prompts(input_dir: Path) -> dict[str, dict]:
+def prompts(input_dir: Path) -> dict[str, Graph]:
     """The graphs, in the order they run: per fixture, train both concepts, sample both, export one."""
     images = {
         word: write_toy_images(input_dir, word, 3, colour=colour) for word, (_, colour, _) in CONCEPTS.items()
@@ -67,22 +68,12 @@ def prompts(input_dir: Path) -> dict[str, dict]:
         out[f"sample {family}"] = generate_prompt(
             ckpt, uses, positive="a photo of hugsy and zorbo", seed=5, steps=3, filename_prefix=f"fp_{family}"
         )
-        out[f"export {family}"] = {
-            "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-            "2": {
-                "class_type": "PerfusionConceptFile",
-                "inputs": {"concept_name": f"fp_{family}_hugsy.safetensors"},
-            },
-            "3": {
-                "class_type": "PerfusionExportConcept",
-                "inputs": {
-                    "model": ["1", 0],
-                    "concept": ["2", 0],
-                    "name": f"fp_{family}_export",
-                    "overwrite": True,
-                },
-            },
-        }
+        export = out[f"export {family}"] = Graph()
+        model = export.checkpoint(ckpt)[0]
+        concept = export.add("PerfusionConceptFile", concept_name=f"fp_{family}_hugsy.safetensors")
+        export.add(
+            "PerfusionExportConcept", model=model, concept=concept, name=f"fp_{family}_export", overwrite=True
+        )
     return out
 
 

@@ -46,17 +46,17 @@ def test_the_chosen_bias_is_saved_and_the_loader_uses_it_when_asked(
         tiny_ckpt_name, trained_concepts["hugsy"], toy_images["hugsy"], clip_vision, "chosen_hugsy", **SEARCH
     )
     result = comfy_host.run(prompt).raise_for_error()
-    bias = chosen_bias(result, "10")
+    bias = chosen_bias(result, prompt.node("PerfusionChooseBias").id)
     assert bias in (0.3, 1.1)
     info = load_concept(comfy_host.folder("perfusion")[0] / "chosen_hugsy.safetensors").info
     assert info.suggested_beta_local == pytest.approx(bias)
     assert "CLIP vision" in info.training_settings["suggested_bias_local"]
-    (curve,) = comfy_host.images(result, "12")
+    (curve,) = comfy_host.images(result, prompt.node("PreviewImage").id)
     assert curve.shape == (320, 640, 3)
 
     def image(bias_widget: float, mode: str) -> np.ndarray:
-        prompt = generate_prompt(tiny_ckpt_name, [ConceptUse("chosen_hugsy.safetensors", bias=bias_widget)])
-        prompt["20"]["inputs"]["bias_mode"] = mode
+        use = ConceptUse("chosen_hugsy.safetensors", bias=bias_widget, bias_mode=mode)
+        prompt = generate_prompt(tiny_ckpt_name, [use])
         (img,) = comfy_host.images(comfy_host.run(prompt).raise_for_error())
         return img
 
@@ -87,11 +87,12 @@ def test_training_with_clip_vision_connected_chooses_the_suggested_bias(
         covariance_prompts=64,
         resolution=64,
         save_name="trained_with_choice",
-        extra={"clip_vision": ["50", 0]},
     )
-    prompt["50"] = {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": clip_vision}}
+    vision = prompt.add("CLIPVisionLoader", clip_name=clip_vision)
+    trainer = prompt.node("PerfusionTrainConcept")
+    prompt.inputs(trainer)["clip_vision"] = vision[0]
     result = comfy_host.run(prompt).raise_for_error()
-    bias = chosen_bias(result, "3")
+    bias = chosen_bias(result, trainer.id)
     info = load_concept(comfy_host.folder("perfusion")[0] / "trained_with_choice.safetensors").info
     assert info.suggested_beta_local == pytest.approx(bias)
     assert "biases 0.4-0.9" in info.training_settings["suggested_bias_local"]

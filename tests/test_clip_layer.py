@@ -2,10 +2,12 @@
 on, and a CLIP at another layer (set before or after the loader) is refused, naming both layers."""
 
 import sys
+from collections.abc import Sequence
 
 import pytest
 import torch
 
+from harness.graph import Graph, Node
 from harness.perfusion_graphs import ConceptUse, generate_prompt, train_prompt
 from perfusion_core.concept_file import load_concept
 
@@ -15,12 +17,16 @@ LAYERS = (-1, -2)
 TEMPLATES = ("a photo of a {}", "a good photo of the {}", "a close-up photo of a {}")  # train_prompt's
 
 
-def set_last_layer(prompt: dict, layer: int, clip: list, consumers: tuple[str, ...]) -> dict:
-    """Inserts CLIPSetLastLayer (node "2") on `clip`, feeding the `consumers` nodes' clip input."""
-    prompt["2"] = {"class_type": "CLIPSetLastLayer", "inputs": {"clip": clip, "stop_at_clip_layer": layer}}
+def set_last_layer(prompt: Graph, layer: int, clip: list, consumers: Sequence[Node]) -> Graph:
+    """Inserts CLIPSetLastLayer on `clip`, feeding the `consumers` nodes' clip input."""
+    layered_clip = prompt.add("CLIPSetLastLayer", clip=clip, stop_at_clip_layer=layer)
     for node in consumers:
-        prompt[node]["inputs"]["clip"] = ["2", 0]
+        prompt.inputs(node)["clip"] = layered_clip[0]
     return prompt
+
+
+def checkpoint_clip(prompt: Graph) -> list:
+    return prompt.node("CheckpointLoaderSimple")[1]
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +36,8 @@ def layered(comfy_host, tiny_ckpt_name, toy_images) -> dict[int, str]:
     for layer in LAYERS:
         name = f"hugsy_layer{-layer}"
         prompt = train_prompt(tiny_ckpt_name, toy_images["hugsy"], steps=2, save_name=name)
-        comfy_host.run(set_last_layer(prompt, layer, ["1", 1], ("3",))).raise_for_error()
+        trainer = prompt.node("PerfusionTrainConcept")
+        comfy_host.run(set_last_layer(prompt, layer, checkpoint_clip(prompt), [trainer])).raise_for_error()
         files[layer] = f"{name}.safetensors"
     return files
 
@@ -66,7 +73,8 @@ def test_training_records_the_layer_and_encodes_at_it(comfy_host, tiny_ckpt_name
 @pytest.mark.parametrize(("trained", "used"), [(-1, -1), (-1, -2), (-2, -2), (-2, -1)])
 def test_a_concept_is_refused_by_a_clip_at_another_layer(comfy_host, tiny_ckpt_name, layered, trained, used):
     prompt = generate_prompt(tiny_ckpt_name, [ConceptUse(layered[trained])], positive="a photo of hugsy")
-    result = comfy_host.run(set_last_layer(prompt, used, ["1", 1], ("20",)))
+    loaders = prompt.nodes("PerfusionConceptLoader")
+    result = comfy_host.run(set_last_layer(prompt, used, checkpoint_clip(prompt), loaders))
     if trained == used:
         assert result.success, result.error_text
         return
@@ -82,7 +90,8 @@ def test_a_clip_set_last_layer_after_the_loader_is_refused_for_prompts_with_the_
     comfy_host, tiny_ckpt_name, layered, text
 ):
     prompt = generate_prompt(tiny_ckpt_name, [ConceptUse(layered[-1])], positive=text)
-    result = comfy_host.run(set_last_layer(prompt, -2, ["20", 1], ("4", "5")))
+    loader_clip = prompt.node("PerfusionConceptLoader")[1]
+    result = comfy_host.run(set_last_layer(prompt, -2, loader_clip, prompt.nodes("CLIPTextEncode")))
     if "hugsy" not in text:
         assert result.success, result.error_text
         return

@@ -4,6 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
+from harness.graph import Graph
 from harness.perfusion_graphs import train_prompt
 from harness.sample_images import toy_image
 from perfusion_core.concept_file import load_concept
@@ -13,14 +14,18 @@ SIZES = [(96, 96), (80, 120), (128, 64), (72, 72)]  # (width, height): the folde
 CAPTIONS = ["a photo of hugsy on the grass", "a teddy on a bench", "a blurry picture", ""]
 
 
-def dataset_prompt(ckpt_name: str, loader: str, folder: str, save_name: str) -> dict:
-    """train_prompt with its LoadImage chain replaced by one dataset loader (node "90")."""
+TRAINER = "PerfusionTrainConcept"
+
+
+def dataset_prompt(ckpt_name: str, loader: str, folder: str, save_name: str) -> Graph:
+    """train_prompt with its LoadImage (one image: no batching nodes) replaced by one dataset loader."""
     prompt = train_prompt(ckpt_name, ["unused.png"], steps=2, covariance_prompts=64, save_name=save_name)
-    prompt = {k: v for k, v in prompt.items() if int(k) < 100}
-    prompt["90"] = {"class_type": loader, "inputs": {"folder": folder}}
-    prompt["3"]["inputs"]["images"] = ["90", 0]
+    del prompt[prompt.node("LoadImage").id]
+    dataset = prompt.add(loader, folder=folder)
+    trainer = prompt.inputs(TRAINER)
+    trainer["images"] = dataset[0]
     if loader == "LoadImageTextDataSetFromFolder":
-        prompt["3"]["inputs"]["captions"] = ["90", 1]
+        trainer["captions"] = dataset[1]
     return prompt
 
 
@@ -41,9 +46,9 @@ def test_a_folder_of_four_images_of_different_sizes_trains_one_concept_recording
     comfy_host, tiny_ckpt_name, dataset_folder
 ):
     prompt = dataset_prompt(tiny_ckpt_name, "LoadImageDataSetFromFolder", dataset_folder, "from_folder")
-    prompt["4"]["inputs"]["overwrite"] = False  # a second run of the node (one per image) would fail here
+    prompt.inputs("PerfusionSaveConcept")["overwrite"] = False  # a second run (one per image) would fail here
     result = comfy_host.run(prompt).raise_for_error()
-    assert len(result.outputs["3"]["text"]) == 1, "the training node ran once per image"
+    assert len(result.outputs[prompt.node(TRAINER).id]["text"]) == 1, "the training node ran once per image"
     concept = load_concept(comfy_host.base_dir / "models" / "perfusion" / "from_folder.safetensors")
     assert concept.info.training_images == 4
     assert "captions" not in concept.info.training_settings
@@ -68,7 +73,8 @@ def test_captions_are_the_training_prompts(comfy_host, tiny_ckpt_name, dataset_f
 
 def test_one_value_inputs_refuse_a_list(comfy_host, tiny_ckpt_name, dataset_folder):
     prompt = dataset_prompt(tiny_ckpt_name, "LoadImageTextDataSetFromFolder", dataset_folder, "refused")
-    prompt["3"]["inputs"]["concept_word"] = ["90", 1]  # four captions where one word belongs
+    captions = prompt.node("LoadImageTextDataSetFromFolder")[1]
+    prompt.inputs(TRAINER)["concept_word"] = captions  # four captions where one word belongs
     result = comfy_host.run(prompt)
     assert result.error_kind == "execution"
     assert "concept_word: got 4 values" in result.error_text

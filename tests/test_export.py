@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from harness.graph import Graph
 from harness.perfusion_graphs import generate_prompt
 from perfusion_core.concept import Concept, ConceptInfo
 from perfusion_core.export import embedding_tensors, rank1_updates
@@ -71,33 +72,30 @@ def test_the_embedding_is_one_vector_per_text_encoder():
     torch.testing.assert_close(torch.cat([parts["clip_l"], parts["clip_g"]], 1)[0], sdxl.token_embedding)
 
 
-def export_prompt(ckpt_name: str, concept_file: str, name: str, overwrite: bool) -> dict:
-    return {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}},
-        "2": {"class_type": "PerfusionConceptFile", "inputs": {"concept_name": concept_file}},
-        "3": {
-            "class_type": "PerfusionExportConcept",
-            "inputs": {"model": ["1", 0], "concept": ["2", 0], "name": name, "overwrite": overwrite},
-        },
-    }
+def export_prompt(ckpt_name: str, concept_file: str, name: str, overwrite: bool) -> Graph:
+    g = Graph()
+    ckpt = g.checkpoint(ckpt_name)
+    concept = g.add("PerfusionConceptFile", concept_name=concept_file)
+    g.add("PerfusionExportConcept", model=ckpt[0], concept=concept, name=name, overwrite=overwrite)
+    return g
 
 
 def stock_image(host, ckpt_name: str, text: str, lora: str | None = None) -> np.ndarray:
     """The plain txt2img graph, with LoraLoader between the checkpoint and the rest when given."""
     prompt = generate_prompt(ckpt_name, positive=text)
     if lora is not None:
-        prompt["30"] = {
-            "class_type": "LoraLoader",
-            "inputs": {
-                "model": ["1", 0],
-                "clip": ["1", 1],
-                "lora_name": lora,
-                "strength_model": 1.0,
-                "strength_clip": 1.0,
-            },
-        }
-        prompt["4"]["inputs"]["clip"] = prompt["5"]["inputs"]["clip"] = ["30", 1]
-        prompt["7"]["inputs"]["model"] = ["30", 0]
+        ckpt = prompt.node("CheckpointLoaderSimple")
+        loader = prompt.add(
+            "LoraLoader",
+            model=ckpt[0],
+            clip=ckpt[1],
+            lora_name=lora,
+            strength_model=1.0,
+            strength_clip=1.0,
+        )
+        for encode in prompt.nodes("CLIPTextEncode"):
+            prompt.inputs(encode)["clip"] = loader[1]
+        prompt.inputs("KSampler")["model"] = loader[0]
     (img,) = host.images(host.run(prompt).raise_for_error())
     return img.astype(np.float64)
 

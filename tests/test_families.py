@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from harness.fixture_checkpoint import fixture_checkpoint
+from harness.graph import Graph, Node
 from harness.perfusion_graphs import ConceptUse, generate_prompt, train_prompt
 from perfusion_core.concept_file import load_concept, read_concept_metadata
 from perfusion_core.training_job import TrainingJob
@@ -47,6 +48,14 @@ def sdxl_concepts(comfy_host, sdxl, toy_images) -> dict[str, str]:
 
 def concept_path(host, name):
     return host.base_dir / "models" / "perfusion" / name
+
+
+def resume_from(prompt: Graph, concept_file: str) -> Node:
+    """Has the trainer of ``prompt`` resume ``concept_file`` (a Perfusion Concept File node); returns
+    the trainer."""
+    trainer = prompt.node("PerfusionTrainConcept")
+    prompt.inputs(trainer)["resume"] = prompt.add("PerfusionConceptFile", concept_name=concept_file)[0]
+    return trainer
 
 
 def test_fixture_is_detected_as_sdxl_with_two_text_encoders(perfusion_pack, sdxl_models):
@@ -139,13 +148,15 @@ def test_sdxl_resume_with_previews_and_global_key_lock(comfy_host, sdxl, sdxl_co
         save_name="sdxl_hugsy_resumed",
         extra=preview_settings(1),
     )
-    prompt["30"] = {"class_type": "PerfusionConceptFile", "inputs": {"concept_name": sdxl_concepts["hugsy"]}}
-    prompt["3"]["inputs"]["resume"] = ["30", 0]
-    prompt["6"] = {"class_type": "PreviewImage", "inputs": {"images": ["3", 3]}}
-    result = comfy_host.run(with_generation(prompt, PROMPTS[0].format("hugsy"), seed=0)).raise_for_error()
-    previews = comfy_host.images(result, "6")
+    trainer = resume_from(prompt, sdxl_concepts["hugsy"])
+    shown = prompt.preview(trainer[3])  # the trainer's previews
+    before = set(prompt.nodes("PreviewImage"))
+    prompt = with_generation(prompt, PROMPTS[0].format("hugsy"), seed=0)
+    (generation,) = [node for node in prompt.nodes("PreviewImage") if node not in before]
+    result = comfy_host.run(prompt).raise_for_error()
+    previews = comfy_host.images(result, shown.id)
     assert len(previews) == 2 * len(PROMPTS)  # steps 0 and 1
-    (generated,) = comfy_host.images(result, "46")
+    (generated,) = comfy_host.images(result, generation.id)
     assert abs(previews[-len(PROMPTS)].astype(int) - generated.astype(int)).max() <= 1
     resumed = load_concept(concept_path(comfy_host, "sdxl_hugsy_resumed.safetensors"))
     assert resumed.info.steps == 4 and resumed.info.text_encoders == SDXL_ENCODERS
@@ -219,11 +230,7 @@ def test_resuming_an_sd15_concept_on_sdxl_is_refused_naming_both(
     comfy_host, sdxl, trained_concepts, toy_images
 ):
     prompt = train_prompt(sdxl, toy_images["hugsy"], steps=1, covariance_prompts=64)
-    prompt["30"] = {
-        "class_type": "PerfusionConceptFile",
-        "inputs": {"concept_name": trained_concepts["hugsy"]},
-    }
-    prompt["3"]["inputs"]["resume"] = ["30", 0]
+    resume_from(prompt, trained_concepts["hugsy"])
     result = comfy_host.run(prompt)
     assert result.error_kind == "execution"
     assert "'resume' was trained for SD15" in result.error_text and "SDXL" in result.error_text, (
@@ -247,16 +254,15 @@ def sd2(comfy_host) -> str:
     return comfy_host.add_checkpoint(fixture_checkpoint("tiny", context_dim=1024))
 
 
-def with_v_prediction(prompt: dict) -> dict:
+def with_v_prediction(prompt: Graph) -> Graph:
     """Inserts ModelSamplingDiscrete (v_prediction) after the checkpoint, as SD2 768-v users do."""
-    prompt["30"] = {
-        "class_type": "ModelSamplingDiscrete",
-        "inputs": {"model": ["1", 0], "sampling": "v_prediction", "zsnr": False},
-    }
-    for node in prompt.values():
-        for key, value in node["inputs"].items():
-            if value == ["1", 0] and node is not prompt["30"]:
-                node["inputs"][key] = ["30", 0]
+    model = prompt.node("CheckpointLoaderSimple")[0]
+    readers = [node["inputs"] for node in prompt.values()]
+    sampling = prompt.add("ModelSamplingDiscrete", model=model, sampling="v_prediction", zsnr=False)
+    for inputs in readers:
+        for key, value in inputs.items():
+            if value == model:
+                inputs[key] = sampling[0]
     return prompt
 
 
@@ -358,11 +364,8 @@ def test_a_model_without_unet_cross_attention_is_refused_naming_its_type(
     comfy_host, tiny_ckpt_name, trained_concepts, mmdit_name
 ):
     prompt = generate_prompt(tiny_ckpt_name, [ConceptUse(trained_concepts["hugsy"])])
-    prompt["40"] = {
-        "class_type": "UNETLoader",
-        "inputs": {"unet_name": mmdit_name, "weight_dtype": "default"},
-    }
-    prompt["20"]["inputs"]["model"] = ["40", 0]
+    unet = prompt.add("UNETLoader", unet_name=mmdit_name, weight_dtype="default")
+    prompt.inputs("PerfusionConceptLoader")["model"] = unet[0]
     result = comfy_host.run(prompt)
     assert result.error_kind == "execution"
     assert "SD3" in result.error_text and "no UNet cross-attention" in result.error_text, result.error_text

@@ -80,8 +80,9 @@ def test_sampling_interrupted_at_a_random_step_recovers(comfy_host, tiny_ckpt_na
     quick = generate_prompt(tiny_ckpt_name, uses, positive="a photo of hugsy", seed=seed, steps=2)
     before = image(comfy_host, quick)
     long = generate_prompt(tiny_ckpt_name, uses, positive="a photo of hugsy", seed=seed + 1, steps=steps)
-    result = comfy_host.run(long, on_message=interrupt_at(comfy_host, "7", step))
-    progress = [p["value"] for p in result.events("progress") if str(p["node"]) == "7"]
+    sampler = long.node("KSampler").id
+    result = comfy_host.run(long, on_message=interrupt_at(comfy_host, sampler, step))
+    progress = [p["value"] for p in result.events("progress") if str(p["node"]) == sampler]
     print(f"seed {seed}: interrupt asked at step {step}/{steps}; sampler stopped after {max(progress)}")
     assert result.interrupted and not result.success, result.error_text
     assert result.error["node_type"] == "KSampler"
@@ -103,7 +104,8 @@ def test_training_interrupted_at_a_random_step_leaves_nothing_behind(
     prompt = train_prompt(
         tiny_ckpt_name, toy_images["hugsy"], word="hugsy", steps=steps, save_name=f"interrupted_{seed}"
     )
-    result = comfy_host.run(prompt, on_message=interrupt_at(comfy_host, "3", step))
+    trainer = prompt.node("PerfusionTrainConcept").id
+    result = comfy_host.run(prompt, on_message=interrupt_at(comfy_host, trainer, step))
     print(f"seed {seed}: training interrupted at step {step}/{steps}: {result.error_kind}")
     assert result.interrupted, result.error_text
     assert result.error["node_type"] == "PerfusionTrainConcept"
@@ -126,8 +128,9 @@ def test_training_interrupted_between_checkpoints_keeps_the_last_complete_one(
         tiny_ckpt_name, toy_images["zorbo"], word="zorbo", superclass="cat", steps=10, extra=extra
     )
     target = folder / "faults_checkpointed.safetensors"
+    trainer = prompt.node("PerfusionTrainConcept").id
     try:
-        result = comfy_host.run(prompt, on_message=interrupt_at(comfy_host, "3", step))
+        result = comfy_host.run(prompt, on_message=interrupt_at(comfy_host, trainer, step))
         assert result.interrupted, result.error_text
         concept = load_concept(target)
         print(f"interrupted at step {step}: checkpoint holds {concept.info.steps} steps")

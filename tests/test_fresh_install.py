@@ -30,6 +30,7 @@ def test_a_stock_layout_trains_saves_lists_and_loads(comfy_host, tiny_ckpt_name,
         assert load_concept(folder / "fresh.safetensors").info.steps == 2
         listed = server.object_info("PerfusionConceptLoader")["input"]["required"]
         assert "fresh.safetensors" in listed["concept_name"][0]
-        result = server.run(generate_prompt(tiny_ckpt_name, [ConceptUse("fresh.safetensors")], steps=1))
+        prompt = generate_prompt(tiny_ckpt_name, [ConceptUse("fresh.safetensors")], steps=1)
+        result = server.run(prompt)
         assert result.success, result.error_text
-        assert len(server.images(result, node_id="9")) == 1
+        assert len(server.images(result, node_id=prompt.node("SaveImage").id)) == 1

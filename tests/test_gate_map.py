@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.perfusion_graphs import ConceptUse, generate_prompt
+from harness.graph import Graph
+from harness.perfusion_graphs import ConceptUse, add_concepts
 from perfusion_core.concept import Concept, ConceptInfo
 from perfusion_core.concept_set import AppliedConcept, ConceptSet
 
@@ -35,16 +36,13 @@ def test_the_gate_map_shows_each_concept_most_open_on_its_own_word(
 ):
     text = "a photo of hugsy next to zorbo"
     uses = [ConceptUse(trained_concepts["hugsy"]), ConceptUse(trained_concepts["zorbo"])]
-    prompt = generate_prompt(tiny_ckpt_name, uses, positive=text)
-    last = str(20 + len(uses) - 1)
-    prompt = {k: v for k, v in prompt.items() if k in ("1", "20", last)}
-    prompt["50"] = {
-        "class_type": "PerfusionGateMap",
-        "inputs": {"model": [last, 0], "clip": [last, 1], "text": text},
-    }
-    prompt["51"] = {"class_type": "SaveImage", "inputs": {"images": ["50", 0], "filename_prefix": "gates"}}
+    prompt = Graph()  # checkpoint -> the two loaders, chained -> Perfusion Gate Map -> SaveImage
+    ckpt = prompt.checkpoint(tiny_ckpt_name)
+    model, clip = add_concepts(prompt, ckpt[0], ckpt[1], uses)
+    gate_map = prompt.add("PerfusionGateMap", model=model, clip=clip, text=text)
+    save = prompt.save(gate_map, "gates")
     result = comfy_host.run(prompt).raise_for_error()
-    (table,) = result.outputs["50"]["text"]
+    (table,) = result.outputs[gate_map.id]["text"]
     header, *rows = [line.split("\t") for line in table.splitlines()]
     assert header == ["token", "hugsy", "zorbo"]
     tokens = [r[0] for r in rows]
@@ -55,5 +53,5 @@ def test_the_gate_map_shows_each_concept_most_open_on_its_own_word(
     # prompt (measured: hugsy 0.14 on its word, at most 0.11 elsewhere), but most on their own word.
     assert max(gate, key=lambda w: gate[w][0]) == "hugsy"
     assert max(gate, key=lambda w: gate[w][1]) == "zorbo"
-    (image,) = comfy_host.images(result, node_id="51")
+    (image,) = comfy_host.images(result, node_id=save.id)
     assert image.shape[0] == 8 + 2 * 22 + 22 * len(rows) + 8 and image.shape[1] == 16 + 150 + 2 * 96

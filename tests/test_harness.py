@@ -8,9 +8,10 @@ import pytest
 from harness.basedir import PACK_DIR_NAME, prepare_base_dir
 from harness.errors import HostError, HostStartError, PromptRejected
 from harness.fixture_checkpoint import FixtureSpec, fixture_checkpoint, fixture_checkpoint_name
-from harness.graphs import txt2img_prompt
+from harness.graph import Graph, Node
 from harness.inprocess import ComfyHost
 from harness.paths import ComfyUINotFoundError, comfyui_path, repo_root
+from harness.perfusion_graphs import generate_prompt
 
 pytest_plugins = ["harness.pytest_fixtures"]
 
@@ -21,6 +22,19 @@ def _attn2_layers(model) -> list[str]:
 
 def _load(host: ComfyHost, ckpt_name: str):
     return host.node_class("CheckpointLoaderSimple")().load_checkpoint(ckpt_name)
+
+
+def _txt2img(ckpt_name: str, seed: int = 1) -> Graph:
+    """Checkpoint -> CLIPTextEncode x2 -> EmptyLatentImage -> KSampler -> VAEDecode -> SaveImage."""
+    return generate_prompt(
+        ckpt_name, positive="a photo of a dog on the beach", seed=seed, filename_prefix="harness"
+    )
+
+
+def _one_node(class_type: str, **inputs) -> tuple[Graph, Node]:
+    """A prompt of the one node ``class_type`` (a test node of harness.comfy_test_nodes)."""
+    g = Graph()
+    return g, g.add(class_type, **inputs)
 
 
 # ---- paths and base dir (no ComfyUI) ------------------------------------------------------------------
@@ -115,47 +129,52 @@ def test_fixture_variants(comfy_host):
 
 def test_txt2img_in_process(comfy_host, tiny_ckpt_name):
     comfy_host.reset_cache()  # the session's host is shared: earlier tests may have cached the loader
-    result = comfy_host.run(txt2img_prompt(tiny_ckpt_name, seed=11))
+    prompt = _txt2img(tiny_ckpt_name, seed=11)
+    sampler, save = prompt.node("KSampler"), prompt.node("SaveImage")
+    result = comfy_host.run(prompt)
     assert result.success, result.error_text
-    (img,) = comfy_host.images(result, node_id="7")
+    (img,) = comfy_host.images(result, node_id=save.id)
     assert img.shape == (64, 64, 3) and img.dtype == np.float32
     assert np.isfinite(img).all() and 0.0 <= img.min() and img.max() <= 1.0 and img.std() > 0
     progress = result.events("progress")
-    assert [(p["node"], p["value"], p["max"]) for p in progress] == [("5", 1, 2), ("5", 2, 2)]
-    assert result.executed_nodes[-1] == "7" and set(result.executed_nodes) == set("1234567")
+    assert [(p["node"], p["value"], p["max"]) for p in progress] == [(sampler.id, 1, 2), (sampler.id, 2, 2)]
+    assert result.executed_nodes[-1] == save.id and set(result.executed_nodes) == set(prompt)
     assert result.events("executing")[-1] == {"node": None, "prompt_id": result.prompt_id}
 
 
 def test_same_seed_same_image_in_process(comfy_host, tiny_ckpt_name):
-    r1 = comfy_host.run(txt2img_prompt(tiny_ckpt_name, seed=1), check=True)
-    r2 = comfy_host.run(txt2img_prompt(tiny_ckpt_name, seed=2), check=True)
-    r3 = comfy_host.run(txt2img_prompt(tiny_ckpt_name, seed=1), check=True)
-    assert "1" in r3.cached_nodes and "5" not in r3.cached_nodes  # the sampler really ran again
+    prompt = _txt2img(tiny_ckpt_name, seed=1)
+    r1 = comfy_host.run(prompt, check=True)
+    r2 = comfy_host.run(_txt2img(tiny_ckpt_name, seed=2), check=True)
+    r3 = comfy_host.run(_txt2img(tiny_ckpt_name, seed=1), check=True)
+    ckpt, sampler = prompt.node("CheckpointLoaderSimple"), prompt.node("KSampler")
+    assert ckpt.id in r3.cached_nodes and sampler.id not in r3.cached_nodes  # the sampler really ran again
     (a,), (b,), (c,) = comfy_host.images(r1), comfy_host.images(r2), comfy_host.images(r3)
     assert np.array_equal(a, c)
     assert not np.array_equal(a, b)
 
 
 def test_validation_error_is_a_result(comfy_host):
-    prompt = txt2img_prompt("no-such-model.ckpt")
+    prompt = _txt2img("no-such-model.ckpt")
+    ckpt = prompt.node("CheckpointLoaderSimple")
     result = comfy_host.run(prompt)
     assert not result.success and result.error_kind == "validation"
     assert result.error["error"]["type"] == "prompt_outputs_failed_validation"
-    (reason,) = result.node_errors["1"]["errors"]
+    (reason,) = result.node_errors[ckpt.id]["errors"]
     assert reason["type"] == "value_not_in_list" and reason["extra_info"]["input_name"] == "ckpt_name"
     assert "no-such-model.ckpt" in result.error_text and "CheckpointLoaderSimple" in result.error_text
     ok, error, node_errors = comfy_host.validate(prompt)
-    assert not ok and error["type"] == "prompt_outputs_failed_validation" and "1" in node_errors
-    assert prompt["1"]["inputs"]["ckpt_name"] == "no-such-model.ckpt"  # caller's dict untouched
+    assert not ok and error["type"] == "prompt_outputs_failed_validation" and ckpt.id in node_errors
+    assert prompt.inputs(ckpt)["ckpt_name"] == "no-such-model.ckpt"  # caller's dict untouched
 
 
 def test_execution_error_is_a_result(comfy_host):
-    prompt = {"1": {"class_type": "HarnessRaise", "inputs": {"message": "boom 42", "seed": 0}}}
+    prompt, node = _one_node("HarnessRaise", message="boom 42", seed=0)
     result = comfy_host.run(prompt)
     assert not result.success and result.error_kind == "execution"
     assert result.error["exception_type"] == "RuntimeError"
     assert result.error["exception_message"].strip() == "boom 42"
-    assert result.error["node_id"] == "1" and result.error["node_type"] == "HarnessRaise"
+    assert result.error["node_id"] == node.id and result.error["node_type"] == "HarnessRaise"
     assert "boom 42" in result.error_text and "Traceback" not in result.error_text.splitlines()[0]
     with pytest.raises(HostError, match="boom 42"):
         comfy_host.run(prompt, check=True)
@@ -169,16 +188,15 @@ def test_interrupt_from_progress_callback(comfy_host):
         if event == "progress" and data["value"] >= 2:
             comfy_host.interrupt()
 
-    prompt = {"1": {"class_type": "HarnessProgress", "inputs": {"steps": 500, "delay": 0.001, "seed": 7}}}
+    prompt, _ = _one_node("HarnessProgress", steps=500, delay=0.001, seed=7)
     result = comfy_host.run(prompt, on_message=on_message)
     assert result.interrupted and not result.success
     assert result.error["node_type"] == "HarnessProgress"
     assert 2 <= len(result.events("progress")) < 500
     assert "progress" in seen
-    ok = comfy_host.run(
-        {"1": {"class_type": "HarnessProgress", "inputs": {"steps": 3, "delay": 0.0, "seed": 8}}}
-    )
-    assert ok.success and ok.outputs["1"] == {"steps": [3]}  # the flag does not leak into the next run
+    prompt, node = _one_node("HarnessProgress", steps=3, delay=0.0, seed=8)
+    ok = comfy_host.run(prompt)
+    assert ok.success and ok.outputs[node.id] == {"steps": [3]}  # the flag does not leak into the next run
 
 
 def test_host_is_a_singleton(comfy_host, tmp_path):
@@ -202,29 +220,29 @@ def test_server_end_to_end(comfy_server, comfy_host, tiny_ckpt_name, sdxl_ckpt_n
     assert sorted(listed) == sorted([tiny_ckpt_name, sdxl_ckpt_name])
     assert "<html" in srv._get("/").text.lower()  # the bundled frontend is served
 
-    result = srv.run(txt2img_prompt(tiny_ckpt_name, seed=3))
+    prompt = _txt2img(tiny_ckpt_name, seed=3)
+    result = srv.run(prompt)
     assert result.success, result.error_text
     history, messages = result
     assert [(p["value"], p["max"]) for p in result.events("progress")] == [(1, 2), (2, 2)]
     assert {"execution_start", "executing", "executed", "execution_success"} <= {m["type"] for m in messages}
-    (item,) = history["outputs"]["7"]["images"]
+    (item,) = history["outputs"][prompt.node("SaveImage").id]["images"]
     png = srv.view(item["filename"], item["subfolder"], item["type"])
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     (img,) = srv.images(history)
-    local = comfy_host.run(txt2img_prompt(tiny_ckpt_name, seed=3), check=True)
+    local = comfy_host.run(_txt2img(tiny_ckpt_name, seed=3), check=True)
     assert np.array_equal(img, comfy_host.images(local)[0])  # same pixels over HTTP and in-process
 
+    missing = _txt2img("no-such-model.ckpt")
     with pytest.raises(PromptRejected) as exc:
-        srv.queue(txt2img_prompt("no-such-model.ckpt"))
-    assert exc.value.body["node_errors"]["1"]["errors"][0]["type"] == "value_not_in_list"
+        srv.queue(missing)
+    ckpt = missing.node("CheckpointLoaderSimple")
+    assert exc.value.body["node_errors"][ckpt.id]["errors"][0]["type"] == "value_not_in_list"
 
-    failed, ok = srv.run_many(
-        [
-            {"1": {"class_type": "HarnessRaise", "inputs": {"message": "http boom", "seed": 1}}},
-            {"1": {"class_type": "HarnessProgress", "inputs": {"steps": 2, "delay": 0.0, "seed": 1}}},
-        ]
-    )
+    raising, _ = _one_node("HarnessRaise", message="http boom", seed=1)
+    progressing, progress = _one_node("HarnessProgress", steps=2, delay=0.0, seed=1)
+    failed, ok = srv.run_many([raising, progressing])
     assert failed.error_kind == "execution" and failed.error["exception_message"].strip() == "http boom"
-    assert ok.success and ok.outputs["1"] == {"steps": [2]}
+    assert ok.success and ok.outputs[progress.id] == {"steps": [2]}
     srv.free()
     assert srv.running and srv.pid

@@ -10,6 +10,7 @@ import safetensors.torch
 import torch
 
 from harness.fixture_checkpoint import fixture_checkpoint
+from harness.graph import Graph
 from harness.perfusion_graphs import ConceptUse, generate_prompt
 from perfusion_core.concept_file import load_concept
 from perfusion_core.concept_writer import save_concept
@@ -96,28 +97,26 @@ def lora_name(comfy_host, tiny_ckpt_name, perfusion_pack, tmp_path_factory):
 
 
 def with_node(
-    prompt: dict, class_type: str, inputs: dict, after_concepts: bool, patches_clip: bool = False
-) -> dict:
+    prompt: Graph, class_type: str, inputs: dict, after_concepts: bool, patches_clip: bool = False
+) -> Graph:
     """Inserts a MODEL (and with `patches_clip` CLIP) patching node before or after the concept loaders."""
-    prompt = {k: dict(v, inputs=dict(v["inputs"])) for k, v in prompt.items()}
-    loaders = sorted((k for k, v in prompt.items() if v["class_type"] == "PerfusionConceptLoader"), key=int)
+    prompt = Graph({k: dict(v, inputs=dict(v["inputs"])) for k, v in prompt.items()})
+    loaders = prompt.nodes("PerfusionConceptLoader")
     after_concepts = after_concepts or not loaders
-    source = loaders[-1] if loaders and after_concepts else "1"
-    wired = {"model": [source, 0], **({"clip": [source, 1]} if patches_clip else {})}
-    prompt["60"] = {"class_type": class_type, "inputs": {**inputs, **wired}}
+    source = loaders[-1] if loaders and after_concepts else prompt.node("CheckpointLoaderSimple")
+    wired = {"model": source[0], **({"clip": source[1]} if patches_clip else {})}
+    patch = prompt.add(class_type, **inputs, **wired)
     if after_concepts:
-        prompt["7"]["inputs"]["model"] = ["60", 0]
+        prompt.inputs("KSampler")["model"] = patch[0]
         if patches_clip:
-            for node in ("4", "5"):
-                prompt[node]["inputs"]["clip"] = ["60", 1]
+            for encode in prompt.nodes("CLIPTextEncode"):
+                prompt.inputs(encode)["clip"] = patch[1]
     else:
-        prompt[loaders[0]]["inputs"].update(
-            {"model": ["60", 0], **({"clip": ["60", 1]} if patches_clip else {})}
-        )
+        prompt.inputs(loaders[0]).update({"model": patch[0], **({"clip": patch[1]} if patches_clip else {})})
     return prompt
 
 
-def with_lora(prompt: dict, lora: str, after_concepts: bool) -> dict:
+def with_lora(prompt: Graph, lora: str, after_concepts: bool) -> Graph:
     inputs = {"lora_name": lora, "strength_model": 1.0, "strength_clip": 1.0}
     return with_node(prompt, "LoraLoader", inputs, after_concepts, patches_clip=True)
 

@@ -17,6 +17,7 @@ import torch
 
 from harness.basedir import PACK_DIR_NAME
 from harness.fixture_checkpoint import fixture_checkpoint
+from harness.graph import Graph
 from harness.perfusion_graphs import ConceptUse, generate_prompt, train_prompt
 from harness.sample_images import write_toy_images
 from harness.server import ComfyServer
@@ -81,7 +82,8 @@ def ckpt(server) -> str:
 
 @pytest.fixture(scope="module")
 def trained(server, ckpt) -> dict:
-    """Both concepts trained apart and saved on the fresh install: word -> (file, ServerResult).
+    """Both concepts trained apart and saved on the fresh install: word -> (file, ServerResult, the
+    training prompt).
     Whether models/perfusion existed before the first save is kept under the key "folder_before"."""
     out = {"folder_before": server.layout.perfusion.exists()}
     for word, (superclass, colour) in CONCEPTS.items():
@@ -97,21 +99,21 @@ def trained(server, ckpt) -> dict:
             covariance_prompts=64,
             save_name=f"matrix_{word}",
         )
-        out[word] = (f"matrix_{word}.safetensors", server.run(prompt, timeout=900))
+        out[word] = (f"matrix_{word}.safetensors", server.run(prompt, timeout=900), prompt)
     return out
 
 
 def concept_file(trained, word: str) -> str:
-    name, result = trained[word]
+    name, result, _ = trained[word]
     if not result.success:
         pytest.fail(f"training {word} failed: {result.error_text}")
     return name
 
 
-def generate(server, prompt: dict) -> np.ndarray:
+def generate(server, prompt: Graph) -> np.ndarray:
     result = server.run(prompt)
     assert result.success, result.error_text
-    (image,) = server.images(result, node_id="9")
+    (image,) = server.images(result, node_id=prompt.node("SaveImage").id)
     assert image.shape == (SIZE, SIZE, 3) and np.isfinite(image).all()
     return image
 
@@ -151,13 +153,13 @@ def test_trains_and_saves_on_a_fresh_install(server, trained):
     assert trained["folder_before"] is False, "models/perfusion existed before the first save"
     listed = server.object_info("PerfusionConceptLoader")["input"]["required"]["concept_name"][0]
     for word in CONCEPTS:
-        name, result = trained[word]
+        name, result, prompt = trained[word]
         assert result.success, f"training {word}: {result.error_text}"
         path = server.layout.perfusion / name
         assert path.is_file(), sorted(p.name for p in server.layout.perfusion.glob("*"))
         assert load_concept(path).info.steps == TRAIN_STEPS
         assert name in listed, listed
-        assert server.images(result, node_id="5"), "the loss curve preview"
+        assert server.images(result, node_id=prompt.node("PreviewImage").id), "the loss curve preview"
 
 
 def test_the_loader_applies_the_saved_concept(images):
@@ -180,27 +182,25 @@ def test_two_concepts_trained_apart_chain(server, ckpt, trained):
         assert differ(chained, image) > 1e-3, f"the chain is {word} alone: the other concept has no effect"
 
 
-def with_lora(prompt: dict, after_concepts: bool) -> dict:
+def with_lora(prompt: Graph, after_concepts: bool) -> Graph:
     """A LoraLoader (model and clip) before the first or after the last concept loader."""
-    prompt = {k: dict(v, inputs=dict(v["inputs"])) for k, v in prompt.items()}
-    loaders = sorted((k for k, v in prompt.items() if v["class_type"] == "PerfusionConceptLoader"), key=int)
-    source = loaders[-1] if after_concepts else "1"
-    prompt["60"] = {
-        "class_type": "LoraLoader",
-        "inputs": {
-            "model": [source, 0],
-            "clip": [source, 1],
-            "lora_name": "matrix_lora.safetensors",
-            "strength_model": 1.0,
-            "strength_clip": 1.0,
-        },
-    }
+    prompt = Graph({k: dict(v, inputs=dict(v["inputs"])) for k, v in prompt.items()})
+    loaders = prompt.nodes("PerfusionConceptLoader")
+    source = loaders[-1] if after_concepts else prompt.node("CheckpointLoaderSimple")
+    lora = prompt.add(
+        "LoraLoader",
+        model=source[0],
+        clip=source[1],
+        lora_name="matrix_lora.safetensors",
+        strength_model=1.0,
+        strength_clip=1.0,
+    )
     if after_concepts:
-        prompt["7"]["inputs"]["model"] = ["60", 0]
-        for node in ("4", "5"):
-            prompt[node]["inputs"]["clip"] = ["60", 1]
+        prompt.inputs("KSampler")["model"] = lora[0]
+        for encode in prompt.nodes("CLIPTextEncode"):
+            prompt.inputs(encode)["clip"] = lora[1]
     else:
-        prompt[loaders[0]]["inputs"].update(model=["60", 0], clip=["60", 1])
+        prompt.inputs(loaders[0]).update(model=lora[0], clip=lora[1])
     return prompt
 
 
@@ -231,10 +231,11 @@ def test_a_bias_sweep_queued_at_once_gives_distinct_images(server, ckpt, trained
     assert not failed, failed
     assert len({r.prompt_id for r in results}) == len(BIASES)
     sweep = {}
-    for bias, result in zip(BIASES, results):
-        (item,) = result.outputs["9"]["images"]
+    for bias, prompt, result in zip(BIASES, prompts, results):
+        save = prompt.node("SaveImage")
+        (item,) = result.outputs[save.id]["images"]
         assert item["filename"].startswith(f"bias{bias:.1f}"), item
-        (sweep[bias],) = server.images(result, node_id="9")
+        (sweep[bias],) = server.images(result, node_id=save.id)
     for i, a in enumerate(BIASES):
         for b in BIASES[i + 1 :]:
             assert not np.array_equal(sweep[a], sweep[b]), f"bias {a} and {b} give the same image"

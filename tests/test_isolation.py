@@ -6,15 +6,23 @@ from __future__ import annotations
 
 import numpy as np
 
+from harness.graph import Graph, Node
 from harness.perfusion_graphs import ConceptUse, generate_prompt, train_prompt
-
-SAMPLER = "7"  # KSampler's id in generate_prompt
 
 
 def run_image(host, prompt, node: str | None = None) -> tuple[np.ndarray, list[str]]:
     result = host.run(prompt).raise_for_error()
     (img,) = host.images(result, node)
     return img, result.executed_nodes
+
+
+def add_unpatched_branch(g: Graph, sampler: dict, text: str, prefix: str) -> Node:
+    """The checkpoint's own MODEL and CLIP sampled with `sampler`'s widgets and latent (the inputs of
+    the graph's first KSampler) -> VAEDecode -> SaveImage; returns the save node."""
+    ckpt = g.node("CheckpointLoaderSimple")
+    widgets = {k: sampler[k] for k in ("seed", "steps", "cfg", "sampler_name", "scheduler", "denoise")}
+    pos, neg = g.encode(ckpt[1], text), g.encode(ckpt[1], "")
+    return g.save(g.sample(ckpt[0], pos, neg, sampler["latent_image"], ckpt[2], **widgets), prefix)
 
 
 def patched_variants(concepts: dict[str, str]) -> list[list[ConceptUse]]:
@@ -40,7 +48,8 @@ def test_interleaved_patched_prompts_leave_unpatched_outputs_unchanged(
             # the checkpoint's MODEL/CLIP come from the cache (same objects the patch was made from);
             # the sampler runs again
             unpatched, executed = run_image(comfy_host, plain[text])
-            assert SAMPLER in executed and "1" not in executed
+            sampler, ckpt = plain[text].node("KSampler"), plain[text].node("CheckpointLoaderSimple")
+            assert sampler.id in executed and ckpt.id not in executed
             np.testing.assert_array_equal(unpatched, baseline[text])
             checked += 1
     print(f"{checked} unpatched runs interleaved with patched ones: all pixel-equal to the baseline")
@@ -55,33 +64,14 @@ def test_unpatched_branch_of_a_patched_graph_is_untouched_in_both_lock_modes(
         uses = [ConceptUse(trained_concepts["hugsy"], key_lock=lock)]
         alone, _ = run_image(comfy_host, generate_prompt(tiny_ckpt_name, uses, positive=text, seed=5))
         prompt = generate_prompt(tiny_ckpt_name, uses, positive=text, seed=5)
-        # the same checkpoint, unpatched, sampled twice in the same graph: before and after (by id order)
-        for branch in ("30", "50"):
-            b = int(branch)
-            prompt[str(b)] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": text}}
-            prompt[str(b + 1)] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}}
-            prompt[str(b + 2)] = {
-                "class_type": "KSampler",
-                "inputs": {
-                    **prompt[SAMPLER]["inputs"],
-                    "model": ["1", 0],
-                    "positive": [str(b), 0],
-                    "negative": [str(b + 1), 0],
-                },
-            }
-            prompt[str(b + 3)] = {
-                "class_type": "VAEDecode",
-                "inputs": {"samples": [str(b + 2), 0], "vae": ["1", 2]},
-            }
-            prompt[str(b + 4)] = {
-                "class_type": "SaveImage",
-                "inputs": {"images": [str(b + 3), 0], "filename_prefix": f"branch{branch}"},
-            }
+        patched, sampler = prompt.node("SaveImage"), prompt.inputs("KSampler")
+        # the same checkpoint, unpatched, sampled twice more in the same graph
+        branches = [add_unpatched_branch(prompt, sampler, text, f"branch{k}") for k in (1, 2)]
         comfy_host.reset_cache()
         result = comfy_host.run(prompt).raise_for_error()
-        for branch in ("34", "54"):
-            np.testing.assert_array_equal(comfy_host.images(result, branch)[0], baseline)
-        np.testing.assert_array_equal(comfy_host.images(result, "9")[0], alone)
+        for branch in branches:
+            np.testing.assert_array_equal(comfy_host.images(result, branch.id)[0], baseline)
+        np.testing.assert_array_equal(comfy_host.images(result, patched.id)[0], alone)
         print(f"{lock}: both unpatched branches equal the baseline; the patched one equals its lone run")
 
 

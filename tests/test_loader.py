@@ -61,18 +61,16 @@ def test_unpatched_model_in_the_same_graph_is_untouched(comfy_host, tiny_ckpt_na
     prompt = generate_prompt(
         tiny_ckpt_name, [ConceptUse(trained_concepts["hugsy"])], positive="a photo of hugsy"
     )
-    # A second branch samples the checkpoint's own MODEL and CLIP in the same graph.
-    prompt["40"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": text}}
-    prompt["41"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}}
-    prompt["42"] = {
-        "class_type": "KSampler",
-        "inputs": {**prompt["7"]["inputs"], "model": ["1", 0], "positive": ["40", 0], "negative": ["41", 0]},
-    }
-    prompt["43"] = {"class_type": "VAEDecode", "inputs": {"samples": ["42", 0], "vae": ["1", 2]}}
-    prompt["44"] = {"class_type": "SaveImage", "inputs": {"images": ["43", 0], "filename_prefix": "branch"}}
+    # A second branch samples the checkpoint's own MODEL and CLIP in the same graph, with the patched
+    # branch's sampler widgets and latent.
+    ckpt, sampler = prompt.node("CheckpointLoaderSimple"), prompt.inputs("KSampler")
+    widgets = {k: sampler[k] for k in ("seed", "steps", "cfg", "sampler_name", "scheduler", "denoise")}
+    pos, neg = prompt.encode(ckpt[1], text), prompt.encode(ckpt[1], "")
+    decoded = prompt.sample(ckpt[0], pos, neg, sampler["latent_image"], ckpt[2], **widgets)
+    branch = prompt.save(decoded, "branch")
     comfy_host.reset_cache()
     result = comfy_host.run(prompt).raise_for_error()
-    (unpatched,) = comfy_host.images(result, node_id="44")
+    (unpatched,) = comfy_host.images(result, node_id=branch.id)
     np.testing.assert_array_equal(unpatched, baseline)
 
 
@@ -108,12 +106,13 @@ def test_an_edited_concept_file_is_reloaded(comfy_host, tiny_ckpt_name, trained_
     import os
 
     prompt = generate_prompt(tiny_ckpt_name, [ConceptUse(trained_concepts["zorbo"])], positive="zorbo")
+    loader = prompt.node("PerfusionConceptLoader").id
     comfy_host.run(prompt).raise_for_error()
-    assert "20" in comfy_host.run(prompt).raise_for_error().cached_nodes
+    assert loader in comfy_host.run(prompt).raise_for_error().cached_nodes
     path = comfy_host.base_dir / "models" / "perfusion" / trained_concepts["zorbo"]
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-    assert "20" in comfy_host.run(prompt).raise_for_error().executed_nodes
+    assert loader in comfy_host.run(prompt).raise_for_error().executed_nodes
 
 
 def test_global_key_lock_follows_conditioning_concat_window_by_window(
@@ -201,7 +200,7 @@ def test_a_linear_bias_schedule_moves_from_bias_to_bias_end(comfy_host, tiny_ckp
 
 def test_an_unknown_bias_schedule_is_refused_naming_the_widget(comfy_host, tiny_ckpt_name, trained_concepts):
     prompt = generate_prompt(tiny_ckpt_name, [ConceptUse(trained_concepts["hugsy"], bias_end=0.5)])
-    prompt["20"]["inputs"]["bias_schedule"] = "cosine"
+    prompt.inputs("PerfusionConceptLoader")["bias_schedule"] = "cosine"
     result = comfy_host.run(prompt)
     assert not result.success
     assert "bias_schedule" in str(result.error)

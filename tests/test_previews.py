@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from harness.graph import Graph, Node
 from harness.perfusion_graphs import train_prompt
 from perfusion_core.concept_file import load_concept
 
@@ -29,9 +30,24 @@ def preview_settings(every: int = EVERY) -> dict:
     }
 
 
-def previews_graph(ckpt, images, *, seed: int, every: int = EVERY, save_name: str | None = None) -> dict:
-    """Training (node "3") with its previews shown by node "6"."""
-    prompt = train_prompt(
+def trainer(g: Graph) -> Node:
+    return g.node("PerfusionTrainConcept")
+
+
+def preview_of(g: Graph, output: list) -> str:
+    """The id of the PreviewImage that shows `output` (a link)."""
+    (node,) = [n for n in g.nodes("PreviewImage") if g.inputs(n)["images"] == output]
+    return node.id
+
+
+def previews_id(g: Graph) -> str:
+    """The id of the PreviewImage that shows the training's previews."""
+    return preview_of(g, trainer(g)[3])
+
+
+def previews_graph(ckpt, images, *, seed: int, every: int = EVERY, save_name: str | None = None) -> Graph:
+    """Training with its previews (output 3) shown by a PreviewImage."""
+    g = train_prompt(
         ckpt,
         images,
         steps=STEPS,
@@ -41,49 +57,28 @@ def previews_graph(ckpt, images, *, seed: int, every: int = EVERY, save_name: st
         save_name=save_name,
         extra=preview_settings(every),
     )
-    prompt["6"] = {"class_type": "PreviewImage", "inputs": {"images": ["3", 3]}}
-    return prompt
+    g.preview(trainer(g)[3])
+    return g
 
 
-def with_generation(prompt: dict, text: str, seed: int) -> dict:
+def with_generation(g: Graph, text: str, seed: int) -> Graph:
     """Adds what a user generates with the trained concept: Apply Perfusion Concept (bias 0.70,
     temperature 0.15) -> CLIPTextEncode (text, empty negative) -> KSampler with the previews' sampler,
-    steps, cfg and size -> VAEDecode -> PreviewImage "46"."""
-    prompt["40"] = {
-        "class_type": "PerfusionApplyConcept",
-        "inputs": {
-            "model": ["1", 0],
-            "clip": ["1", 1],
-            "concept": ["3", 0],
-            "bias": 0.7,
-            "temperature": 0.15,
-            "key_lock": "local",
-        },
-    }
-    prompt["41"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["40", 1], "text": text}}
-    prompt["42"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["40", 1], "text": ""}}
-    prompt["43"] = {
-        "class_type": "EmptyLatentImage",
-        "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1},
-    }
-    prompt["44"] = {
-        "class_type": "KSampler",
-        "inputs": {
-            "model": ["40", 0],
-            "seed": seed,
-            "steps": SAMPLER_STEPS,
-            "cfg": 6.0,
-            "sampler_name": "euler",
-            "scheduler": "normal",
-            "positive": ["41", 0],
-            "negative": ["42", 0],
-            "latent_image": ["43", 0],
-            "denoise": 1.0,
-        },
-    }
-    prompt["45"] = {"class_type": "VAEDecode", "inputs": {"samples": ["44", 0], "vae": ["1", 2]}}
-    prompt["46"] = {"class_type": "PreviewImage", "inputs": {"images": ["45", 0]}}
-    return prompt
+    steps, cfg and size -> VAEDecode -> PreviewImage."""
+    ckpt = g.node("CheckpointLoaderSimple")
+    applied = g.add(
+        "PerfusionApplyConcept",
+        model=ckpt[0],
+        clip=ckpt[1],
+        concept=trainer(g),
+        bias=0.7,
+        temperature=0.15,
+        key_lock="local",
+    )
+    pos, neg = g.encode(applied[1], text), g.encode(applied[1], "")
+    image = g.sample(applied[0], pos, neg, g.latent(SIZE), ckpt[2], seed=seed, steps=SAMPLER_STEPS, cfg=6.0)
+    g.preview(image)
+    return g
 
 
 @pytest.fixture
@@ -116,17 +111,11 @@ class _Records(logging.Handler):
 
 
 @pytest.fixture(scope="module")
-def runs(comfy_host, tiny_ckpt_name, toy_images):
-    """Three trainings on the same images: previews on (seed 2, for a client that announced
-    supports_preview_metadata, as the current frontend does), previews on (seed 1, also generating
-    with the result), previews off (seed 1). Each: (result, seeds of its sampler calls, pack log).
-
-    The run compared bit for bit ("on" / "off") must not be the process's first training: that one
-    differs from later same-seed runs in the last bits whether or not it previews."""
-    import comfy.sample
-
+def graphs(tiny_ckpt_name, toy_images) -> dict[str, Graph]:
+    """Three trainings on the same images: previews on (seed 2), previews on (seed 1, also generating
+    with the result), previews off (seed 1)."""
     images = toy_images["hugsy"]
-    graphs = {
+    return {
         "other_seed": previews_graph(tiny_ckpt_name, images, seed=2),
         "on": with_generation(
             previews_graph(tiny_ckpt_name, images, seed=1, save_name="preview_on"),
@@ -135,6 +124,17 @@ def runs(comfy_host, tiny_ckpt_name, toy_images):
         ),
         "off": previews_graph(tiny_ckpt_name, images, seed=1, every=0, save_name="preview_off"),
     }
+
+
+@pytest.fixture(scope="module")
+def runs(comfy_host, graphs):
+    """The three `graphs` run: "other_seed" for a client that announced supports_preview_metadata, as
+    the current frontend does. Each: (result, seeds of its sampler calls, pack log).
+
+    The run compared bit for bit ("on" / "off") must not be the process's first training: that one
+    differs from later same-seed runs in the last bits whether or not it previews."""
+    import comfy.sample
+
     transport = comfy_host._transport  # what a websocket client announced in its feature flags
     features = {"feature_flags": {"supports_preview_metadata": True}}
     logger = logging.getLogger("comfyui-perfusion")
@@ -163,19 +163,20 @@ def runs(comfy_host, tiny_ckpt_name, toy_images):
     return out
 
 
-def test_previews_at_step_0_and_every_n_steps_come_out_in_order(comfy_host, runs):
+def test_previews_at_step_0_and_every_n_steps_come_out_in_order(comfy_host, graphs, runs):
     result, calls, _ = runs["on"]
-    previews = comfy_host.images(result, node_id="6")
+    g = graphs["on"]
+    previews = comfy_host.images(result, node_id=previews_id(g))
     assert len(previews) == len(PREVIEW_STEPS) * len(PROMPTS)
     assert all(image.shape == (SIZE, SIZE, 3) for image in previews)
     # one sampling per (preview step, prompt), prompt k with seed k at every step; + the generation's
     assert calls[: len(previews)] == list(range(len(PROMPTS))) * len(PREVIEW_STEPS)
     assert len(calls) == len(previews) + 1
-    (text,) = result.outputs["3"]["text"]
+    (text,) = result.outputs[trainer(g).id]["text"]
     assert "previews at steps 0, 2, 4 (2 prompts each)" in text
 
 
-def test_preview_images_reach_the_client_on_the_training_node(runs):
+def test_preview_images_reach_the_client_on_the_training_node(graphs, runs):
     result, *_ = runs["on"]
     shown = []
     for i, (event, data) in enumerate(result.messages):
@@ -183,7 +184,7 @@ def test_preview_images_reach_the_client_on_the_training_node(runs):
             progress = [d for e, d in result.messages[:i] if e == "progress"][-1]
             shown.append((progress["node"], progress["value"], progress["max"], data))
     assert [(node, value, total) for node, value, total, _ in shown] == [
-        ("3", step, STEPS) for step in PREVIEW_STEPS
+        (trainer(graphs["on"]).id, step, STEPS) for step in PREVIEW_STEPS
     ]
     for *_, (kind, image, max_size) in shown:  # what server.send_image encodes for the websocket
         assert kind == "JPEG" and max_size and image.mode == "RGB"
@@ -191,9 +192,10 @@ def test_preview_images_reach_the_client_on_the_training_node(runs):
     assert not preview_events(result, PREVIEW_WITH_METADATA)  # the harness client did not ask for it
 
 
-def test_step_0_previews_do_not_depend_on_the_training_seed_and_later_ones_do(comfy_host, runs):
-    a = comfy_host.images(runs["on"][0], node_id="6")
-    b = comfy_host.images(runs["other_seed"][0], node_id="6")
+def test_step_0_previews_do_not_depend_on_the_training_seed_and_later_ones_do(comfy_host, graphs, runs):
+    a, b = (
+        comfy_host.images(runs[name][0], node_id=previews_id(graphs[name])) for name in ("on", "other_seed")
+    )
     n = len(PROMPTS)
     for k in range(n):  # step 0: the untrained concept, the same in both runs (up to PNG rounding)
         assert np.abs(a[k] - b[k]).max() <= 1.5 / 255
@@ -202,25 +204,29 @@ def test_step_0_previews_do_not_depend_on_the_training_seed_and_later_ones_do(co
     assert all(np.abs(x - y).max() > 0.02 for x, y in zip(a[:n], a[last]))  # training changed them
 
 
-def test_the_last_preview_is_what_generation_with_the_trained_concept_gives(comfy_host, runs):
+def test_the_last_preview_is_what_generation_with_the_trained_concept_gives(comfy_host, graphs, runs):
     """Inference gate (0.70 / 0.15), the current embedding and V targets, same sampler and seed."""
     result, *_ = runs["on"]
-    previews = comfy_host.images(result, node_id="6")
-    (generated,) = comfy_host.images(result, node_id="46")
+    g = graphs["on"]
+    previews = comfy_host.images(result, node_id=previews_id(g))
+    (generated,) = comfy_host.images(result, node_id=preview_of(g, g.node("VAEDecode")[0]))
     last_first_prompt = previews[-len(PROMPTS)]
     assert np.abs(last_first_prompt - generated).max() <= 1.5 / 255  # 8-bit PNG rounding at most
 
 
-def test_previews_off_cost_nothing_and_do_not_change_the_concept(comfy_host, runs):
+def test_previews_off_cost_nothing_and_do_not_change_the_concept(comfy_host, graphs, runs):
     off, calls, _ = runs["off"]
+    g = graphs["off"]
     assert calls == []  # no sampling at all
     assert not preview_events(off, UNENCODED_PREVIEW) and not preview_events(off, PREVIEW_WITH_METADATA)
-    (placeholder,) = comfy_host.images(off, node_id="6")  # one small black image
+    (placeholder,) = comfy_host.images(off, node_id=previews_id(g))  # one small black image
     assert placeholder.shape == (64, 64, 3) and placeholder.max() == 0
-    assert "previews" not in off.outputs["3"]["text"][0]
+    assert "previews" not in off.outputs[trainer(g).id]["text"][0]
     # same seed with previews on: the same concept, bit for bit, and the same evaluation
     on, *_ = runs["on"]
-    assert on.outputs["3"]["perfusion_eval"] == off.outputs["3"]["perfusion_eval"]
+    assert (
+        on.outputs[trainer(graphs["on"]).id]["perfusion_eval"] == off.outputs[trainer(g).id]["perfusion_eval"]
+    )
     folder = comfy_host.base_dir / "models" / "perfusion"
     a, b = load_concept(folder / "preview_on.safetensors"), load_concept(folder / "preview_off.safetensors")
     for name in ("token_embedding", "i_star", "u", "superclass_encoding"):
@@ -228,12 +234,12 @@ def test_previews_off_cost_nothing_and_do_not_change_the_concept(comfy_host, run
     assert all(torch.equal(a.v_targets[k], b.v_targets[k]) for k in a.v_targets)
 
 
-def test_clients_with_preview_metadata_get_the_node_id(runs):
+def test_clients_with_preview_metadata_get_the_node_id(graphs, runs):
     """The current frontend announces supports_preview_metadata; the executor then sends each preview
     with its node id (and main.py's hook does not send the old unencoded one)."""
     result, *_ = runs["other_seed"]
     sent = preview_events(result, PREVIEW_WITH_METADATA)
-    assert [meta["node_id"] for _, meta in sent] == ["3"] * len(PREVIEW_STEPS)
+    assert [meta["node_id"] for _, meta in sent] == [trainer(graphs["other_seed"]).id] * len(PREVIEW_STEPS)
     assert all(image[0] == "JPEG" for image, _ in sent)
     assert not preview_events(result, UNENCODED_PREVIEW)
 
@@ -248,10 +254,11 @@ def test_the_log_reports_what_previews_cost(runs):
 
 def test_bad_validation_prompts_fail_before_training(comfy_host, tiny_ckpt_name, toy_images, sampler_calls):
     prompt = train_prompt(tiny_ckpt_name, toy_images["hugsy"], steps=50, extra=preview_settings())
-    prompt["3"]["inputs"]["validation_prompts"] = "  \n"
+    prompt.inputs(trainer(prompt))["validation_prompts"] = "  \n"
     result = comfy_host.run(prompt)
     assert result.error_kind == "execution" and "validation_prompts" in result.error_text
-    assert not [d for d in result.events("progress") if d.get("node") == "3"] and sampler_calls == []
+    progress = [d for d in result.events("progress") if d.get("node") == trainer(prompt).id]
+    assert not progress and sampler_calls == []
 
 
 def test_schedule_includes_step_0_and_the_last_and_stays_bounded(perfusion_pack):

@@ -93,9 +93,11 @@ def test_lora_prompt_takes_the_hosts_lora_output_and_input_defaults():
             }
 
     prompt = lora_prompt("m.ckpt", 4, 64, "fp32", False, rank=2, trainer=Trainer)
-    assert prompt["14"]["inputs"]["lora"] == ["3", 0]
-    assert prompt["3"]["inputs"]["bypass_mode"] is False and prompt["3"]["inputs"]["rank"] == 2
-    assert lora_prompt("m.ckpt", 4, 64, "fp32", False)["14"]["inputs"]["lora"] == ["3", 1]
+    train = prompt.node("TrainLoraNode")
+    assert prompt.inputs("SaveLoRA")["lora"] == train[0]
+    assert prompt.inputs(train)["bypass_mode"] is False and prompt.inputs(train)["rank"] == 2
+    default = lora_prompt("m.ckpt", 4, 64, "fp32", False)
+    assert default.inputs("SaveLoRA")["lora"] == default.node("TrainLoraNode")[1]
 
 
 def test_lora_prompt_validates_on_the_host(comfy_host, tiny_ckpt_name):

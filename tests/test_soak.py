@@ -7,6 +7,7 @@ prompt equals that prompt run alone after ``/free``, and the server's resident m
 
 from __future__ import annotations
 
+import copy
 import random
 import shutil
 import time
@@ -16,13 +17,14 @@ import pytest
 import requests
 
 from harness.faults import rss_bytes
+from harness.graph import Graph
 from harness.perfusion_graphs import ConceptUse, generate_prompt
 
 N_PROMPTS = 520
 RSS_GROWTH_LIMIT = 0.05
 
 
-def representative_prompts(ckpt: str, concepts: dict[str, str]) -> list[dict]:
+def representative_prompts(ckpt: str, concepts: dict[str, str]) -> list[Graph]:
     """24 distinct prompts: plain, one concept (both lock modes, several biases), two concepts."""
     hugsy, zorbo = concepts["hugsy"], concepts["zorbo"]
     chains = [
@@ -42,17 +44,17 @@ def representative_prompts(ckpt: str, concepts: dict[str, str]) -> list[dict]:
     ]
 
 
-def soak_sequence(specs: list[dict], n: int, seed: int = 0) -> tuple[list[dict], list[int | None]]:
+def soak_sequence(specs: list[Graph], n: int, seed: int = 0) -> tuple[list[Graph], list[int | None]]:
     """n prompts: runs of 1-12 identical representative prompts (index kept; repeats are served by the
     cache) and one-off prompts with a fresh seed (index None; computed anew)."""
     rng = random.Random(seed)
-    prompts: list[dict] = []
+    prompts: list[Graph] = []
     index: list[int | None] = []
     order = rng.sample(range(len(specs)), len(specs))  # every representative prompt takes part
     while len(prompts) < n:
         if rng.random() < 0.1:
-            one_off = {k: dict(v, inputs=dict(v["inputs"])) for k, v in rng.choice(specs).items()}
-            one_off["7"]["inputs"]["seed"] = 1000 + len(prompts)
+            one_off = copy.deepcopy(rng.choice(specs))
+            one_off.inputs("KSampler")["seed"] = 1000 + len(prompts)
             prompts.append(one_off)
             index.append(None)
             continue

@@ -9,8 +9,15 @@ import pytest
 import torch
 
 from harness import training_runs
-from harness.perfusion_graphs import load_images, train_prompt
+from harness.graph import Graph
+from harness.perfusion_graphs import train_prompt
 from perfusion_core.concept_file import load_concept
+
+TRAINER = "PerfusionTrainConcept"
+
+
+def trainer_id(g: Graph) -> str:
+    return g.node(TRAINER).id
 
 
 def concept_files(host) -> set[str]:
@@ -47,12 +54,12 @@ def test_training_in_the_executor_lowers_the_loss_and_reports_progress(
         tiny_ckpt_name, toy_images["hugsy"], steps=10, lr_v=0.3, lr_embedding=0.02, use_mask=True
     )
     result = comfy_host.run(prompt).raise_for_error()
-    before, after = result.outputs["3"]["perfusion_eval"]
+    before, after = result.outputs[trainer_id(prompt)]["perfusion_eval"]
     print(f"masked loss on the training images: {before:.6f} -> {after:.6f}")
     assert after < before
-    progress = [d for d in result.events("progress") if d.get("node") == "3"]
+    progress = [d for d in result.events("progress") if d.get("node") == trainer_id(prompt)]
     assert [d["value"] for d in progress][-1] == 10 and progress[-1]["max"] == 10
-    (curve,) = comfy_host.images(result, node_id="5")
+    (curve,) = comfy_host.images(result, node_id=prompt.node("PreviewImage").id)
     assert curve.shape[2] == 3 and curve.std() > 0  # the loss curve preview was drawn
 
 
@@ -187,10 +194,10 @@ def test_interrupting_training_stops_within_one_step_and_writes_nothing(
 ):
     files = concept_files(comfy_host)
     prompt = train_prompt(tiny_ckpt_name, toy_images["hugsy"], steps=40, seed=3, save_name="interrupted")
-    seen = []
+    trainer, seen = trainer_id(prompt), []
 
     def on_message(event, data):
-        if event == "progress" and data.get("node") == "3":
+        if event == "progress" and data.get("node") == trainer:
             seen.append(data["value"])
             if data["value"] == 3:
                 comfy_host.interrupt()
@@ -210,8 +217,8 @@ def test_checkpoints_during_training_and_resume(comfy_host, tiny_ckpt_name, toy_
     checkpoint = load_concept(path)
     assert checkpoint.info.steps == 4  # the last multiple of save_every before the end
     prompt = train_prompt(tiny_ckpt_name, toy_images["hugsy"], steps=2, seed=5, save_name="resumed")
-    prompt["30"] = {"class_type": "PerfusionConceptFile", "inputs": {"concept_name": "resume_me.safetensors"}}
-    prompt["3"]["inputs"]["resume"] = ["30", 0]
+    resume = prompt.add("PerfusionConceptFile", concept_name="resume_me.safetensors")
+    prompt.inputs(TRAINER)["resume"] = resume[0]
     comfy_host.run(prompt).raise_for_error()
     resumed = load_concept(comfy_host.base_dir / "models" / "perfusion" / "resumed.safetensors")
     assert resumed.info.steps == 6
@@ -233,7 +240,7 @@ def test_bad_words_are_clear_execution_errors_and_write_nothing(comfy_host, tiny
     prompt = train_prompt(
         tiny_ckpt_name, toy_images["hugsy"], steps=2, save_name=f"bad_{case.replace(' ', '_')}"
     )
-    prompt["3"]["inputs"].update(change)
+    prompt.inputs(TRAINER).update(change)
     result = comfy_host.run(prompt)
     assert result.error_kind == "execution", result.error_text
     assert message in result.error_text
@@ -249,12 +256,14 @@ def test_steps_zero_is_a_validation_error(comfy_host, tiny_ckpt_name, toy_images
 def test_mask_count_and_size_mismatches_are_refused(comfy_host, tiny_ckpt_name, toy_images):
     files = concept_files(comfy_host)
     prompt = train_prompt(tiny_ckpt_name, toy_images["hugsy"], steps=2, save_name="bad_mask")
-    prompt["3"]["inputs"]["mask"] = ["100", 1]  # the first image's mask only: 1 mask for 3 images
+    first = prompt.nodes("LoadImage")[0]
+    trainer = prompt.inputs(TRAINER)
+    trainer["mask"] = first[1]  # the first image's mask only: 1 mask for 3 images
     result = comfy_host.run(prompt)
     assert result.error_kind == "execution" and "1 masks for 3 images" in result.error_text
-    prompt["50"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 32, "height": 32}}
-    prompt["51"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["100", 0], "amount": 1}}
-    prompt["3"]["inputs"].update({"mask": ["50", 0], "images": ["51", 0]})
+    mask = prompt.add("SolidMask", value=1.0, width=32, height=32)
+    image = prompt.add("RepeatImageBatch", image=first, amount=1)
+    trainer.update({"mask": mask[0], "images": image[0]})
     result = comfy_host.run(prompt)
     assert result.error_kind == "execution" and "differs from the images'" in result.error_text
     assert concept_files(comfy_host) == files
@@ -266,9 +275,9 @@ def test_no_images_is_refused(perfusion_pack, base_models):
 
 
 def test_load_images_helper_builds_batches():
-    prompt: dict = {}
-    images, masks = load_images(prompt, ["a.png", "b.png"])
-    assert prompt[images[0]]["class_type"] == "ImageBatch" and prompt[masks[0]]["class_type"] == "ImageToMask"
+    g = Graph()
+    images, masks = g.load_images(["a.png", "b.png"])
+    assert images in g.nodes("ImageBatch") and masks == g.node("ImageToMask")
 
 
 @pytest.mark.parametrize("n_images", [1, 2, 3])
@@ -279,7 +288,7 @@ def test_any_number_of_images_trains_at_any_batch_size(
     """Batches larger than the images (and their flips) draw with replacement: one photo trains too."""
     prompt = train_prompt(tiny_ckpt_name, toy_images["hugsy"][:n_images], steps=1, batch_size=batch_size)
     result = comfy_host.run(prompt).raise_for_error()
-    before, after = result.outputs["3"]["perfusion_eval"]
+    before, after = result.outputs[trainer_id(prompt)]["perfusion_eval"]
     assert np.isfinite([before, after]).all()
 
 

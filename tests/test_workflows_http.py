@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import requests
 
+from harness.graph import Graph, Node
 from harness.images import load_image
 from harness.paths import repo_root
 from harness.workflow_files import (
@@ -57,7 +58,7 @@ def server_concepts(comfy_server, tiny_ckpt_name, sdxl_ckpt_name) -> dict[str, s
     return train_fixture_concepts(comfy_server, tiny_ckpt_name, sdxl_ckpt_name=sdxl_ckpt_name)
 
 
-def fixture_prompt(name: str, ckpt: str, **overrides) -> dict:
+def fixture_prompt(name: str, ckpt: str, **overrides) -> Graph:
     return for_fixture(api_workflow(name), FixtureValues(ckpt, size=SIZE, steps=STEPS, overrides=overrides))
 
 
@@ -123,16 +124,15 @@ def test_api_workflow_runs_over_http(comfy_server, tiny_ckpt_name, sdxl_ckpt_nam
     assert result.success, result.error_text
 
     assert result.events("execution_start") and result.events("execution_success")
-    samplers = [nid for nid, node in prompt.items() if node["class_type"] == "KSampler"]
+    samplers = ids(prompt.nodes("KSampler"))
     progressed = {e["node"] for e in result.events("progress") if e["max"] == STEPS}
-    assert set(samplers) <= progressed, "every KSampler reports its steps on the websocket"
-    saves = [nid for nid, node in prompt.items() if node["class_type"] == "SaveImage"]
-    assert {e["node"] for e in result.events("executed")} >= set(saves)
+    assert samplers <= progressed, "every KSampler reports its steps on the websocket"
+    assert {e["node"] for e in result.events("executed")} >= ids(prompt.nodes("SaveImage"))
 
     check_saved_images(comfy_server, result, prompt, name, "current")
     if name.endswith("train_and_generate"):
-        loss_node = next(nid for nid, node in prompt.items() if node["class_type"] == "PreviewImage")
-        assert comfy_server.images(result, loss_node), "the loss curve preview"
+        loss_preview = prompt.nodes("PreviewImage")[0]
+        assert comfy_server.images(result, loss_preview.id), "the loss curve preview"
         assert (comfy_server.layout.perfusion / f"http_{name}.safetensors").is_file()
 
 
@@ -150,27 +150,29 @@ def test_train_and_generate_workflow_trains_from_one_photo(comfy_server, tiny_ck
         },
     )
     prompt = for_fixture(api_workflow("perfusion_train_and_generate"), values)
-    loads = sorted((nid for nid, node in prompt.items() if node["class_type"] == "LoadImage"), key=int)
-    batches = [n for n, node in prompt.items() if node["class_type"] in BATCH_NODES]
+    loads = prompt.nodes("LoadImage")
+    batches = [node for class_type in BATCH_NODES for node in prompt.nodes(class_type)]
     assert batches, "the shipped graph batches its Load Image nodes"
-    for nid in batches + loads[1:]:
-        del prompt[nid]
-    (train,) = [node for node in prompt.values() if node["class_type"] == "PerfusionTrainConcept"]
-    train["inputs"]["images"] = [loads[0], 0]
+    for node in batches + loads[1:]:
+        del prompt[node.id]
+    prompt.inputs("PerfusionTrainConcept")["images"] = loads[0][0]
     result = comfy_server.run(prompt)
     assert result.success, result.error_text
     assert (comfy_server.layout.perfusion / "http_one_photo.safetensors").is_file()
 
 
-def check_saved_images(server, result, prompt: dict, name: str, wset: str) -> None:
+def ids(nodes: list[Node]) -> set[str]:
+    return {node.id for node in nodes}
+
+
+def check_saved_images(server, result, prompt: Graph, name: str, wset: str) -> None:
     """The SaveImage node's images: one SIZE x SIZE image, or for the bias sweep one per bias, stitched
     left to right (current set) or as a batch (legacy set)."""
-    (save,) = [nid for nid, node in prompt.items() if node["class_type"] == "SaveImage"]
-    images = server.images(result, save)
+    images = server.images(result, prompt.node("SaveImage").id)
     if name != "perfusion_bias_sweep":
         assert [image.shape for image in images] == [(SIZE, SIZE, 3)], name
         return
-    biases = sum(node["class_type"] == "PerfusionConceptLoader" for node in prompt.values())
+    biases = len(prompt.nodes("PerfusionConceptLoader"))
     if wset == "legacy":
         assert [image.shape for image in images] == [(SIZE, SIZE, 3)] * biases
         assert not np.array_equal(images[0], images[-1]), "the bias changes the image"
@@ -237,16 +239,16 @@ def test_workflow_sets_run_on_this_host(comfy_server, tiny_ckpt_name):
             check_saved_images(comfy_server, result, prompt, name, wset)
 
 
-def bypass_concepts(prompt: dict) -> dict:
+def bypass_concepts(prompt: Graph) -> Graph:
     """The graph with every concept loader bypassed (its MODEL/CLIP outputs replaced by its inputs)."""
-    loaders = {nid: node for nid, node in prompt.items() if node["class_type"] == "PerfusionConceptLoader"}
+    loaders = ids(prompt.nodes("PerfusionConceptLoader"))
 
     def source(ref: list) -> list:
         while ref[0] in loaders:
-            ref = loaders[ref[0]]["inputs"]["model" if ref[1] == 0 else "clip"]
+            ref = prompt[ref[0]]["inputs"]["model" if ref[1] == 0 else "clip"]
         return ref
 
-    out = {nid: copy.deepcopy(node) for nid, node in prompt.items() if nid not in loaders}
+    out = Graph({nid: copy.deepcopy(node) for nid, node in prompt.items() if nid not in loaders})
     for node in out.values():
         for name, value in node["inputs"].items():
             if isinstance(value, list):
@@ -254,7 +256,7 @@ def bypass_concepts(prompt: dict) -> dict:
     return out
 
 
-def distinct_prompts(ckpt: str) -> list[tuple[str, dict]]:
+def distinct_prompts(ckpt: str) -> list[tuple[str, Graph]]:
     """(label, prompt): concept sets, biases, key-lock modes and plain prompts, each at two seeds."""
     loader = "PerfusionConceptLoader"
     configs = [
@@ -275,20 +277,19 @@ def distinct_prompts(ckpt: str) -> list[tuple[str, dict]]:
     for label, prompt in configs:
         for seed in (1, 2):
             variant = copy.deepcopy(prompt)
-            next(n for n in variant.values() if n["class_type"] == "KSampler")["inputs"]["seed"] = seed
+            variant.inputs("KSampler")["seed"] = seed
             out.append((f"{label} seed {seed}", variant))
     return out
 
 
-def with_prefix(prompt: dict, prefix: str) -> dict:
+def with_prefix(prompt: Graph, prefix: str) -> Graph:
     out = copy.deepcopy(prompt)
-    for node in out.values():
-        if node["class_type"] == "SaveImage":
-            node["inputs"]["filename_prefix"] = prefix
+    for save in out.nodes("SaveImage"):
+        out.inputs(save)["filename_prefix"] = prefix
     return out
 
 
-def run_alone(server, prompt: dict):
+def run_alone(server, prompt: Graph):
     """Run with a cold executor: POST /free drops the node cache and unloads models before the run;
     a run that still reports cached nodes (the worker took it before the flags) is repeated."""
     for _ in range(3):
@@ -309,9 +310,11 @@ def test_mixed_batch_matches_each_prompt_run_alone(comfy_server, tiny_ckpt_name,
     results = comfy_server.run_many(batch, timeout=1800)
     failed = [(distinct[i][0], r.error_text) for i, r in zip(order, results) if not r.success]
     assert not failed, failed
-    assert any("1" in e["nodes"] for r in results for e in r.events("execution_cached")), (
-        "the batch should share the cached checkpoint, or this test proves nothing about cache state"
-    )
+    assert any(
+        prompt.node("CheckpointLoaderSimple").id in e["nodes"]
+        for prompt, r in zip(batch, results)
+        for e in r.events("execution_cached")
+    ), "the batch should share the cached checkpoint, or this test proves nothing about cache state"
 
     alone = {}
     for i, (_, prompt) in enumerate(distinct):

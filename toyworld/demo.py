@@ -86,14 +86,11 @@ def run_demo(host, ckpt: str, out: Path, *, quick: bool, steps: int | None, prog
             ckpt, folder, concept, recipe, concept.word, preview_every=recipe.steps,
             validation_prompts="\n".join(PREVIEW_PROMPTS), preview_size=world.IMAGE_SIZE, preview_steps=STEPS,
         )  # fmt: skip
-        graph["6"] = {
-            "class_type": "SaveImage",
-            "inputs": {"images": ["3", 3], "filename_prefix": "previews"},
-        }
+        previews = graph.save(graph.node("PerfusionTrainConcept")[3], "previews")
         result = run(
             host, graph, progress, f"train {concept.word} ({concept.superclass}, {len(names)} images)"
         )
-        paths = host.image_paths(result, "6")
+        paths = host.image_paths(result, previews.id)
         labels = [
             f"{when}: {p.format(concept.word)}" for when in ("before", "after") for p in PREVIEW_PROMPTS
         ]
@@ -118,7 +115,7 @@ def run_demo(host, ckpt: str, out: Path, *, quick: bool, steps: int | None, prog
             filename_prefix="demo",
         )
         result = run(host, prompt, progress, f"{tag}: {text}")
-        return _save(host.images(result, "9")[0], tiles_dir / f"{tag}.png")
+        return _save(host.images(result, prompt.node("SaveImage").id)[0], tiles_dir / f"{tag}.png")
 
     zorp = [ConceptUse(concepts["zorp"], SUGGESTED_BIAS)]
     places = [(_caption_lines(s.caption), generate(s, zorp, f"place_{i}")) for i, s in enumerate(PLACES)]

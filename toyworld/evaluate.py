@@ -56,7 +56,7 @@ def sample(
     result = host.run(prompt)
     if not result.success:
         raise RuntimeError(f"sampling {text!r} failed:\n{result.error_text}")
-    return host.images(result, "9")
+    return host.images(result, prompt.node("SaveImage").id)
 
 
 def world_quality(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from harness.graph import Graph
 from harness.perfusion_graphs import train_prompt
 
 from . import world
@@ -65,9 +66,9 @@ def train_graph(
     *,
     lr_v: float | None = None,
     **extra,
-) -> dict:
-    """Checkpoint -> photos and captions (dataset loader, node "90") -> PerfusionTrainConcept -> Save
-    (node ids as :func:`train_prompt`)."""
+) -> Graph:
+    """Checkpoint -> photos and captions (dataset loader) -> PerfusionTrainConcept -> Save, and the
+    loss preview of :func:`train_prompt`."""
     graph = train_prompt(
         ckpt,
         [],
@@ -83,6 +84,6 @@ def train_graph(
         save_name=save_name,
         extra={"flip": False, **extra},
     )
-    graph["90"] = {"class_type": "LoadImageTextDataSetFromFolder", "inputs": {"folder": folder}}
-    graph["3"]["inputs"].update(images=["90", 0], captions=["90", 1])
+    dataset = graph.add("LoadImageTextDataSetFromFolder", folder=folder)
+    graph.inputs("PerfusionTrainConcept").update(images=dataset[0], captions=dataset[1])
     return graph
