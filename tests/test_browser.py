@@ -172,7 +172,9 @@ def resave_changes(shipped: dict, saved: dict) -> list[tuple]:
     ] + [(nid, "node", None, theirs[nid].get("type")) for nid in theirs.keys() - ours.keys()]
 
 
-def wait_for_new_history(server, before: set[str], timeout: float = 300.0) -> dict:
+def wait_for_new_history(server, before: set[str], timeout: float = 900.0) -> dict:
+    """The history entry of the prompt the page queued, once it ends. A guard against a hang, not a
+    speed check: the SDXL training graph takes 74 s alone on 2 cores and over 300 s beside other jobs."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         history = server.history()
