@@ -32,7 +32,8 @@ def _link(value: Any) -> Any:
 class Graph(dict):
     """An API prompt, node id -> ``{"class_type", "inputs"}``. It is a dict, so it is queued, saved,
     copied and compared as one. New ids count up from the highest numeric id already in it ("1" in an
-    empty graph), so a graph loaded from a workflow file grows without clashes."""
+    empty graph), so a graph loaded from a workflow file grows without clashes. Like any dict, an empty
+    graph is falsy: test a graph argument with ``is None``."""
 
     def add(self, class_type: str, /, **inputs: Any) -> Node:
         """Adds a node; inputs are widget values, links (``node[k]``) or nodes (their output 0)."""
