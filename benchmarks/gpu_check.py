@@ -60,7 +60,7 @@ from harness.errors import HostError
 from harness.fixture_checkpoint import fixture_checkpoint
 from harness.graph import Graph, Node
 from harness.paths import repo_root
-from harness.perfusion_graphs import ConceptUse, generate_prompt, train_prompt
+from harness.perfusion_graphs import ConceptUse, generate_prompt, train_prompt, with_model_patch
 from harness.sample_images import write_toy_images
 from harness.server import ComfyServer
 from perfusion_core.defaults import COVARIANCE_PROMPTS
@@ -302,8 +302,7 @@ def sample_image(kit: Kit, ckpt: str, size: int, steps: int) -> np.ndarray:
     prompt = generate_prompt(
         ckpt, positive="a photo of a teddy", size=size, steps=steps, filename_prefix="harness"
     )
-    rerun = prompt.add("PerfusionKitRerun", model=prompt.node("CheckpointLoaderSimple")[0])
-    prompt.inputs("KSampler")["model"] = rerun[0]
+    prompt = with_model_patch(prompt, "PerfusionKitRerun", {})
     run, _ = kit.run(prompt)
     (image,) = kit.server.images(run["result"], node_id=prompt.node("SaveImage").id)
     return image

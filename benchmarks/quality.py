@@ -58,7 +58,7 @@ from pathlib import Path
 
 from benchmarks.train_worker import lora_prompt
 from harness.graph import Graph
-from harness.perfusion_graphs import ConceptUse, generate_prompt
+from harness.perfusion_graphs import ConceptUse, generate_prompt, with_model_patch
 from toyworld import scorer, world
 from toyworld.evaluate import CFG, STEPS
 from toyworld.recipe import BIAS_SWEEP, SUGGESTED_BIAS, Recipe, train_graph, write_photos
@@ -271,9 +271,8 @@ class QualityRun:
             batch_size=self.samples, filename_prefix="quality",
         )  # fmt: skip
         if lora is not None:
-            model = prompt.node("CheckpointLoaderSimple")[0]
-            loader = prompt.add("LoraLoaderModelOnly", model=model, lora_name=lora[0], strength_model=lora[1])
-            prompt.inputs("KSampler")["model"] = loader[0]
+            inputs = {"lora_name": lora[0], "strength_model": lora[1]}
+            prompt = with_model_patch(prompt, "LoraLoaderModelOnly", inputs)
         images = self.host.images(self.run(prompt, f"sampling {text!r}"), prompt.node("SaveImage").id)
         self.sample_seconds += time.perf_counter() - t0
         self.images += len(images)

@@ -4,6 +4,7 @@ and concept generation, training, and the bias chooser. Callers find a node by i
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -11,7 +12,17 @@ from harness.fixture_checkpoint import fixture_checkpoint_name
 from harness.graph import Graph, Node
 from perfusion_core.defaults import INFERENCE_BIAS, INFERENCE_TEMPERATURE, TRAIN_BIAS, TRAIN_TEMPERATURE
 
-__all__ = ["ConceptUse", "add_concepts", "choose_bias_prompt", "generate_prompt", "train_prompt"]
+__all__ = [
+    "ConceptUse",
+    "add_concept",
+    "add_concepts",
+    "add_unpatched_branch",
+    "choose_bias_prompt",
+    "generate_prompt",
+    "resume_from",
+    "train_prompt",
+    "with_model_patch",
+]
 
 
 @dataclass(frozen=True)
@@ -39,12 +50,58 @@ class ConceptUse:
         }
 
 
+def add_concept(g: Graph, model: list, clip: list, use: ConceptUse) -> Node:
+    """One concept loader on (model, clip); outputs MODEL, CLIP."""
+    return g.add("PerfusionConceptLoader", model=model, clip=clip, **use.loader_inputs())
+
+
 def add_concepts(g: Graph, model: list, clip: list, uses: Sequence[ConceptUse]) -> tuple[list, list]:
     """Chains one loader per concept onto (model, clip); returns the last loader's (MODEL, CLIP)."""
     for use in uses:
-        loader = g.add("PerfusionConceptLoader", model=model, clip=clip, **use.loader_inputs())
+        loader = add_concept(g, model, clip, use)
         model, clip = loader[0], loader[1]
     return model, clip
+
+
+def with_model_patch(
+    prompt: Graph, class_type: str, inputs: dict, *, after_concepts: bool = True, patches_clip: bool = False
+) -> Graph:
+    """A copy of a :func:`generate_prompt` graph with a node that patches MODEL (and, with
+    ``patches_clip``, CLIP), such as a LoRA loader, before the first concept loader or after the last
+    one (after the checkpoint when there are none)."""
+    g = copy.deepcopy(prompt)
+    loaders = g.nodes("PerfusionConceptLoader")
+    after_concepts = after_concepts or not loaders
+    source = loaders[-1] if after_concepts and loaders else g.node("CheckpointLoaderSimple")
+    wired = {"model": source[0], **({"clip": source[1]} if patches_clip else {})}
+    patch = g.add(class_type, **inputs, **wired)
+    rewired = {"model": patch[0], **({"clip": patch[1]} if patches_clip else {})}
+    if not after_concepts:
+        g.inputs(loaders[0]).update(rewired)
+        return g
+    g.inputs("KSampler")["model"] = rewired["model"]
+    if patches_clip:
+        for encode in g.nodes("CLIPTextEncode"):
+            g.inputs(encode)["clip"] = rewired["clip"]
+    return g
+
+
+def add_unpatched_branch(g: Graph, text: str, filename_prefix: str) -> Node:
+    """The checkpoint's own MODEL and CLIP sampled in the same graph with the widgets and latent of its
+    first KSampler -> VAEDecode -> SaveImage; returns the save node."""
+    ckpt = g.node("CheckpointLoaderSimple")
+    sampler = g.inputs(g.nodes("KSampler")[0])
+    widgets = {k: sampler[k] for k in ("seed", "steps", "cfg", "sampler_name", "scheduler", "denoise")}
+    pos, neg = g.encode(ckpt[1], text), g.encode(ckpt[1], "")
+    return g.save(g.sample(ckpt[0], pos, neg, sampler["latent_image"], ckpt[2], **widgets), filename_prefix)
+
+
+def resume_from(g: Graph, concept_file: str) -> Node:
+    """Has the graph's trainer resume ``concept_file`` (through a Perfusion Concept File node); returns
+    the trainer."""
+    trainer = g.node("PerfusionTrainConcept")
+    g.inputs(trainer)["resume"] = g.add("PerfusionConceptFile", concept_name=concept_file)[0]
+    return trainer
 
 
 def train_prompt(

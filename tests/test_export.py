@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness.graph import Graph
-from harness.perfusion_graphs import generate_prompt
+from harness.perfusion_graphs import generate_prompt, with_model_patch
 from perfusion_core.concept import Concept, ConceptInfo
 from perfusion_core.export import embedding_tensors, rank1_updates
 
@@ -84,18 +84,8 @@ def stock_image(host, ckpt_name: str, text: str, lora: str | None = None) -> np.
     """The plain txt2img graph, with LoraLoader between the checkpoint and the rest when given."""
     prompt = generate_prompt(ckpt_name, positive=text)
     if lora is not None:
-        ckpt = prompt.node("CheckpointLoaderSimple")
-        loader = prompt.add(
-            "LoraLoader",
-            model=ckpt[0],
-            clip=ckpt[1],
-            lora_name=lora,
-            strength_model=1.0,
-            strength_clip=1.0,
-        )
-        for encode in prompt.nodes("CLIPTextEncode"):
-            prompt.inputs(encode)["clip"] = loader[1]
-        prompt.inputs("KSampler")["model"] = loader[0]
+        inputs = {"lora_name": lora, "strength_model": 1.0, "strength_clip": 1.0}
+        prompt = with_model_patch(prompt, "LoraLoader", inputs, patches_clip=True)
     (img,) = host.images(host.run(prompt).raise_for_error())
     return img.astype(np.float64)
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from harness.fixture_checkpoint import fixture_checkpoint
-from harness.graph import Graph, Node
-from harness.perfusion_graphs import ConceptUse, generate_prompt, train_prompt
+from harness.graph import Graph
+from harness.perfusion_graphs import ConceptUse, generate_prompt, resume_from, train_prompt
 from perfusion_core.concept_file import load_concept, read_concept_metadata
 from perfusion_core.training_job import TrainingJob
 from tests.conftest import CONCEPTS, train_test_concepts
@@ -48,14 +48,6 @@ def sdxl_concepts(comfy_host, sdxl, toy_images) -> dict[str, str]:
 
 def concept_path(host, name):
     return host.base_dir / "models" / "perfusion" / name
-
-
-def resume_from(prompt: Graph, concept_file: str) -> Node:
-    """Has the trainer of ``prompt`` resume ``concept_file`` (a Perfusion Concept File node); returns
-    the trainer."""
-    trainer = prompt.node("PerfusionTrainConcept")
-    prompt.inputs(trainer)["resume"] = prompt.add("PerfusionConceptFile", concept_name=concept_file)[0]
-    return trainer
 
 
 def test_fixture_is_detected_as_sdxl_with_two_text_encoders(perfusion_pack, sdxl_models):

@@ -8,7 +8,14 @@ import json
 import pytest
 
 from harness.graph import Graph
-from harness.perfusion_graphs import ConceptUse, generate_prompt, train_prompt
+from harness.perfusion_graphs import (
+    ConceptUse,
+    add_unpatched_branch,
+    generate_prompt,
+    resume_from,
+    train_prompt,
+    with_model_patch,
+)
 
 
 def test_ids_count_up_and_nodes_link_their_outputs():
@@ -62,3 +69,44 @@ def test_train_prompt_extra_overrides_a_widget_and_leaves_images_to_link():
     trainer = g.inputs("PerfusionTrainConcept")
     assert (trainer["flip"], trainer["steps"], trainer["images"]) == (False, 3, None)
     assert "mask" not in trainer
+
+
+def test_a_model_patch_goes_before_the_first_or_after_the_last_concept():
+    uses = [ConceptUse("a.safetensors"), ConceptUse("b.safetensors")]
+    g = generate_prompt("m.safetensors", uses)
+    lora = {"lora_name": "l.safetensors", "strength_model": 1.0, "strength_clip": 1.0}
+    after = with_model_patch(g, "LoraLoader", lora, patches_clip=True)
+    patch, (first, last) = after.node("LoraLoader"), after.nodes("PerfusionConceptLoader")
+    assert (after.inputs(patch)["model"], after.inputs(patch)["clip"]) == (last[0], last[1])
+    assert after.inputs("KSampler")["model"] == patch[0]
+    assert all(after.inputs(e)["clip"] == patch[1] for e in after.nodes("CLIPTextEncode"))
+    before = with_model_patch(g, "LoraLoader", lora, after_concepts=False, patches_clip=True)
+    patch = before.node("LoraLoader")
+    assert before.inputs(patch)["model"] == before.node("CheckpointLoaderSimple")[0]
+    assert (before.inputs(first)["model"], before.inputs(first)["clip"]) == (patch[0], patch[1])
+    assert before.inputs("KSampler")["model"] == last[0]
+    assert "LoraLoader" not in {n["class_type"] for n in g.values()}  # the original is left as it was
+    plain = with_model_patch(generate_prompt("m.safetensors"), "LoraLoaderModelOnly", {"lora_name": "l"})
+    ckpt = plain.node("CheckpointLoaderSimple")
+    assert plain.inputs("LoraLoaderModelOnly")["model"] == ckpt[0]
+    assert plain.inputs("KSampler")["model"] == plain.node("LoraLoaderModelOnly")[0]
+    assert all(plain.inputs(e)["clip"] == ckpt[1] for e in plain.nodes("CLIPTextEncode"))
+
+
+def test_an_unpatched_branch_samples_the_checkpoint_like_the_first_sampler():
+    g = generate_prompt("m.safetensors", [ConceptUse("a.safetensors")], seed=9, steps=3)
+    first = g.inputs("KSampler")
+    save = add_unpatched_branch(g, "a dog", "branch")
+    second = g.inputs(g.nodes("KSampler")[1])
+    ckpt = g.node("CheckpointLoaderSimple")
+    assert second["model"] == ckpt[0] and second["latent_image"] == first["latent_image"]
+    assert {k: second[k] for k in ("seed", "steps")} == {"seed": 9, "steps": 3}
+    assert g.inputs(save)["filename_prefix"] == "branch"
+
+
+def test_resume_from_links_a_concept_file_into_the_trainer():
+    g = train_prompt("m.safetensors", ["a.png"])
+    trainer = resume_from(g, "old.safetensors")
+    concept = g.node("PerfusionConceptFile")
+    assert g.inputs(trainer)["resume"] == concept[0]
+    assert g.inputs(concept) == {"concept_name": "old.safetensors"}

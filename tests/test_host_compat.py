@@ -11,7 +11,7 @@ import torch
 
 from harness.fixture_checkpoint import fixture_checkpoint
 from harness.graph import Graph
-from harness.perfusion_graphs import ConceptUse, generate_prompt
+from harness.perfusion_graphs import ConceptUse, generate_prompt, with_model_patch
 from perfusion_core.concept_file import load_concept
 from perfusion_core.concept_writer import save_concept
 
@@ -96,29 +96,9 @@ def lora_name(comfy_host, tiny_ckpt_name, perfusion_pack, tmp_path_factory):
     return comfy_host.add_file("loras", path)
 
 
-def with_node(
-    prompt: Graph, class_type: str, inputs: dict, after_concepts: bool, patches_clip: bool = False
-) -> Graph:
-    """Inserts a MODEL (and with `patches_clip` CLIP) patching node before or after the concept loaders."""
-    prompt = Graph({k: dict(v, inputs=dict(v["inputs"])) for k, v in prompt.items()})
-    loaders = prompt.nodes("PerfusionConceptLoader")
-    after_concepts = after_concepts or not loaders
-    source = loaders[-1] if loaders and after_concepts else prompt.node("CheckpointLoaderSimple")
-    wired = {"model": source[0], **({"clip": source[1]} if patches_clip else {})}
-    patch = prompt.add(class_type, **inputs, **wired)
-    if after_concepts:
-        prompt.inputs("KSampler")["model"] = patch[0]
-        if patches_clip:
-            for encode in prompt.nodes("CLIPTextEncode"):
-                prompt.inputs(encode)["clip"] = patch[1]
-    else:
-        prompt.inputs(loaders[0]).update({"model": patch[0], **({"clip": patch[1]} if patches_clip else {})})
-    return prompt
-
-
 def with_lora(prompt: Graph, lora: str, after_concepts: bool) -> Graph:
     inputs = {"lora_name": lora, "strength_model": 1.0, "strength_clip": 1.0}
-    return with_node(prompt, "LoraLoader", inputs, after_concepts, patches_clip=True)
+    return with_model_patch(prompt, "LoraLoader", inputs, after_concepts=after_concepts, patches_clip=True)
 
 
 def test_lora_before_or_after_the_concept_gives_the_same_image(
@@ -143,8 +123,12 @@ def test_cross_attention_weight_patches_before_or_after_the_concept_give_the_sam
         tiny_ckpt_name, [ConceptUse(trained_concepts["hugsy"])], positive="hugsy in a field"
     )
     scales = {"q": 1.0, "k": 1.4, "v": 0.6, "out": 1.0}
-    before = image(comfy_host, with_node(prompt, "UNetCrossAttentionMultiply", scales, after_concepts=False))
-    after = image(comfy_host, with_node(prompt, "UNetCrossAttentionMultiply", scales, after_concepts=True))
+    before = image(
+        comfy_host, with_model_patch(prompt, "UNetCrossAttentionMultiply", scales, after_concepts=False)
+    )
+    after = image(
+        comfy_host, with_model_patch(prompt, "UNetCrossAttentionMultiply", scales, after_concepts=True)
+    )
     np.testing.assert_allclose(before, after, atol=2 / 255)
     assert np.abs(before - image(comfy_host, prompt)).mean() > 1e-3
 
@@ -156,10 +140,12 @@ def test_other_attention_patches_run_with_the_concept(comfy_host, tiny_ckpt_name
     prompt = generate_prompt(
         tiny_ckpt_name, [ConceptUse(trained_concepts["hugsy"], key_lock=lock)], positive="hugsy in a field"
     )
-    guided = image(comfy_host, with_node(prompt, "TomePatchModel", {"ratio": 0.5}, after_concepts=True))
+    guided = image(
+        comfy_host, with_model_patch(prompt, "TomePatchModel", {"ratio": 0.5}, after_concepts=True)
+    )
     plain_guided = image(
         comfy_host,
-        with_node(
+        with_model_patch(
             generate_prompt(tiny_ckpt_name, positive="hugsy in a field"),
             "TomePatchModel",
             {"ratio": 0.5},

@@ -18,7 +18,7 @@ import torch
 from harness.basedir import PACK_DIR_NAME
 from harness.fixture_checkpoint import fixture_checkpoint
 from harness.graph import Graph
-from harness.perfusion_graphs import ConceptUse, generate_prompt, train_prompt
+from harness.perfusion_graphs import ConceptUse, generate_prompt, train_prompt, with_model_patch
 from harness.sample_images import write_toy_images
 from harness.server import ComfyServer
 from perfusion_core.concept_file import load_concept
@@ -184,24 +184,8 @@ def test_two_concepts_trained_apart_chain(server, ckpt, trained):
 
 def with_lora(prompt: Graph, after_concepts: bool) -> Graph:
     """A LoraLoader (model and clip) before the first or after the last concept loader."""
-    prompt = Graph({k: dict(v, inputs=dict(v["inputs"])) for k, v in prompt.items()})
-    loaders = prompt.nodes("PerfusionConceptLoader")
-    source = loaders[-1] if after_concepts else prompt.node("CheckpointLoaderSimple")
-    lora = prompt.add(
-        "LoraLoader",
-        model=source[0],
-        clip=source[1],
-        lora_name="matrix_lora.safetensors",
-        strength_model=1.0,
-        strength_clip=1.0,
-    )
-    if after_concepts:
-        prompt.inputs("KSampler")["model"] = lora[0]
-        for encode in prompt.nodes("CLIPTextEncode"):
-            prompt.inputs(encode)["clip"] = lora[1]
-    else:
-        prompt.inputs(loaders[0]).update(model=lora[0], clip=lora[1])
-    return prompt
+    inputs = {"lora_name": "matrix_lora.safetensors", "strength_model": 1.0, "strength_clip": 1.0}
+    return with_model_patch(prompt, "LoraLoader", inputs, after_concepts=after_concepts, patches_clip=True)
 
 
 def test_a_lora_before_or_after_the_concept_gives_the_same_image(server, ckpt, trained, images):

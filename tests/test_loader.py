@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from harness.perfusion_graphs import ConceptUse, generate_prompt
+from harness.perfusion_graphs import ConceptUse, add_unpatched_branch, generate_prompt
 
 
 def image(host, prompt) -> np.ndarray:
@@ -61,13 +61,8 @@ def test_unpatched_model_in_the_same_graph_is_untouched(comfy_host, tiny_ckpt_na
     prompt = generate_prompt(
         tiny_ckpt_name, [ConceptUse(trained_concepts["hugsy"])], positive="a photo of hugsy"
     )
-    # A second branch samples the checkpoint's own MODEL and CLIP in the same graph, with the patched
-    # branch's sampler widgets and latent.
-    ckpt, sampler = prompt.node("CheckpointLoaderSimple"), prompt.inputs("KSampler")
-    widgets = {k: sampler[k] for k in ("seed", "steps", "cfg", "sampler_name", "scheduler", "denoise")}
-    pos, neg = prompt.encode(ckpt[1], text), prompt.encode(ckpt[1], "")
-    decoded = prompt.sample(ckpt[0], pos, neg, sampler["latent_image"], ckpt[2], **widgets)
-    branch = prompt.save(decoded, "branch")
+    # A second branch samples the checkpoint's own MODEL and CLIP in the same graph.
+    branch = add_unpatched_branch(prompt, text, "branch")
     comfy_host.reset_cache()
     result = comfy_host.run(prompt).raise_for_error()
     (unpatched,) = comfy_host.images(result, node_id=branch.id)

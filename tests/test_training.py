@@ -10,7 +10,7 @@ import torch
 
 from harness import training_runs
 from harness.graph import Graph
-from harness.perfusion_graphs import train_prompt
+from harness.perfusion_graphs import resume_from, train_prompt
 from perfusion_core.concept_file import load_concept
 
 TRAINER = "PerfusionTrainConcept"
@@ -217,8 +217,7 @@ def test_checkpoints_during_training_and_resume(comfy_host, tiny_ckpt_name, toy_
     checkpoint = load_concept(path)
     assert checkpoint.info.steps == 4  # the last multiple of save_every before the end
     prompt = train_prompt(tiny_ckpt_name, toy_images["hugsy"], steps=2, seed=5, save_name="resumed")
-    resume = prompt.add("PerfusionConceptFile", concept_name="resume_me.safetensors")
-    prompt.inputs(TRAINER)["resume"] = resume[0]
+    resume_from(prompt, "resume_me.safetensors")
     comfy_host.run(prompt).raise_for_error()
     resumed = load_concept(comfy_host.base_dir / "models" / "perfusion" / "resumed.safetensors")
     assert resumed.info.steps == 6

@@ -36,7 +36,7 @@ from typing import Any
 import requests
 
 from harness.graph import Graph, Node
-from harness.perfusion_graphs import ConceptUse
+from harness.perfusion_graphs import ConceptUse, add_concept
 from perfusion_core.defaults import (
     COVARIANCE_PROMPTS,
     INFERENCE_BIAS,
@@ -141,8 +141,7 @@ class Builder(Graph):
     def loader(
         self, model: list, clip: list, concept: str, bias: float = INFERENCE_BIAS, key_lock: str = "local"
     ) -> Node:
-        use = ConceptUse(concept, bias, key_lock=key_lock)
-        return self.add("PerfusionConceptLoader", model=model, clip=clip, **use.loader_inputs())
+        return add_concept(self, model, clip, ConceptUse(concept, bias, key_lock=key_lock))
 
     def generation(
         self, model: list, positive: Node, negative: Node, vae: list, latent: Node | None = None
