@@ -131,6 +131,15 @@ def test_build_schedule_is_a_cosine_per_cycle_and_the_shipped_default_has_three(
     assert all(lr_factor(k, two) == lr_factor(k, cycles) for k in range(0, 3000, 7))
 
 
+def test_evaluate_refuses_to_overwrite_the_shipped_results_with_a_partial_report(capsys):
+    from toyworld import evaluate
+
+    with pytest.raises(SystemExit):
+        evaluate.main(["--no-singles"])
+    assert "give --out" in capsys.readouterr().err
+    assert str(evaluate.Sampling()) == "KSampler euler/normal, 20 steps, cfg 5.0"
+
+
 def test_weights_round_trip_through_8_bit_storage():
     import torch
 

@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-singles", action="store_true", help="only the two-object captions")
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args(argv)
+    if a.no_singles and a.out == RESULTS:
+        ap.error("--no-singles makes a partial report: give --out, so the shipped results stay whole")
     from harness.inprocess import ComfyHost
     from toyworld.checkpoint import toyworld_checkpoint
 
