@@ -2,7 +2,7 @@
 the probes behind README "The toy world", "Concepts on this world". ``make bench-quality`` is the
 measurement; these answer one question each, fast.
 
-    python -m benchmarks.concept_probes one-place|three-places|bias|recipe|gates [--steps N]
+    python -m benchmarks.concept_probes one-place|three-places|bias|recipe|gates|neighbours [--steps N]
 
 README's one-place, three-places and bias figures were measured at 150 steps (``--steps 150``),
 before the recipe moved to 300.
@@ -13,6 +13,10 @@ before the recipe moved to 300.
 - ``recipe``: 300 steps against 150 steps with lr_v 0.2.
 - ``gates``: the recipe's concept; r(e) = eᵀu / i*ᵀu (what the gate compares with the bias) of its
   word, of its superclass word and, at most, of any other token, with the concept at each place.
+- ``neighbours``: zorp and quib (the recipe at lr_embedding 0.001, as part ``pairs_word``) at the
+  left beside each other noun of the world at the right, gray background, global lock, against the
+  same prompt with the superclass word: which neighbours take the concept's place (README
+  "Quality", "Where two concepts fail").
 """
 
 from __future__ import annotations
@@ -26,18 +30,21 @@ from benchmarks.quality import Plan, QualityRun, eval_scenes, judge, open_run, r
 from harness.graph import Graph
 from harness.perfusion_graphs import ConceptUse, add_concepts
 from toyworld import scorer, world
-from toyworld.recipe import Recipe, train_graph, write_photos
+from toyworld.recipe import SUGGESTED_BIAS, Recipe, train_graph, write_photos
 
 # The one-place probe compares the key locks at this bias: a probe setting (its results are labelled
 # with it), equal to the node's default bias but not read from it.
 LOCK_PROBE_BIAS = 0.7
+NEIGHBOUR_SEED = 108  # the benchmark's seed for its "left X, right cheese, gray" prompt
 SHOWN = ("fidelity", "in_place", "alignment", "background", "positions")
 ZORP = world.CONCEPTS["zorp"]
 
 
-def train(q: QualityRun, name: str, recipe: Recipe, folder: str, **options) -> str:
+def train(
+    q: QualityRun, name: str, recipe: Recipe, folder: str, concept: world.Concept = ZORP, **options
+) -> str:
     """The concept file trained from ``folder`` (photos and captions in ComfyUI's input folder)."""
-    q.timed(train_graph(q.ckpt, folder, ZORP, recipe, name, **options), f"train {name}")
+    q.timed(train_graph(q.ckpt, folder, concept, recipe, name, **options), f"train {name}")
     return f"{name}.safetensors"
 
 
@@ -77,12 +84,37 @@ def relevance(q: QualityRun, concept: str) -> None:
             )
 
 
+def neighbours(q: QualityRun, recipe: Recipe) -> None:
+    """Each concept at the left beside every other world noun at the right (one batch each, the same
+    seed), and its superclass word there: how many samples draw the left object right."""
+    for concept in (ZORP, world.CONCEPTS["quib"]):
+        folder = write_photos(q.host.layout.input, concept, "probe", recipe.shots)
+        trained = train(q, f"probe_{concept.word}", replace(recipe, lr_embedding=0.001), folder, concept)
+        superclass = world.thing(*world.NOUNS[concept.superclass], "left")
+        counts = {}
+        for noun, look in world.NOUNS.items():
+            if noun == concept.superclass:
+                continue
+            right = world.Thing(noun, *look, "right")
+            for left, uses in (
+                (concept.at("left"), [ConceptUse(trained, SUGGESTED_BIAS, key_lock="global")]),
+                (superclass, []),
+            ):
+                images = q.batch(world.Scene("gray", (left, right)).caption, NEIGHBOUR_SEED, uses)
+                counts[noun, left.name] = sum(scorer.thing_matches(scorer.read(i), left) for i in images)
+        for name in (concept.word, concept.superclass):
+            row = {noun: n for (noun, who), n in counts.items() if who == name}
+            print(
+                f"{name:>8} at left: {sum(row.values())} of {len(row) * q.samples} right  {row}", flush=True
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("probe", choices=("one-place", "three-places", "bias", "recipe", "gates"))
+    ap.add_argument("probe", choices=("one-place", "three-places", "bias", "recipe", "gates", "neighbours"))
     ap.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
     a = ap.parse_args(argv)
-    q, _ = open_run(Plan(samples=4))
+    q, _ = open_run(Plan(samples=6 if a.probe == "neighbours" else 4))
     recipe = replace(Recipe(), steps=a.steps or Recipe().steps)
     if a.probe == "one-place":
         folder = write_photos(q.host.layout.input, ZORP, "probe_centre", recipe.shots, places=("centre",) * 6)
@@ -93,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         arm(q, f"global {b}", [ConceptUse(locked, b, key_lock="global")])
         arm(q, f"key lock off {b}", [ConceptUse(unlocked, b, key_lock="off")])
         arm(q, "edits shut (word only)", [ConceptUse(locked, 2.0)])
+        return 0
+    if a.probe == "neighbours":
+        neighbours(q, recipe)
         return 0
     folder = write_photos(q.host.layout.input, ZORP, "probe", recipe.shots)
     if a.probe == "recipe":
