@@ -60,7 +60,7 @@ from benchmarks.train_worker import lora_prompt
 from harness.graph import Graph
 from harness.perfusion_graphs import ConceptUse, generate_prompt, with_model_patch
 from toyworld import scorer, world
-from toyworld.evaluate import CFG, STEPS
+from toyworld.evaluate import CFG, STEPS, Sampling
 from toyworld.recipe import BIAS_SWEEP, SUGGESTED_BIAS, Recipe, train_graph, write_photos
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -533,8 +533,7 @@ def open_run(plan: Plan, **meta) -> tuple[QualityRun, dict]:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
         **meta,
         "recipe": plan.recipe.__dict__,
-        "sampler": f"KSampler euler/normal, {STEPS} steps, cfg {CFG}, {world.IMAGE_SIZE} px; "
-        f"{plan.samples} per prompt",
+        "sampler": f"{Sampling()}, {world.IMAGE_SIZE} px; {plan.samples} per prompt",
     }
     return QualityRun(host, ckpt_path.name, plan.recipe, plan.samples), meta
 
