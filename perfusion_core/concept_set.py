@@ -88,10 +88,15 @@ IDENTICAL_KEY_ADVICE = (
 _SAME_KEY_COSINE = 0.9999  # superclass encodings this close give keys no attention can tell apart
 
 
-def identical_key_warning(first: str, second: str, superclass: str) -> str:
-    """The one wording of the identical-key warning (`superclass`: the shared word, or both words)."""
+def _listed(words: list[str]) -> str:
+    quoted = [f"'{w}'" for w in words]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
+
+
+def identical_key_warning(words: list[str], superclass: str) -> str:
+    """The one wording of the identical-key warning (`superclass`: the shared word, or the words)."""
     return (
-        f"Perfusion concepts '{first}' and '{second}' share the superclass {superclass}: they will get "
+        f"Perfusion concepts {_listed(words)} share the superclass {superclass}: they will get "
         "identical keys under the local key lock (each word's key is W_K applied to the superclass "
         "encoding), so cross-attention cannot tell them apart and one image mixes them. To use them "
         f"together, {IDENTICAL_KEY_ADVICE}."
@@ -110,32 +115,40 @@ def _same_direction(x: torch.Tensor, y: torch.Tensor) -> bool:
     return norms > 0 and float(x @ y) / norms > _SAME_KEY_COSINE
 
 
+def _same_key(a: AppliedConcept, b: AppliedConcept) -> bool:
+    return _superclass_word(a) == _superclass_word(b) or _same_direction(
+        a.concept.superclass_encoding, b.concept.superclass_encoding
+    )
+
+
 def identical_key_warnings(applied: tuple[AppliedConcept, ...], new_from: int = 0) -> list[str]:
-    """One warning per pair of concepts that both lock their keys locally to one superclass, among
-    the pairs that hold a concept from index `new_from` on (earlier pairs were warned about before).
+    """One warning per group of concepts that lock their keys locally to one superclass, among the
+    groups that hold a concept from index `new_from` on (earlier groups were warned about before).
 
     Why: under the local key lock a concept's K edit maps its word to W_K · (superclass encoding), so
-    two concepts of one superclass give their words the same key: every image position attends to
-    both words alike, so the two concepts' values blend wherever either is drawn. The same superclass
-    word, or superclass encodings that coincide (cosine > 0.9999) under different words, count as
-    one. Global key lock (keys from each word's own place in the prompt) and no key edit do not warn.
+    concepts of one superclass give their words the same key: every image position attends to them
+    alike, so their values blend wherever either is drawn. The same superclass word, or superclass
+    encodings that coincide (cosine > 0.9999) under different words, count as one. Global key lock
+    (keys from each word's own place in the prompt) and no key edit do not warn. One line per group,
+    not per pair: sixteen concepts of one superclass are one problem, not 120.
     """
-    local = [k for k, a in enumerate(applied) if a.key_edit and not a.global_lock]
+    groups: list[list[int]] = []  # indices into `applied`, each group in order
+    for k, a in enumerate(applied):
+        if not a.key_edit or a.global_lock:
+            continue
+        joined = [g for g in groups if any(_same_key(a, applied[j]) for j in g)]
+        groups = [g for g in groups if g not in joined] + [sorted([j for g in joined for j in g] + [k])]
     out = []
-    for k in (k for k in local if k >= new_from):
-        a = applied[k]
-        for j in (j for j in local if j < k):
-            b = applied[j]
-            if _superclass_word(a) == _superclass_word(b):
-                superclass = f"'{b.concept.info.superclass.strip()}'"
-            elif _same_direction(a.concept.superclass_encoding, b.concept.superclass_encoding):
-                superclass = (
-                    f"encoding (the superclass words '{b.concept.info.superclass.strip()}' and "
-                    f"'{a.concept.info.superclass.strip()}' encode alike)"
-                )
-            else:
-                continue
-            out.append(identical_key_warning(b.concept.word, a.concept.word, superclass))
+    for group in sorted(groups):
+        if len(group) < 2 or group[-1] < new_from:
+            continue
+        members = [applied[k] for k in group]
+        words = list(dict.fromkeys(a.concept.info.superclass.strip() for a in members))
+        if len({_superclass_word(a) for a in members}) == 1:
+            superclass = f"'{words[0]}'"
+        else:
+            superclass = f"encoding (the superclass words {_listed(words)} encode alike)"
+        out.append(identical_key_warning([a.concept.word for a in members], superclass))
     return out
 
 
@@ -144,7 +157,7 @@ class ConceptSet:
 
     def __init__(self, applied: tuple[AppliedConcept, ...], new_from: int = 0) -> None:
         """`new_from`: where the concepts this set adds to an earlier one start (crosstalk_warnings,
-        identical_key_warnings: each pair is warned about once, when its second concept is added)."""
+        identical_key_warnings: each is warned about when one of its concepts is added)."""
         words = [a.concept.word.lower() for a in applied]
         if len(set(words)) != len(words):
             raise ValueError(f"the same concept word is applied twice: {words}")

@@ -98,27 +98,40 @@ def test_chaining_does_not_repeat_a_warning(caplog):
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="comfyui-perfusion"):
         second.extended((applied(3, "quib", "teddy"),))
-    messages = key_records(caplog)
-    assert len(messages) == 2  # quib with hugsy and with zorbo, nothing about hugsy/zorbo again
-    assert all("'quib'" in m for m in messages)
-    assert any("'hugsy'" in m for m in messages) and any("'zorbo'" in m for m in messages)
+    (message,) = key_records(caplog)  # one line for the group hugsy, zorbo and quib
+    assert "'hugsy', 'zorbo' and 'quib' share the superclass 'teddy'" in message
 
 
-def test_the_pure_function_reports_only_pairs_with_a_new_concept():
+def test_the_pure_function_reports_only_groups_with_a_new_concept():
     identical_key_warnings = concept_set.identical_key_warnings
     concepts = (applied(0, "hugsy", "teddy"), applied(1, "zorbo", "teddy"), applied(2, "quib", "teddy"))
-    assert len(identical_key_warnings(concepts)) == 3
+    assert len(identical_key_warnings(concepts)) == 1
     (message,) = identical_key_warnings(concepts[:2])
     assert identical_key_warnings(concepts[:2], new_from=2) == []
-    assert len(identical_key_warnings(concepts, new_from=2)) == 2
+    assert len(identical_key_warnings(concepts, new_from=2)) == 1
     assert message.index("'hugsy'") < message.index("'zorbo'")  # the earlier concept first
 
 
-def test_chained_apply_nodes_on_the_fixture_warn_once_per_pair(
+def test_many_concepts_of_one_superclass_warn_in_one_line_per_superclass():
+    """Sixteen teddies and two cats, interleaved, with a globally locked teddy among them: one line
+    for the teddies (not 120 pairs), one for the cats, and the global one named in neither."""
+    words = [f"teddy{k}" for k in range(16)]
+    concepts = [applied(k, w, "teddy") for k, w in enumerate(words)]
+    concepts[3:3] = [applied(20, "kit", "cat")]
+    concepts[9:9] = [applied(21, "tom", "cat"), applied(22, "loner", "teddy", "global")]
+    messages = concept_set.identical_key_warnings(tuple(concepts))
+    assert len(messages) == 2
+    teddies, cats = messages
+    assert all(f"'{w}'" in teddies for w in words) and "share the superclass 'teddy'" in teddies
+    assert "'kit' and 'tom' share the superclass 'cat'" in cats
+    assert "loner" not in teddies + cats
+
+
+def test_chained_apply_nodes_on_the_fixture_warn_once_per_group(
     comfy_host, perfusion_pack, tiny_ckpt_name, caplog
 ):
     """Through PerfusionApplyConcept, chained as in a graph: the second node's patch rebuilds the set
-    from the first's concepts (model_patch.apply_concepts), and only the new pairs are warned about."""
+    from the first's concepts (model_patch.apply_concepts), and only groups with a new concept are warned about."""
     import torch
 
     from perfusion_core.concept import Concept, ConceptInfo
