@@ -131,13 +131,42 @@ def test_build_schedule_is_a_cosine_per_cycle_and_the_shipped_default_has_three(
     assert all(lr_factor(k, two) == lr_factor(k, cycles) for k in range(0, 3000, 7))
 
 
-def test_evaluate_refuses_to_overwrite_the_shipped_results_with_a_partial_report(capsys):
+@pytest.mark.parametrize("args", [["--no-singles"], ["--weights", "other-build.safetensors"]])
+def test_evaluate_refuses_to_overwrite_the_shipped_results_with_another_report(capsys, args):
     from toyworld import evaluate
 
     with pytest.raises(SystemExit):
-        evaluate.main(["--no-singles"])
+        evaluate.main(args)
     assert "give --out" in capsys.readouterr().err
     assert str(evaluate.Sampling()) == "KSampler euler/normal, 20 steps, cfg 5.0"
+
+
+def test_place_route_swaps_one_row_of_the_conditional_half_only():
+    """The probe's attn2 patch: the key's or the value's context gets the donor row, in the
+    conditional half of the batch (cond_or_uncond 0) only, and the other context is untouched."""
+    import torch
+
+    from toyworld.place_route import swap_row
+
+    context = torch.zeros(4, 77, 8)  # batch of 2: uncond then cond, 2 samples each
+    donor = torch.arange(77 * 8, dtype=torch.float32).view(77, 8)
+    extra = {"cond_or_uncond": [1, 0]}
+    for key in (True, False):
+        n, k, v = swap_row(5, 8, donor, key=key)("n", context, context, extra)
+        changed, kept = (k, v) if key else (v, k)
+        assert torch.equal(changed[2:, 5], donor[8].expand(2, 8))
+        assert changed[:2].abs().sum() == 0 and changed[2:, :5].abs().sum() == 0
+        assert kept is context and context.abs().sum() == 0 and n == "n"
+
+
+def test_another_builds_weights_pack_under_their_own_name(tmp_path):
+    from toyworld import checkpoint
+
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(checkpoint.WEIGHTS.read_bytes()[:-1] + b"x")
+    assert checkpoint.toyworld_checkpoint_name(other) != checkpoint.toyworld_checkpoint_name()
+    with pytest.raises(FileNotFoundError, match="missing.safetensors is missing: no such file"):
+        checkpoint.toyworld_checkpoint(tmp_path, weights=tmp_path / "missing.safetensors")
 
 
 def test_weights_round_trip_through_8_bit_storage():

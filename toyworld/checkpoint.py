@@ -6,7 +6,7 @@ encoder is the test fixture's deterministic random CLIP-L, which the world was t
 the VAE is set by hand (:mod:`toyworld.vae`); both are regenerated here, so packing takes seconds. The packed ``.ckpt`` keeps the fixture's shared-storage CLIP (a few MB
 instead of 246 MB as plain fp16) and is loaded by ComfyUI with ``weights_only=True``.
 
-    python -m toyworld.checkpoint OUT.ckpt
+    python -m toyworld.checkpoint OUT.ckpt [WEIGHTS]
 """
 
 from __future__ import annotations
@@ -45,30 +45,30 @@ TEXT_SILENCED = tuple(
 _VAE = "first_stage_model."
 
 
-def _weights_tag() -> str:
-    if not WEIGHTS.is_file():
-        raise FileNotFoundError(
-            f"{WEIGHTS} is missing: it is committed with the repository (run `make toyworld` to retrain it)"
-        )
-    return hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()[:10]
+def _weights_tag(weights: Path = WEIGHTS) -> str:
+    if not weights.is_file():
+        hint = "it is committed with the repository (run `make toyworld` to retrain it)"
+        raise FileNotFoundError(f"{weights} is missing: " + (hint if weights == WEIGHTS else "no such file"))
+    return hashlib.sha256(weights.read_bytes()).hexdigest()[:10]
 
 
-def toyworld_checkpoint_name() -> str:
-    return f"toyworld-sd15-{_weights_tag()}.ckpt"
+def toyworld_checkpoint_name(weights: Path = WEIGHTS) -> str:
+    return f"toyworld-sd15-{_weights_tag(weights)}.ckpt"
 
 
-def toyworld_checkpoint(dest_dir: str | os.PathLike | None = None) -> Path:
+def toyworld_checkpoint(dest_dir: str | os.PathLike | None = None, weights: Path = WEIGHTS) -> Path:
     """Path of the packed checkpoint, packing it (in a subprocess: it imports ``comfy``) when missing.
-    The name holds a hash of the committed weights, so retrained weights never reuse a stale file."""
+    The name holds a hash of the weights, so retrained weights never reuse a stale file. ``weights``:
+    the committed ones, or another build's (``toyworld.build --out``) to compare worlds."""
     dest = Path(dest_dir) if dest_dir is not None else cache_dir()
     dest.mkdir(parents=True, exist_ok=True)
-    out = dest / toyworld_checkpoint_name()
+    out = dest / toyworld_checkpoint_name(weights)
     if out.is_file():
         return out
-    return build_in_subprocess("toyworld.checkpoint", out, what="the toy-world checkpoint")
+    return build_in_subprocess("toyworld.checkpoint", out, str(weights), what="the toy-world checkpoint")
 
 
-def build_state_dict() -> dict:
+def build_state_dict(weights: Path = WEIGHTS) -> dict:
     """The packed state dict. Imports ``comfy``: only in a process that hosts no ComfyUI."""
     import torch
     from safetensors.torch import load_file
@@ -78,11 +78,11 @@ def build_state_dict() -> dict:
     from toyworld import storage, vae
 
     sd = fixture_state_dict(FixtureSpec("tiny"))
-    trained = storage.unpack(load_file(str(WEIGHTS)))
+    trained = storage.unpack(load_file(str(weights)))
     expected = {k for k in sd if k.startswith((_UNET, *_TEXT))} | set(TEXT_SILENCED)
     if expected != set(trained):
         raise ValueError(
-            f"{WEIGHTS} does not hold the tiny UNet layout, CLIP's last attention and the silenced layer norms"
+            f"{weights} does not hold the tiny UNet layout, CLIP's last attention and the silenced layer norms"
         )
     sd.update(trained)
     for k, v in vae.state_dict().items():
@@ -93,8 +93,8 @@ def build_state_dict() -> dict:
 def main(argv: list[str] | None = None) -> int:
     from harness.fixture_checkpoint import _serialise, _write_atomic
 
-    (out,) = argv if argv is not None else sys.argv[1:]
-    data = _serialise(build_state_dict())
+    out, *weights = argv if argv is not None else sys.argv[1:]
+    data = _serialise(build_state_dict(*(Path(w) for w in weights)))
     _write_atomic(Path(out), data)
     print(f"wrote {out}: {len(data) / 2**20:.1f} MiB")
     return 0

@@ -98,13 +98,14 @@ def world_quality(
     return report
 
 
-def weights_info() -> dict[str, str]:
-    """What the committed weights' file says of how they were trained (steps, minutes, machine)."""
+def weights_info(weights: Path | None = None) -> dict[str, str]:
+    """What a weights file (None: the committed one) says of how it was trained (steps, minutes,
+    machine)."""
     from safetensors import safe_open
 
     from toyworld.checkpoint import WEIGHTS
 
-    with safe_open(str(WEIGHTS), "pt") as f:
+    with safe_open(str(weights or WEIGHTS), "pt") as f:
         return dict(f.metadata() or {})
 
 
@@ -119,14 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sampler", default=Sampling.sampler_name, help="KSampler's sampler_name")
     ap.add_argument("--scheduler", default=Sampling.scheduler, help="KSampler's scheduler")
     ap.add_argument("--no-singles", action="store_true", help="only the two-object captions")
+    ap.add_argument("--weights", type=Path, help="another build's weights (default: the committed ones)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args(argv)
-    if a.no_singles and a.out == RESULTS:
-        ap.error("--no-singles makes a partial report: give --out, so the shipped results stay whole")
+    if (a.no_singles or a.weights) and a.out == RESULTS:
+        ap.error("--no-singles and --weights make another report: give --out, so the shipped results stay")
     from harness.inprocess import ComfyHost
     from toyworld.checkpoint import toyworld_checkpoint
 
-    ckpt_path = toyworld_checkpoint()
+    ckpt_path = toyworld_checkpoint(**({"weights": a.weights} if a.weights else {}))
     host = ComfyHost.get(Path(tempfile.mkdtemp(prefix="toyworld-eval-")), checkpoints=[ckpt_path])
     ckpt = ckpt_path.name
     _, held = world.world_scenes()
@@ -134,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     pairs = [s for s in held if len(s.things) == 2][:: a.pair_every]
     sampling = Sampling(a.steps, a.cfg, a.sampler, a.scheduler)
     t0 = time.perf_counter()
-    report = {"checkpoint": ckpt, "weights": weights_info(), "sampler": f"{sampling}, {world.IMAGE_SIZE} px"}
+    report = {
+        "checkpoint": ckpt,
+        "weights": weights_info(a.weights),
+        "sampler": f"{sampling}, {world.IMAGE_SIZE} px",
+    }
     if not a.no_singles:
         report["one_object"] = world_quality(host, ckpt, singles, a.per_scene, sampling=sampling)
     report["two_objects"] = world_quality(host, ckpt, pairs, 1, seed=5000, sampling=sampling)
