@@ -131,6 +131,28 @@ def test_build_schedule_is_a_cosine_per_cycle_and_the_shipped_default_has_three(
     assert all(lr_factor(k, two) == lr_factor(k, cycles) for k in range(0, 3000, 7))
 
 
+def test_value_swap_gives_each_slot_its_own_noun_from_another_place():
+    """--value-swap: every donor holds the scene's things on its background; the rows moved back
+    give each slot of the scene its own noun (and any place word), and some donor moves them."""
+    from toyworld.build import value_donors, value_rows
+
+    train, _ = world.world_scenes()
+    donors = value_donors(train)
+    moved = 0
+    for i in range(0, len(train), 97):
+        scene = train[i]
+        assert any(d == i and pi == tuple(range(5)) for d, pi in donors[i])
+        for d, pi in donors[i]:
+            donor = train[d]
+            assert donor.background == scene.background
+            words = ["<start>"] + [w for slot in donor.caption.split(", ")[:5] for w in (*slot.split(), ",")]
+            seen = [words[r] for r in value_rows([pi])[0][1:16].tolist()]
+            assert seen[1::3] == [w for slot in scene.caption.split(", ")[:5] for w in slot.split()[1:]]
+            assert seen[2::3] == [","] * 5
+            moved += seen[0::3] != [slot.split()[0] for slot in scene.caption.split(", ")[:5]]
+    assert moved > 0
+
+
 @pytest.mark.parametrize("args", [["--no-singles"], ["--weights", "other-build.safetensors"]])
 def test_evaluate_refuses_to_overwrite_the_shipped_results_with_another_report(capsys, args):
     from toyworld import evaluate

@@ -14,7 +14,12 @@ noun draws and, once its rate is low, where; the later ones, at lower peaks, bin
 place (held-out pairs both right: 0.61 after the second, 0.81 after the third).
 ``--eval-every`` samples held-out two-object captions in-process while it trains.
 
-    python -m toyworld.build [--steps N] [--work DIR]
+``--value-swap`` (not the shipped world's setting yet) gives the cross-attention values each
+training caption's things at other places (:func:`value_donors`), so the UNet has to find where an
+object is through its keys, as SD does, instead of its value (``python -m toyworld.place_route``);
+``--init`` starts from packed weights instead of from scratch, to try a setting on the shipped world.
+
+    python -m toyworld.build [--steps N] [--work DIR] [--value-swap] [--init WEIGHTS]
 """
 
 from __future__ import annotations
@@ -134,6 +139,80 @@ class TextHead:
         return self.norm(x + self.layer.mlp(self.layer.layer_norm2(x)))
 
 
+SLOT_TOKENS = 3  # a caption's slot is "place noun,": one CLIP token each, after the start token
+
+
+def value_donors(scenes: list) -> list[list[tuple[int, tuple[int, ...]]]]:
+    """For each scene, the scenes (itself among them) that hold the same things on the same
+    background at other places, each with ``pi``: slot s of the scene went to slot pi[s] there.
+
+    Why: with ``--value-swap`` the UNet's cross-attention values come from a donor's caption, rows
+    moved back to the scene's slots, so a word's value says what is there and not where: the world
+    must find places through its keys (attention maps), as SD does, and a Perfusion V target, one
+    vector per layer, then needs to carry only the look."""
+    from toyworld import world
+
+    def layout(scene):
+        return {t.name: world.SLOTS.index(t.position) for t in scene.things}
+
+    groups: dict = {}
+    for i, scene in enumerate(scenes):
+        groups.setdefault((scene.background, frozenset(layout(scene))), []).append(i)
+    out = []
+    for scene in scenes:
+        mine = layout(scene)
+        donors = []
+        for d in groups[(scene.background, frozenset(mine))]:
+            theirs = layout(scenes[d])
+            pi = dict((mine[n], theirs[n]) for n in mine)
+            free = [s for s in range(len(world.SLOTS)) if s not in pi.values()]
+            for s in range(len(world.SLOTS)):
+                if s not in pi:
+                    pi[s] = free.pop(0)
+            donors.append((d, tuple(pi[s] for s in range(len(world.SLOTS)))))
+        out.append(donors)
+    return out
+
+
+def value_rows(pis: list[tuple[int, ...]]):
+    """``[B, 77]`` row indices that move each donor's slot pi[s] back to slot s."""
+    import torch
+
+    rows = torch.arange(77).repeat(len(pis), 1)
+    for b, pi in enumerate(pis):
+        for s, d in enumerate(pi):
+            rows[b, 1 + SLOT_TOKENS * s : 1 + SLOT_TOKENS * (s + 1)] = torch.arange(
+                1 + SLOT_TOKENS * d, 1 + SLOT_TOKENS * (d + 1)
+            )
+    return rows
+
+
+def swapped_values(head, hidden, empty, idx, drop, donors, g) -> dict:
+    """The ``transformer_options`` that give the UNet's cross-attention values a random donor's
+    caption (:func:`value_donors`, drawn from ``g``) for each sample of the batch ``idx``; samples
+    whose caption was dropped keep the empty caption."""
+    import torch
+
+    picks = [donors[i][int(torch.randint(len(donors[i]), (1,), generator=g))] for i in idx.tolist()]
+    h = hidden[torch.tensor([d for d, _ in picks])].float()
+    h[drop] = empty.float()
+    keep = tuple(range(len(picks[0][1])))
+    rows = value_rows([keep if dropped else pi for (_, pi), dropped in zip(picks, drop.tolist())])
+    values = head(h).gather(1, rows[..., None].expand(-1, -1, h.shape[-1]))
+    return {"patches": {"attn2_patch": [lambda n, context, _value, _extra: (n, context, values)]}}
+
+
+def check_slot_tokens(clip, caption: str) -> None:
+    """The slot layout value_rows assumes: every place word and noun one token, a comma after each."""
+    from toyworld import world
+
+    ids = [t[0] for t in clip.tokenize(caption)["l"][0]]
+    comma = clip.tokenize(",")["l"][0][1][0]
+    for s in range(len(world.SLOTS)):
+        if ids[SLOT_TOKENS * (s + 1)] != comma:
+            raise RuntimeError(f"caption {caption!r}: slot {s} is not {SLOT_TOKENS} tokens")
+
+
 def new_unet(seed: int):
     """The fixture's ``tiny`` UNet layout with PyTorch's default initialisation, output layers zeroed."""
     import comfy.ops
@@ -221,6 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--text-lr", type=float, default=1e-3, help="learning rate of CLIP's last attention")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--value-swap",
+        action="store_true",
+        help="cross-attention values from the same things' caption at other places (value_donors)",
+    )
     ap.add_argument("--save-every", type=int, default=100)
     ap.add_argument(
         "--eval-every", type=int, default=350, help="score 64 held-out pairs every N steps (0: never)"
@@ -229,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=REPO / "tests" / ".cache" / "toyworld-build")
     ap.add_argument("--out", type=Path, default=WEIGHTS)
     ap.add_argument("--bench", type=int, default=0, help="time N steps and stop (no state written)")
+    ap.add_argument(
+        "--init", type=Path, help="start from these packed weights (a fine-tune), not from scratch"
+    )
     ap.add_argument("--export", action="store_true", help="write the saved state's EMA weights now and stop")
     a = ap.parse_args(argv)
     _import_comfy()
@@ -248,12 +335,29 @@ def main(argv: list[str] | None = None) -> int:
     held_hidden = hidden[len(train) : len(train) + len(held_pairs)]
     empty = hidden[-1:]
     head = TextHead(clip)
+    donors = None
+    if a.value_swap:
+        check_slot_tokens(clip, train[-1].caption)
+        donors = value_donors(train)
     del clip
     images = torch.stack([torch.from_numpy(world.render(s)) for s in train]).float() / 255
     x0_all = vae.latents(images)
     acp = sd15_alphas_cumprod()
 
     unet = new_unet(a.seed)
+    if a.init:
+        from safetensors.torch import load_file
+
+        from toyworld import storage
+
+        start = storage.unpack(load_file(str(a.init)))
+        unet.load_state_dict(
+            {k.removeprefix(UNET_PREFIX): v.float() for k, v in start.items() if k.startswith(UNET_PREFIX)}
+        )
+        head.layer.load_state_dict(
+            {k.removeprefix(LAST_LAYER): v.float() for k, v in start.items() if k.startswith(LAST_LAYER)},
+            strict=False,
+        )
     text_params = head.trained()
     ema = {**unet.state_dict(), **{CLIP_NAME + k: v for k, v in text_params.items()}}
     ema = {k: v.detach().clone() for k, v in ema.items()}
@@ -273,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     world_digest = hashlib.sha256(world_text.encode()).hexdigest()[:16]
     base = [a.steps, a.batch, a.lr, a.text_lr, a.seed, world_digest]
+    base += (["value swap"] if a.value_swap else []) + ([str(a.init)] if a.init else [])
     settings = base + [[n, peak] for n, peak in a.restart]
     # A run with fewer restart cycles is a prefix of this one: its steps are the same, so its state
     # resumes here.
@@ -332,7 +437,9 @@ def main(argv: list[str] | None = None) -> int:
         for group, base in zip(opt.param_groups, (a.lr, a.text_lr)):
             group["lr"] = base * lr_factor(step, cycles)
         context = head(h)
-        pred = unet(xt, timesteps=t.float(), context=context)  # fp32: bf16 autocast ran 20x slower here
+        options = {} if donors is None else swapped_values(head, hidden, empty, idx, drop, donors, g)
+        # fp32: bf16 autocast ran 20x slower here
+        pred = unet(xt, timesteps=t.float(), context=context, transformer_options=options)
         loss = ((pred.float() - noise) ** 2).mean(dim=(1, 2, 3)).mul(weight).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
