@@ -45,27 +45,30 @@ TEXT_SILENCED = tuple(
 _VAE = "first_stage_model."
 
 
-def _weights_tag(weights: Path = WEIGHTS) -> str:
+def _weights_tag(weights: Path | None = None) -> str:
+    weights = weights or WEIGHTS
     if not weights.is_file():
         hint = "it is committed with the repository (run `make toyworld` to retrain it)"
         raise FileNotFoundError(f"{weights} is missing: " + (hint if weights == WEIGHTS else "no such file"))
     return hashlib.sha256(weights.read_bytes()).hexdigest()[:10]
 
 
-def toyworld_checkpoint_name(weights: Path = WEIGHTS) -> str:
+def toyworld_checkpoint_name(weights: Path | None = None) -> str:
     return f"toyworld-sd15-{_weights_tag(weights)}.ckpt"
 
 
-def toyworld_checkpoint(dest_dir: str | os.PathLike | None = None, weights: Path = WEIGHTS) -> Path:
+def toyworld_checkpoint(dest_dir: str | os.PathLike | None = None, weights: Path | None = None) -> Path:
     """Path of the packed checkpoint, packing it (in a subprocess: it imports ``comfy``) when missing.
     The name holds a hash of the weights, so retrained weights never reuse a stale file. ``weights``:
-    the committed ones, or another build's (``toyworld.build --out``) to compare worlds."""
+    None for the committed ones, or another build's (``toyworld.build --out``) to compare worlds."""
     dest = Path(dest_dir) if dest_dir is not None else cache_dir()
     dest.mkdir(parents=True, exist_ok=True)
     out = dest / toyworld_checkpoint_name(weights)
     if out.is_file():
         return out
-    return build_in_subprocess("toyworld.checkpoint", out, str(weights), what="the toy-world checkpoint")
+    return build_in_subprocess(
+        "toyworld.checkpoint", out, str(weights or WEIGHTS), what="the toy-world checkpoint"
+    )
 
 
 def build_state_dict(weights: Path = WEIGHTS) -> dict:

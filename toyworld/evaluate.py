@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     from harness.inprocess import ComfyHost
     from toyworld.checkpoint import toyworld_checkpoint
 
-    ckpt_path = toyworld_checkpoint(**({"weights": a.weights} if a.weights else {}))
+    ckpt_path = toyworld_checkpoint(weights=a.weights)
     host = ComfyHost.get(Path(tempfile.mkdtemp(prefix="toyworld-eval-")), checkpoints=[ckpt_path])
     ckpt = ckpt_path.name
     _, held = world.world_scenes()

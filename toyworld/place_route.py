@@ -69,6 +69,7 @@ def measure(nodes, model, clip, vae, samples: int) -> dict[str, Counter]:
             )
             row_a, row_b = token_index(clip, caption, noun), token_index(clip, donor_caption, noun)
             donor = encode(donor_caption)[0][0][0]
+            positive = encode(caption)
             for arm in ARMS:
                 patched = model
                 if arm != "as prompted":
@@ -76,7 +77,7 @@ def measure(nodes, model, clip, vae, samples: int) -> dict[str, Counter]:
                     patched.set_model_attn2_patch(swap_row(row_a, row_b, donor, key=arm == "key from q"))
                 latent = {"samples": torch.zeros(samples, 4, world.GRID, world.GRID)}
                 out = nodes.common_ksampler(
-                    patched, SEED, 20, 5.0, "euler", "normal", encode(caption), negative, latent
+                    patched, SEED, 20, 5.0, "euler", "normal", positive, negative, latent
                 )[0]
                 for image in vae.decode(out["samples"]).cpu().numpy():
                     reading = scorer.read(image)
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     from harness.inprocess import ComfyHost
     from toyworld.checkpoint import toyworld_checkpoint
 
-    ckpt = toyworld_checkpoint(**({"weights": a.weights} if a.weights else {}))
+    ckpt = toyworld_checkpoint(weights=a.weights)
     ComfyHost.get(Path(tempfile.mkdtemp(prefix="toyworld-place-")), checkpoints=[ckpt])
     nodes = sys.modules["nodes"]
     with torch.inference_mode():
