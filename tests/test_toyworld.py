@@ -289,3 +289,37 @@ def test_a_slots_word_reaches_the_trained_layer_free_of_earlier_slots(toyworld_l
     base, other_left, other_own = (h[right] for h in captured)
     assert torch.allclose(base, other_left, atol=1e-3 * base.abs().max().item())
     assert (base - other_own).norm() > 0.3 * base.norm()
+
+
+def test_the_builds_text_head_gives_the_context_comfyui_encodes(toyworld_loaded):
+    """The build trains through TextHead, which folds the last layer's silenced MLP into one constant
+    vector: with the shipped attention in it, it must give the context CLIPTextEncode gives, or the
+    world trains on one text and samples from another."""
+    import torch
+
+    from toyworld.build import TextHead
+    from toyworld.checkpoint import LAST
+
+    _, clip, _ = toyworld_loaded
+    last = clip.cond_stage_model.clip_l.transformer.text_model.encoder.layers[LAST]
+    captured = []
+    hook = last.register_forward_pre_hook(lambda _m, args: captured.append(args[0].float().clone()))
+    try:
+        cond = clip.encode_from_tokens(clip.tokenize(world.caption("white", left="brick", right="lime")))
+    finally:
+        hook.remove()
+    head = TextHead(clip)  # starts with its attention off, as a build does: load the trained one
+    head.layer.load_state_dict(last.state_dict())
+    with torch.no_grad():
+        ours = head(captured[0])
+    assert ours.shape == cond.shape
+    assert torch.allclose(ours, cond.float(), atol=1e-3 * cond.abs().max().item())
+    # the fixture's MLP biases are zero, so its constant is too: the fold itself, with one that is not
+    layer = head.layer
+    with torch.no_grad():
+        layer.mlp.fc1.bias.normal_()
+        layer.mlp.fc2.bias.normal_()
+        x = captured[0] + layer.self_attn(layer.layer_norm1(captured[0]), head.mask, head.attention)
+        full = head.norm(x + layer.mlp(layer.layer_norm2(x)))
+        assert torch.allclose(head(captured[0]), full, atol=1e-5)
+        assert not torch.allclose(full, ours, atol=1e-2)
