@@ -8,6 +8,7 @@ differ per layer.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -51,9 +52,27 @@ class PlanSource(Protocol):
     def plan(self, layer: str, kind: Projection, device: torch.device) -> ProjectionPlan | None: ...
 
 
+def _groups(
+    applied: tuple[AppliedConcept, ...],
+    linked: Callable[[int, int], bool],
+    new_from: int,
+    member: Callable[[AppliedConcept], bool] | None = None,
+) -> list[list[int]]:
+    """Indices of the concepts (those `member` admits) joined through `linked(j, k)`, j < k: each group
+    of two or more that holds a concept from index `new_from` on, in order. Why groups, not pairs:
+    sixteen concepts of one superclass are one problem, not 120 warnings."""
+    groups: list[list[int]] = []
+    for k, a in enumerate(applied):
+        if member is not None and not member(a):
+            continue
+        joined = [g for g in groups if any(linked(j, k) for j in g)]
+        groups = [g for g in groups if g not in joined] + [sorted([j for g in joined for j in g] + [k])]
+    return [g for g in sorted(groups) if len(g) > 1 and g[-1] >= new_from]
+
+
 def crosstalk_warnings(applied: tuple[AppliedConcept, ...], new_from: int = 0) -> list[str]:
-    """One warning per pair of concepts where one's gate opens (g ≥ ½) on the other's i*, among the
-    pairs that hold a concept from index `new_from` on (earlier pairs were warned about before).
+    """One warning per group of concepts joined by a gate that opens (g ≥ ½) on another's i*, among
+    the groups that hold a concept from index `new_from` on (earlier ones were warned about before).
 
     Why: concepts of one superclass trained briefly keep i* near the superclass encoding, so the gate
     cannot tell their words apart: each word then brings both concepts, and their joint projection
@@ -64,20 +83,23 @@ def crosstalk_warnings(applied: tuple[AppliedConcept, ...], new_from: int = 0) -
     i_star = torch.stack([a.concept.i_star for a in applied]).double()
     u = torch.stack([a.concept.u for a in applied]).double()
     m = u @ i_star.T
-    relevance = m / torch.diagonal(m)[:, None]  # [k, j]: r_k(i*_j), 1 on the diagonal
+    relevance = (m / torch.diagonal(m)[:, None]).tolist()  # [k][j]: r_k(i*_j), 1 on the diagonal
+    beta = [a.beta for a in applied]
+
+    def opens(j: int, k: int) -> bool:
+        return relevance[k][j] >= beta[k] or relevance[j][k] >= beta[j]
+
     out = []
-    for k, a in enumerate(applied[new_from:], start=new_from):
-        for j, b in enumerate(applied[:k]):
-            margin = max(float(relevance[k, j]) - a.beta, float(relevance[j, k]) - b.beta)
-            if margin >= 0:
-                out.append(
-                    f"Perfusion concepts '{b.concept.word}' and '{a.concept.word}' have nearly the same "
-                    f"target input i* (each gate reads the other's word as its own: relevance "
-                    f"{float(relevance[j, k]):.3f} and {float(relevance[k, j]):.3f} against bias "
-                    f"{b.beta:g} and {a.beta:g}), so each word brings both concepts. Train them longer "
-                    "(i* starts at the superclass encoding) or from different superclass words, apply "
-                    "them one at a time, or raise bias above those relevances."
-                )
+    for group in _groups(applied, opens, new_from):
+        reads = [(relevance[k][j], beta[k]) for k in group for j in group if j != k]
+        r, b = max(reads, key=lambda rb: rb[0] - rb[1])
+        out.append(
+            f"Perfusion concepts {_listed([applied[k].concept.word for k in group])} have nearly the "
+            f"same target input i* (a gate reads another's word as its own: relevance {r:.3f} against "
+            f"bias {b:g}), so each word brings the others' concepts. Train them longer (i* starts at "
+            "the superclass encoding) or from different superclass words, apply them one at a time, "
+            "or raise bias above that relevance."
+        )
     return out
 
 
@@ -129,19 +151,16 @@ def identical_key_warnings(applied: tuple[AppliedConcept, ...], new_from: int = 
     concepts of one superclass give their words the same key: every image position attends to them
     alike, so their values blend wherever either is drawn. The same superclass word, or superclass
     encodings that coincide (cosine > 0.9999) under different words, count as one. Global key lock
-    (keys from each word's own place in the prompt) and no key edit do not warn. One line per group,
-    not per pair: sixteen concepts of one superclass are one problem, not 120.
+    (keys from each word's own place in the prompt) and no key edit do not warn.
     """
-    groups: list[list[int]] = []  # indices into `applied`, each group in order
-    for k, a in enumerate(applied):
-        if not a.key_edit or a.global_lock:
-            continue
-        joined = [g for g in groups if any(_same_key(a, applied[j]) for j in g)]
-        groups = [g for g in groups if g not in joined] + [sorted([j for g in joined for j in g] + [k])]
     out = []
-    for group in sorted(groups):
-        if len(group) < 2 or group[-1] < new_from:
-            continue
+    locked = _groups(
+        applied,
+        lambda j, k: _same_key(applied[j], applied[k]),
+        new_from,
+        member=lambda a: a.key_edit and not a.global_lock,
+    )
+    for group in locked:
         members = [applied[k] for k in group]
         words = list(dict.fromkeys(a.concept.info.superclass.strip() for a in members))
         if len({_superclass_word(a) for a in members}) == 1:

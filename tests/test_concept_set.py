@@ -173,3 +173,28 @@ def test_chained_apply_nodes_on_the_fixture_warn_once_per_group(
     assert warned[0] == [] and warned[2] == []  # one concept; then a globally locked one
     (message,) = warned[1]
     assert "'hugsy' and 'zorbo' share the superclass 'teddy'" in message and ADVICE in message
+
+
+def test_concepts_whose_gates_read_each_other_warn_in_one_line_per_group():
+    """Crosstalk (a gate opening on another concept's i*) groups as the identical keys do: three
+    twins of one i* and two of another give two lines, and a concept apart is in neither."""
+    crosstalk_warnings = concept_set.crosstalk_warnings
+
+    def twins(seed: int, words: list[str]) -> list[AppliedConcept]:
+        first = make_sd15_concept(seed, word=words[0])
+        same = [
+            dataclasses.replace(make_sd15_concept(seed + k, word=w), i_star=first.i_star, u=first.u)
+            for k, w in enumerate(words[1:], start=1)
+        ]
+        return [AppliedConcept(c, 0.7, 0.15) for c in (first, *same)]
+
+    hugsy = twins(0, ["hugsy", "zorbo", "quib"])
+    kit = twins(10, ["kit", "tom"])
+    apart = AppliedConcept(make_sd15_concept(20, word="loner"), 0.7, 0.15)
+    concepts = (hugsy[0], kit[0], apart, hugsy[1], kit[1], hugsy[2])
+    first, second = crosstalk_warnings(concepts)
+    assert "'hugsy', 'zorbo' and 'quib' have nearly the same target input" in first
+    assert "'kit' and 'tom' have nearly the same" in second
+    assert "loner" not in first + second
+    assert crosstalk_warnings(concepts, new_from=5) == [first]  # only quib is new
+    assert crosstalk_warnings(concepts[:3]) == []
