@@ -53,14 +53,14 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from benchmarks.train_worker import lora_prompt
 from harness.graph import Graph
 from harness.perfusion_graphs import ConceptUse, generate_prompt, with_model_patch
 from toyworld import scorer, world
-from toyworld.evaluate import CFG, STEPS, Sampling
+from toyworld.evaluate import Sampling
 from toyworld.recipe import BIAS_SWEEP, SUGGESTED_BIAS, Recipe, train_graph, write_photos
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -267,8 +267,8 @@ class QualityRun:
         """One KSampler batch of ``text`` from ``seed`` (the same seeds for every arm), timed."""
         t0 = time.perf_counter()
         prompt = generate_prompt(
-            self.ckpt, uses, positive=text, seed=seed, steps=STEPS, cfg=CFG, size=world.IMAGE_SIZE,
-            batch_size=self.samples, filename_prefix="quality",
+            self.ckpt, uses, positive=text, seed=seed, size=world.IMAGE_SIZE, batch_size=self.samples,
+            filename_prefix="quality", **asdict(Sampling()),
         )  # fmt: skip
         if lora is not None:
             inputs = {"lora_name": lora[0], "strength_model": lora[1]}

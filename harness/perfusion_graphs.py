@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from harness.fixture_checkpoint import fixture_checkpoint_name
 from harness.graph import Graph, Node
@@ -163,22 +164,19 @@ def generate_prompt(
     *,
     positive: str = "a photo of hugsy on the beach",
     negative: str = "",
-    seed: int = 1,
-    steps: int = 2,
-    cfg: float = 7.0,
     size: int = 64,
     batch_size: int = 1,
     filename_prefix: str = "perfusion",
+    **sampler: Any,
 ) -> Graph:
     """Checkpoint (default: the tiny fixture) -> concept loaders (chained) -> CLIPTextEncode x2 ->
-    KSampler -> VAEDecode -> SaveImage. Without concepts it is the plain txt2img graph."""
+    KSampler (``sampler``: its widgets, Graph.ksampler's defaults) -> VAEDecode -> SaveImage. Without
+    concepts it is the plain txt2img graph."""
     g = Graph()
     ckpt = g.checkpoint(ckpt_name or fixture_checkpoint_name())
     model, clip = add_concepts(g, ckpt[0], ckpt[1], concepts)
     pos, neg = g.encode(clip, positive), g.encode(clip, negative)
-    image = g.sample(
-        model, pos, neg, g.latent(size, batch_size=batch_size), ckpt[2], seed=seed, steps=steps, cfg=cfg
-    )
+    image = g.sample(model, pos, neg, g.latent(size, batch_size=batch_size), ckpt[2], **sampler)
     g.save(image, filename_prefix)
     return g
 

@@ -25,7 +25,7 @@ from harness.demo_steps import Progress, labelled_row, run
 from harness.perfusion_graphs import ConceptUse, generate_prompt
 
 from . import world
-from .evaluate import CFG, STEPS
+from .evaluate import STEPS, Sampling
 from .recipe import BIAS_SWEEP, SUGGESTED_BIAS, Recipe, train_graph, write_photos
 
 NOTE = (
@@ -109,10 +109,9 @@ def run_demo(host, ckpt: str, out: Path, *, quick: bool, steps: int | None, prog
             uses,
             positive=text,
             seed=SEED,
-            steps=STEPS,
-            cfg=CFG,
             size=world.IMAGE_SIZE,
             filename_prefix="demo",
+            **dataclasses.asdict(Sampling()),
         )
         result = run(host, prompt, progress, f"{tag}: {text}")
         return _save(host.images(result, prompt.node("SaveImage").id)[0], tiles_dir / f"{tag}.png")

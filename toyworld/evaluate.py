@@ -64,8 +64,8 @@ def sample(
         size=world.IMAGE_SIZE,
         batch_size=n,
         filename_prefix="toyworld",
+        **asdict(sampling),
     )
-    prompt.inputs("KSampler").update(asdict(sampling))
     result = host.run(prompt)
     if not result.success:
         raise RuntimeError(f"sampling {text!r} failed:\n{result.error_text}")
