@@ -323,3 +323,20 @@ def test_the_builds_text_head_gives_the_context_comfyui_encodes(toyworld_loaded)
         full = head.norm(x + layer.mlp(layer.layer_norm2(x)))
         assert torch.allclose(head(captured[0]), full, atol=1e-5)
         assert not torch.allclose(full, ours, atol=1e-2)
+
+
+def test_every_slot_is_three_tokens_as_the_value_swap_and_place_route_read_them(toyworld_loaded):
+    """value_rows moves whole slots and place_route finds a noun's row by its token: both rest on
+    each caption being the start token, then "<place> <noun> ," per slot, each word one token."""
+    from toyworld.build import SLOT_TOKENS, check_slot_tokens
+    from toyworld.place_route import token_index
+
+    _, clip, _ = toyworld_loaded
+    train, _ = world.world_scenes()
+    for scene in train[:: len(train) // 20]:
+        check_slot_tokens(clip, scene.caption)
+    caption = world.caption("cyan", top="banana", right="marble")
+    assert token_index(clip, caption, "banana") == 1 + SLOT_TOKENS * world.SLOTS.index("top") + 1
+    assert token_index(clip, caption, "marble") == 1 + SLOT_TOKENS * world.SLOTS.index("right") + 1
+    with pytest.raises(RuntimeError, match="slot 0"):
+        check_slot_tokens(clip, caption.replace("top", "top of it", 1))

@@ -87,7 +87,7 @@ def encode_hidden(captions: list[str], work: Path) -> tuple:
     )
     try:
         for i in tqdm(range(0, len(captions), 64), desc="encoding captions", unit="batch", mininterval=10):
-            ids = [[t[0] for t in clip.tokenize(text)["l"][0]] for text in captions[i : i + 64]]
+            ids = [token_ids(clip, text) for text in captions[i : i + 64]]
             with torch.no_grad():
                 model(ids)
     finally:
@@ -208,12 +208,17 @@ def swapped_values(head, hidden, empty, idx, drop, donors, g) -> dict:
     return {"patches": {"attn2_patch": [lambda n, context, _value, _extra: (n, context, values)]}}
 
 
+def token_ids(clip, text: str) -> list[int]:
+    """The CLIP-L token ids ComfyUI's tokenizer gives ``text`` (start token first, padded to 77)."""
+    return [t[0] for t in clip.tokenize(text)["l"][0]]
+
+
 def check_slot_tokens(clip, caption: str) -> None:
     """The slot layout value_rows assumes: every place word and noun one token, a comma after each."""
     from toyworld import world
 
-    ids = [t[0] for t in clip.tokenize(caption)["l"][0]]
-    comma = clip.tokenize(",")["l"][0][1][0]
+    ids = token_ids(clip, caption)
+    comma = token_ids(clip, ",")[1]
     for s in range(len(world.SLOTS)):
         if ids[SLOT_TOKENS * (s + 1)] != comma:
             raise RuntimeError(f"caption {caption!r}: slot {s} is not {SLOT_TOKENS} tokens")

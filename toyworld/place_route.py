@@ -33,8 +33,9 @@ SEED = 300
 
 def token_index(clip, caption: str, word: str) -> int:
     """Where ``word`` (one CLIP token: the world's nouns are) sits in the caption's token rows."""
-    ids = [t[0] for t in clip.tokenize(caption)["l"][0]]
-    return ids.index(clip.tokenize(word)["l"][0][1][0])
+    from toyworld.build import token_ids
+
+    return token_ids(clip, caption).index(token_ids(clip, word)[1])
 
 
 def swap_row(row_a: int, row_b: int, donor, key: bool):
