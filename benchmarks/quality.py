@@ -18,7 +18,8 @@ Each rate comes with its binomial standard error sqrt(p(1-p)/n).
 
 Parts (``--part NAME``, repeatable, default all; each writes ``results/quality/<part>.json``, and every
 run ends by merging the part files there into ``results/quality.json``, ``quality.png`` and a markdown
-table, which ``--report`` alone redoes; parts measured on other weights are refused). Minutes on this
+table, which ``--report`` alone redoes; parts measured on other weights are refused). ``--weights W --out
+DIR`` measures another build's world (``toyworld.build --out W``) the same way. Minutes on this
 2-core VM with one torch thread beside another part (measured: 470 s per 300-step training, 0.95 s
 per sampled image, so 1.7 minutes per arm of 108 samples):
 
@@ -516,20 +517,21 @@ def report(out: Path) -> str:
     return markdown(merged) + f"\n\nwrote {out / 'quality.json'} and quality.png{missing}"
 
 
-def open_run(plan: Plan, **meta) -> tuple[QualityRun, dict]:
-    """An in-process ComfyUI on the toy-world checkpoint, and what every result file records."""
+def open_run(plan: Plan, weights: Path | None = None, **meta) -> tuple[QualityRun, dict]:
+    """An in-process ComfyUI on the toy-world checkpoint (``weights``: another build's, None for the
+    committed one), and what every result file records."""
     from harness.inprocess import ComfyHost
     from toyworld.checkpoint import toyworld_checkpoint
     from toyworld.evaluate import weights_info
 
     os.environ.setdefault("TQDM_DISABLE", "1")  # ComfyUI's sampler bars would bury the table
-    ckpt_path = toyworld_checkpoint()
+    ckpt_path = toyworld_checkpoint(weights=weights)
     host = ComfyHost.get(Path(tempfile.mkdtemp(prefix="perfusion-quality-")), checkpoints=[ckpt_path])
     import torch
 
     meta = {
         "checkpoint": ckpt_path.name,
-        "weights": weights_info(),
+        "weights": weights_info(weights),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
         **meta,
         "recipe": plan.recipe.__dict__,
@@ -555,14 +557,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--out", type=Path, help="results folder (default benchmarks/results; quick: a temp folder)"
     )
+    ap.add_argument("--weights", type=Path, help="another build's world (default: the committed one)")
     a = ap.parse_args(argv)
+    if a.weights and a.out in (None, RESULTS):
+        ap.error("--weights measures another world: give --out, so the shipped results stay")
     plan = QUICK if a.quick else Plan()
     plan = replace(plan, samples=a.samples or plan.samples)
     out = a.out or (Path(tempfile.gettempdir()) / "perfusion-quality-quick" if a.quick else RESULTS)
     if a.report:
         print(report(out))
         return 0
-    q, meta = open_run(plan, quick=a.quick, seeds="100 + prompt index")
+    q, meta = open_run(plan, a.weights, quick=a.quick, seeds="100 + prompt index")
     for name in a.part or PARTS:
         run_part(name, q, plan, meta, out)
     print(report(out))

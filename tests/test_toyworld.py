@@ -153,14 +153,23 @@ def test_value_swap_gives_each_slot_its_own_noun_from_another_place():
     assert moved > 0
 
 
-@pytest.mark.parametrize("args", [["--no-singles"], ["--weights", "other-build.safetensors"]])
-def test_evaluate_refuses_to_overwrite_the_shipped_results_with_another_report(capsys, args):
-    from toyworld import evaluate
+@pytest.mark.parametrize(
+    "module, args",
+    [
+        ("toyworld.evaluate", ["--no-singles"]),
+        ("toyworld.evaluate", ["--weights", "other-build.safetensors"]),
+        ("benchmarks.quality", ["--weights", "other-build.safetensors", "--part", "pairs_word"]),
+    ],
+)
+def test_reports_on_another_world_refuse_to_overwrite_the_shipped_results(capsys, module, args):
+    import importlib
 
     with pytest.raises(SystemExit):
-        evaluate.main(args)
+        importlib.import_module(module).main(args)
     assert "give --out" in capsys.readouterr().err
-    assert str(evaluate.Sampling()) == "KSampler euler/normal, 20 steps, cfg 5.0"
+    from toyworld.evaluate import Sampling
+
+    assert str(Sampling()) == "KSampler euler/normal, 20 steps, cfg 5.0"  # the README's sampler
 
 
 def test_place_route_swaps_one_row_of_the_conditional_half_only():
