@@ -14,9 +14,10 @@ noun draws and, once its rate is low, where; the later ones, at lower peaks, bin
 place (held-out pairs both right: 0.61 after the second, 0.81 after the third).
 ``--eval-every`` samples held-out two-object captions in-process while it trains.
 
-``--value-swap`` (not the shipped world's setting yet) gives the cross-attention values each
-training caption's things at other places (:func:`value_donors`), so the UNet has to find where an
-object is through its keys, as SD does, instead of its value (``python -m toyworld.place_route``);
+``--value-swap`` (an experiment) gives the cross-attention values each training caption's things at
+other places (:func:`value_donors`), so the UNet has to find where an object is through its keys, as
+SD does, instead of its value (``python -m toyworld.place_route``). Built so from scratch, the world
+learnt to ignore place instead (README, Quality: "A world that places objects through its keys");
 ``--init`` starts from packed weights instead of from scratch, to try a setting on the shipped world.
 
     python -m toyworld.build [--steps N] [--work DIR] [--value-swap] [--init WEIGHTS]
