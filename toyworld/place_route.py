@@ -24,6 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 from toyworld import scorer, world
+from toyworld.evaluate import Sampling
 
 PLACE_PAIRS = (("left", "centre"), ("top", "right"), ("bottom", "left"))
 ARMS = ("as prompted", "key from q", "value from q")
@@ -61,6 +62,7 @@ def measure(nodes, model, clip, vae, samples: int) -> dict[str, Counter]:
         return nodes.CLIPTextEncode().encode(clip, text)[0]
 
     negative = encode("")
+    sampling = Sampling()  # the world's sampler, as toyworld.evaluate samples it
     counts = {arm: Counter() for arm in ARMS}
     for noun, look in world.NOUNS.items():
         for p, q in PLACE_PAIRS:
@@ -78,8 +80,9 @@ def measure(nodes, model, clip, vae, samples: int) -> dict[str, Counter]:
                     patched.set_model_attn2_patch(swap_row(row_a, row_b, donor, key=arm == "key from q"))
                 latent = {"samples": torch.zeros(samples, 4, world.GRID, world.GRID)}
                 out = nodes.common_ksampler(
-                    patched, SEED, 20, 5.0, "euler", "normal", positive, negative, latent
-                )[0]
+                    patched, SEED, sampling.steps, sampling.cfg, sampling.sampler_name,
+                    sampling.scheduler, positive, negative, latent,
+                )[0]  # fmt: skip
                 for image in vae.decode(out["samples"]).cpu().numpy():
                     reading = scorer.read(image)
                     at = {
