@@ -116,16 +116,16 @@ def test_captions_put_each_place_in_its_own_slot():
 def test_build_schedule_is_a_cosine_per_cycle_and_the_shipped_default_has_three():
     from toyworld.build import _restarts, lr_factor
 
-    assert _restarts("1400@0.3,600@0.2") == [(1400, 0.3), (600, 0.2)]
+    assert _restarts("1400@0.3,1600@0.2") == [(1400, 0.3), (1600, 0.2)]
     assert _restarts("") == []
-    cycles = [(1600, 1.0), *_restarts("1400@0.3,600@0.2")]
+    cycles = [(1600, 1.0), *_restarts("1400@0.3,1600@0.2")]
     # each cycle warms up to its peak and ends near zero; a later cycle restarts at its own peak
     assert lr_factor(99, cycles) == pytest.approx(1.0)
     assert lr_factor(1599, cycles) < 1e-5
     assert lr_factor(1600, cycles) == pytest.approx(0.3 / 100)
     assert lr_factor(1699, cycles) == pytest.approx(0.3)
     assert lr_factor(3000 + 99, cycles) == pytest.approx(0.2)
-    assert lr_factor(3599, cycles) < 1e-5 and lr_factor(3600, cycles) == 0.0
+    assert lr_factor(4599, cycles) < 1e-5 and lr_factor(4600, cycles) == 0.0
     # adding a cycle leaves the earlier steps' rates as they were: a saved state resumes into it
     two = cycles[:2]
     assert all(lr_factor(k, two) == lr_factor(k, cycles) for k in range(0, 3000, 7))

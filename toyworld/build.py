@@ -11,7 +11,7 @@ to one that never stopped (same machine, same thread count). State is written ev
 to ``toyworld/weights/toyworld.safetensors`` (committed, so a fresh clone never trains). The
 schedule is three cosine cycles (``--steps``, then each of ``--restart``): the first learns what each
 noun draws and, once its rate is low, where; the later ones, at lower peaks, bind each look to its
-place (held-out pairs both right: 0.61 after the second, 0.81 after the third).
+place (held-out pairs both right: 0.98 after the third, on 211 pairs).
 ``--eval-every`` samples held-out two-object captions in-process while it trains.
 
 ``--value-swap`` (an experiment) gives the cross-attention values each training caption's things at
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--restart",
         type=_restarts,
-        default="1400@0.3,600@0.2",
+        default="1400@0.3,1600@0.2",
         metavar="STEPS@PEAK[,STEPS@PEAK...]",
         help="after --steps, more cosine cycles, each of STEPS steps peaking at PEAK x the learning rates"
         " (empty: none)",
