@@ -58,7 +58,7 @@ workflows: setup
 device-kit: setup
 	@bash scripts/device_check.sh prepare
 
-# Retrains the toy world (UNet + CLIP's last attention; ~115 min on 2 CPU cores, resumable) into toyworld/weights/
+# Retrains the toy world (UNet + CLIP's last attention; ~112 min on 2 idle CPU cores, resumable) into toyworld/weights/
 toyworld: setup
 	$(PY) -m toyworld.build $(TOYWORLD_ARGS)
 

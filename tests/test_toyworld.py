@@ -190,6 +190,27 @@ def test_place_route_swaps_one_row_of_the_conditional_half_only():
         assert kept is context and context.abs().sum() == 0 and n == "n"
 
 
+def test_additive_edit_shifts_value_rows_of_the_conditional_half_only():
+    """The probe's attn2 patch adds each row's shift to the values' context in the conditional half;
+    the keys' context and the unconditional half are untouched. Its recolouring keeps the shape."""
+    import torch
+
+    from toyworld.additive_edit import add_to_value_rows, recoloured
+
+    context = torch.zeros(4, 77, 8)  # batch of 2: uncond then cond, 2 samples each
+    shifts = {5: torch.ones(8), 9: torch.full((8,), 2.0)}
+    n, k, v = add_to_value_rows(shifts)("n", context, context, {"cond_or_uncond": [1, 0]})
+    assert torch.equal(v[2:, 5], torch.ones(2, 8)) and torch.equal(v[2:, 9], torch.full((2, 8), 2.0))
+    assert v[:2].abs().sum() == 0 and v[2:].abs().sum() == 2 * 8 * 3
+    assert k is context and context.abs().sum() == 0 and n == "n"
+    assert [recoloured(w) for w in ("cherry", "lime", "marble", "lemon")] == [
+        "lime",
+        "marble",
+        "lemon",
+        "cherry",
+    ]
+
+
 def test_another_builds_weights_pack_under_their_own_name(tmp_path):
     from toyworld import checkpoint
 

@@ -20,9 +20,10 @@ from harness.perfusion_graphs import train_prompt
 from . import world
 
 TEMPLATE = world.caption("white", centre="{}")
-# The best of the local-lock bias sweep on the slot world (fidelity 0.80, alignment 0.94 at 0.9
-# against 0.73 / 0.85 at 0.7; README "Quality"): a toy-world setting, not the node default.
-SUGGESTED_BIAS = 0.9
+# The local-lock bias sweep's best two are level (fidelity 0.59 and 0.58, in place 0.55 and 0.54,
+# alignment 0.62 and 0.60 at 0.5 and 0.7; 0.46 / 0.46 / 0.65 at 0.9; README "Quality"): of them the
+# node default, 0.7. A toy-world setting chosen from the benchmark, not a claim about real SD.
+SUGGESTED_BIAS = 0.7
 # The bias grid of the benchmark and the demo. On this world a recipe concept's word has r ~ 1.04 at
 # every place (`python -m benchmarks.concept_probes gates`), so at temperature 0.15 its gate is 0.97
 # at bias 0.5 and 0.14 at 1.3: the grid spans the gate, where 0.5-0.9 kept it open (0.97-0.72).
