@@ -24,9 +24,10 @@ TEMPLATE = world.caption("white", centre="{}")
 # alignment 0.62 and 0.60 at 0.5 and 0.7; 0.46 / 0.46 / 0.65 at 0.9; README "Quality"): of them the
 # node default, 0.7. A toy-world setting chosen from the benchmark, not a claim about real SD.
 SUGGESTED_BIAS = 0.7
-# The bias grid of the benchmark and the demo. On this world a recipe concept's word has r ~ 1.04 at
-# every place (`python -m benchmarks.concept_probes gates`), so at temperature 0.15 its gate is 0.97
-# at bias 0.5 and 0.14 at 1.3: the grid spans the gate, where 0.5-0.9 kept it open (0.97-0.72).
+# The bias grid of the benchmark and the demo. On the world's earlier build a recipe concept's word
+# had r ~ 1.04 at every place (`python -m benchmarks.concept_probes gates`), so at temperature 0.15
+# its gate was 0.97 at bias 0.5 and 0.14 at 1.3; on this build the concept goes between 0.9 and 1.1
+# (local lock): the grid spans the gate either way.
 BIAS_SWEEP = (0.5, 0.7, 0.9, 1.1, 1.3)
 
 
