@@ -24,14 +24,12 @@ trained: the pair of concepts needs a world that places objects through its atte
 from __future__ import annotations
 
 import argparse
-import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 from toyworld import scorer, world
 from toyworld.evaluate import Sampling
-from toyworld.place_route import BACKGROUND, PLACE_PAIRS, SEED, token_index
+from toyworld.place_route import BACKGROUND, PLACE_PAIRS, SEED, run_probe, token_index
 
 ARMS = ("one, as a noun", "one, added", "two, as nouns", "two, added")
 SHAPE_PAIRS = (("ball", "block"), ("block", "bar"), ("bar", "ball"))
@@ -127,18 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--weights", type=Path, help="another build's weights (default: the committed ones)")
     a = ap.parse_args(argv)
-    import torch
-
-    from harness.inprocess import ComfyHost
-    from toyworld.checkpoint import toyworld_checkpoint
-
-    ckpt = toyworld_checkpoint(weights=a.weights)
-    ComfyHost.get(Path(tempfile.mkdtemp(prefix="toyworld-additive-")), checkpoints=[ckpt])
-    nodes = sys.modules["nodes"]
-    with torch.inference_mode():
-        model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint(ckpt.name)[:3]
-        counts = measure(nodes, model, clip, vae, a.samples)
-    print(f"{ckpt.name}: every asked-for look drawn at its place")
+    name, counts = run_probe(measure, a.samples, a.weights, "toyworld-additive-")
+    print(f"{name}: every asked-for look drawn at its place")
     for arm, c in counts.items():
         n = sum(c.values())
         rate = c["right"] / n

@@ -93,23 +93,30 @@ def measure(nodes, model, clip, vae, samples: int) -> dict[str, Counter]:
     return counts
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m toyworld.place_route", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--samples", type=int, default=4, help="samples per noun, pair of places and arm")
-    ap.add_argument("--weights", type=Path, help="another build's weights (default: the committed ones)")
-    a = ap.parse_args(argv)
+def run_probe(measure, samples: int, weights: Path | None, prefix: str) -> tuple[str, dict[str, Counter]]:
+    """Loads the world (``weights``: another build's) into an in-process ComfyUI and runs
+    ``measure(nodes, model, clip, vae, samples)`` under inference mode: the checkpoint's name and the
+    counts. Shared by this probe and :mod:`toyworld.additive_edit`."""
     import torch
 
     from harness.inprocess import ComfyHost
     from toyworld.checkpoint import toyworld_checkpoint
 
-    ckpt = toyworld_checkpoint(weights=a.weights)
-    ComfyHost.get(Path(tempfile.mkdtemp(prefix="toyworld-place-")), checkpoints=[ckpt])
+    ckpt = toyworld_checkpoint(weights=weights)
+    ComfyHost.get(Path(tempfile.mkdtemp(prefix=prefix)), checkpoints=[ckpt])
     nodes = sys.modules["nodes"]
     with torch.inference_mode():
         model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint(ckpt.name)[:3]
-        counts = measure(nodes, model, clip, vae, a.samples)
-    print(f"{ckpt.name}: where the object is drawn (p: the caption's place, q: the swapped row's)")
+        return ckpt.name, measure(nodes, model, clip, vae, samples)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m toyworld.place_route", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--samples", type=int, default=4, help="samples per noun, pair of places and arm")
+    ap.add_argument("--weights", type=Path, help="another build's weights (default: the committed ones)")
+    a = ap.parse_args(argv)
+    name, counts = run_probe(measure, a.samples, a.weights, "toyworld-place-")
+    print(f"{name}: where the object is drawn (p: the caption's place, q: the swapped row's)")
     for arm, c in counts.items():
         n = sum(c.values())
         print(
