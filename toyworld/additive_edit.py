@@ -23,13 +23,11 @@ trained: the pair of concepts needs a world that places objects through its atte
 
 from __future__ import annotations
 
-import argparse
 from collections import Counter
-from pathlib import Path
 
 from toyworld import scorer, world
 from toyworld.evaluate import Sampling
-from toyworld.place_route import BACKGROUND, PLACE_PAIRS, SEED, run_probe, token_index
+from toyworld.place_route import BACKGROUND, PLACE_PAIRS, SEED, probe_args, run_probe, token_index
 
 ARMS = ("one, as a noun", "one, added", "two, as nouns", "two, added")
 SHAPE_PAIRS = (("ball", "block"), ("block", "bar"), ("bar", "ball"))
@@ -117,21 +115,18 @@ def measure(nodes, model, clip, vae, samples: int) -> dict[str, Counter]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m toyworld.additive_edit", description=__doc__.split("\n\n")[0]
-    )
-    ap.add_argument(
-        "--samples", type=int, default=2, help="samples per pair of nouns, pair of places and arm"
-    )
-    ap.add_argument("--weights", type=Path, help="another build's weights (default: the committed ones)")
-    a = ap.parse_args(argv)
+    a = probe_args("toyworld.additive_edit", __doc__, 2, "pair of nouns, pair of places and arm", argv)
     name, counts = run_probe(measure, a.samples, a.weights, "toyworld-additive-")
     print(f"{name}: every asked-for look drawn at its place")
-    for arm, c in counts.items():
-        n = sum(c.values())
-        rate = c["right"] / n
-        print(f"  {arm:<16} {rate:.2f} ± {(rate * (1 - rate) / n) ** 0.5:.2f}  n={n}")
+    print("\n".join(f"  {arm:<16} {rate_line(c)}" for arm, c in counts.items()))
     return 0
+
+
+def rate_line(c: Counter) -> str:
+    """The rate of "right" with its binomial standard error, and the count."""
+    n = sum(c.values())
+    rate = c["right"] / n
+    return f"{rate:.2f} ± {(rate * (1 - rate) / n) ** 0.5:.2f}  n={n}"
 
 
 if __name__ == "__main__":

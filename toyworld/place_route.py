@@ -110,11 +110,16 @@ def run_probe(measure, samples: int, weights: Path | None, prefix: str) -> tuple
         return ckpt.name, measure(nodes, model, clip, vae, samples)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m toyworld.place_route", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--samples", type=int, default=4, help="samples per noun, pair of places and arm")
+def probe_args(module: str, doc: str, samples: int, per: str, argv: list[str] | None) -> argparse.Namespace:
+    """The probes' command line: ``--samples`` (how many per ``per``) and ``--weights``."""
+    ap = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n\n")[0])
+    ap.add_argument("--samples", type=int, default=samples, help=f"samples per {per}")
     ap.add_argument("--weights", type=Path, help="another build's weights (default: the committed ones)")
-    a = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = probe_args("toyworld.place_route", __doc__, 4, "noun, pair of places and arm", argv)
     name, counts = run_probe(measure, a.samples, a.weights, "toyworld-place-")
     print(f"{name}: where the object is drawn (p: the caption's place, q: the swapped row's)")
     for arm, c in counts.items():
