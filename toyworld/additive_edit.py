@@ -27,7 +27,15 @@ from collections import Counter
 
 from toyworld import scorer, world
 from toyworld.evaluate import Sampling
-from toyworld.place_route import BACKGROUND, PLACE_PAIRS, SEED, probe_args, run_probe, token_index
+from toyworld.place_route import (
+    BACKGROUND,
+    PLACE_PAIRS,
+    SEED,
+    conditional_halves,
+    probe_args,
+    run_probe,
+    token_index,
+)
 
 ARMS = ("one, as a noun", "one, added", "two, as nouns", "two, added")
 SHAPE_PAIRS = (("ball", "block"), ("block", "bar"), ("bar", "ball"))
@@ -46,11 +54,9 @@ def add_to_value_rows(shifts: dict[int, object]):
 
     def patch(n, context, value, extra):
         value = value.clone()
-        per = value.shape[0] // len(extra["cond_or_uncond"])
-        for c, kind in enumerate(extra["cond_or_uncond"]):
-            if kind == 0:
-                for row, shift in shifts.items():
-                    value[c * per : (c + 1) * per, row] += shift.to(value)
+        for half in conditional_halves(extra, value.shape[0]):
+            for row, shift in shifts.items():
+                value[half, row] += shift.to(value)
         return n, context, value
 
     return patch

@@ -45,13 +45,19 @@ def swap_row(row_a: int, row_b: int, donor, key: bool):
 
     def patch(n, context, value, extra):
         target = (context if key else value).clone()
-        per = target.shape[0] // len(extra["cond_or_uncond"])
-        for c, kind in enumerate(extra["cond_or_uncond"]):
-            if kind == 0:
-                target[c * per : (c + 1) * per, row_a] = donor[row_b].to(target)
+        for half in conditional_halves(extra, target.shape[0]):
+            target[half, row_a] = donor[row_b].to(target)
         return (n, target, value) if key else (n, context, target)
 
     return patch
+
+
+def conditional_halves(extra: dict, batch: int) -> list[slice]:
+    """The slices of an attn2 patch's batch that hold the conditional context (cond_or_uncond 0), the
+    only part the probes change."""
+    kinds = extra["cond_or_uncond"]
+    per = batch // len(kinds)
+    return [slice(c * per, (c + 1) * per) for c, kind in enumerate(kinds) if kind == 0]
 
 
 def measure(nodes, model, clip, vae, samples: int) -> dict[str, Counter]:
