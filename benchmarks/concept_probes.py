@@ -13,10 +13,10 @@ before the recipe moved to 300.
 - ``recipe``: 300 steps against 150 steps with lr_v 0.2.
 - ``gates``: the recipe's concept; r(e) = eᵀu / i*ᵀu (what the gate compares with the bias) of its
   word, of its superclass word and, at most, of any other token, with the concept at each place.
-- ``neighbours``: zorp and quib (the recipe at lr_embedding 0.001, as part ``pairs_word``) at the
-  left beside each other noun of the world at the right, gray background, global lock, against the
-  same prompt with the superclass word: which neighbours take the concept's place (README
-  "Quality", "Where two concepts fail").
+- ``neighbours``: zorp and quib (the recipe, as part ``pairs``) at the left beside each other noun
+  of the world at the right, gray background, global lock, against the same prompt with the
+  superclass word: which neighbours take the concept's place (README "Quality", "Where two concepts
+  fail").
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def neighbours(q: QualityRun, recipe: Recipe) -> None:
     seed), and its superclass word there: how many samples draw the left object right."""
     for concept in (ZORP, world.CONCEPTS["quib"]):
         folder = write_photos(q.host.layout.input, concept, "probe", recipe.shots)
-        trained = train(q, f"probe_{concept.word}", replace(recipe, lr_embedding=0.001), folder, concept)
+        trained = train(q, f"probe_{concept.word}", recipe, folder, concept)
         superclass = world.thing(*world.NOUNS[concept.superclass], "left")
         counts = {}
         for noun, look in world.NOUNS.items():

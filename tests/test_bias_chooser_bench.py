@@ -121,7 +121,7 @@ def test_every_concept_has_a_prompt_away_from_its_training_photos():
 
 
 def test_grid_option_names_the_grid_or_says_what_is_wrong():
-    assert parse_grid("0.5,1.3,0.2") == BIAS_SWEEP
+    assert parse_grid("0.3,1.1,0.2") == BIAS_SWEEP
     for bad, why in (("0.4,0.9", "LOW,HIGH,STEP"), ("0.9,0.4,0.1", "bias_max"), ("a,b,c", "LOW,HIGH,STEP")):
         with pytest.raises(argparse.ArgumentTypeError, match=why):
             parse_grid(bad)

@@ -71,7 +71,6 @@ def test_report_merges_parts_of_one_checkpoint_and_refuses_mixed_ones(tmp_path):
         "baselines",
         "photos",
         "steps",
-        "pairs_word",
         "schedule",
         "export",
         "word",

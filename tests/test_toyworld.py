@@ -158,7 +158,7 @@ def test_value_swap_gives_each_slot_its_own_noun_from_another_place():
     [
         ("toyworld.evaluate", ["--no-singles"]),
         ("toyworld.evaluate", ["--weights", "other-build.safetensors"]),
-        ("benchmarks.quality", ["--weights", "other-build.safetensors", "--part", "pairs_word"]),
+        ("benchmarks.quality", ["--weights", "other-build.safetensors", "--part", "pairs"]),
     ],
 )
 def test_reports_on_another_world_refuse_to_overwrite_the_shipped_results(capsys, module, args):
