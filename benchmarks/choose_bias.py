@@ -6,10 +6,11 @@ Six concepts (brown and pink, each as a ball, a block and a bar: :data:`toyworld
 trained with the toy world's recipe through ``PerfusionTrainConcept``. Each is sampled as Choose
 Perfusion Bias samples it: one prompt with the concept word, the same seeds at every bias of a grid
 (local key lock) and with the superclass word in its place. The grid is the toy world's bias sweep
-(:data:`toyworld.recipe.BIAS_SWEEP`, 0.5-1.3), not the node's default 0.4-0.9: a recipe concept's gate
-stays open up to 0.9 on this world (README, "why the bias hardly moved"), so on the node's grid
-every bias gives the same images and no rule has anything to choose between. Two curves come
-from the same images, and :func:`perfusion_core.operating_point.choose_bias` picks on each:
+(:data:`toyworld.recipe.BIAS_SWEEP`), not the node's default 0.4-0.9: the sweep spans a recipe
+concept's gate from open to shut on this world (README, "why the bias hardly moved"), where on the
+earlier recipe the node's grid gave the same images at every bias and no rule had anything to choose
+between. Two curves come from the same images, and :func:`perfusion_core.operating_point.choose_bias`
+picks on each:
 
 * **proxy** (what the node does): :func:`perfusion_core.operating_point.score_curve` on the
   embeddings of :func:`toyworld.embedder.embed`, the stand-in for CLIP vision's image tower;
