@@ -361,26 +361,21 @@ def part_steps(q: QualityRun, plan: Plan) -> list[dict]:
     return arms
 
 
-def chained_pairs(
-    q: QualityRun, plan: Plan, locks: dict[str, Sequence[str]], lr_embedding: float | None = None
-) -> list[dict]:
-    """zorp chained with each concept of ``locks`` under each of its key locks, all trained apart at
-    ``lr_embedding`` (None: the recipe's), at the suggested bias; in_place is "both present, on their
-    places"."""
+def chained_pairs(q: QualityRun, plan: Plan, locks: dict[str, Sequence[str]]) -> list[dict]:
+    """zorp chained with each concept of ``locks`` under each of its key locks, all trained apart with
+    the recipe, at the suggested bias; in_place is "both present, on their places"."""
     zorp = world.CONCEPTS["zorp"]
-    lr = {} if lr_embedding is None else {"lr_embedding": lr_embedding}
-    suffix = "" if lr_embedding is None else f"_lr_embedding_{lr_embedding:g}"
-    label = "" if lr_embedding is None else f", lr_embedding {lr_embedding:g}"
-    files = {zorp.word: q.train(zorp, f"zorp{suffix}", **lr)}
+    files = {zorp.word: q.train(zorp, zorp.word)}
     arms = []
     for word, lock_list in locks.items():
         other = world.CONCEPTS[word]
-        files[word] = q.train(other, f"{word}{suffix}", **lr)
+        files[word] = q.train(other, word)
         scenes = pair_scenes(zorp, other)[:: plan.every]
         for lock in lock_list:
             uses = [ConceptUse(files[c.word], SUGGESTED_BIAS, key_lock=lock) for c in (zorp, other)]
-            method = f"{zorp.word} + {word} {lock}{label}"
-            arms.append(q.arm(method, "bias", SUGGESTED_BIAS, scenes, [zorp, other], uses))
+            arms.append(
+                q.arm(f"{zorp.word} + {word} {lock}", "bias", SUGGESTED_BIAS, scenes, [zorp, other], uses)
+            )
     return arms
 
 
