@@ -2,7 +2,7 @@
 the probes behind README "The toy world", "Concepts on this world". ``make bench-quality`` is the
 measurement; these answer one question each, fast.
 
-    python -m benchmarks.concept_probes one-place|three-places|bias|recipe|gates|neighbours [--steps N]
+    python -m benchmarks.concept_probes one-place|three-places|bias|recipe|gates|neighbours|closed [--steps N]
 
 README's one-place, three-places and bias figures were measured at 150 steps (``--steps 150``),
 before the recipe moved to 300.
@@ -17,6 +17,8 @@ before the recipe moved to 300.
   of the world at the right, gray background, global lock, against the same prompt with the
   superclass word: which neighbours take the concept's place (README "Quality", "Where two concepts
   fail").
+- ``closed``: the recipe's concept as its gate closes (bias 0.9, 1.1, 2.0), local and global lock:
+  what is drawn at the concept's place, its superclass's look or another.
 """
 
 from __future__ import annotations
@@ -49,16 +51,22 @@ def train(
 
 
 def arm(q: QualityRun, label: str, uses: list[ConceptUse]) -> None:
-    """Every prompt sampled with ``uses``: the rates, and where the concept landed per prompted place."""
+    """Every prompt sampled with ``uses``: the rates, where the concept landed per prompted place, and
+    the looks drawn at the prompted place."""
     where: collections.Counter = collections.Counter()
+    looks: collections.Counter = collections.Counter()
     rows = []
     for i, scene in enumerate(eval_scenes(ZORP)):
         wanted = next(t.position for t in scene.things if t.name == ZORP.word)
         for image in q.batch(scene.caption, 100 + i, uses):
-            where[f"{wanted}->{scorer.colour_anywhere(scorer.read(image), ZORP.colour)}"] += 1
+            reading = scorer.read(image)
+            where[f"{wanted}->{scorer.colour_anywhere(reading, ZORP.colour)}"] += 1
+            seen = reading.objects.get(wanted)
+            looks[f"{seen.colour} {seen.shape}" if seen else "nothing"] += 1
             rows.append(judge(image, scene, [ZORP]))
     r = rates(rows)
     print(f"{label:<28}", " ".join(f"{k} {r[k]:.2f}" for k in SHOWN), dict(sorted(where.items())), flush=True)
+    print(f"{'':<28} at its place: {dict(looks.most_common())}", flush=True)
 
 
 def relevance(q: QualityRun, concept: str) -> None:
@@ -111,7 +119,9 @@ def neighbours(q: QualityRun, recipe: Recipe) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("probe", choices=("one-place", "three-places", "bias", "recipe", "gates", "neighbours"))
+    ap.add_argument(
+        "probe", choices=("one-place", "three-places", "bias", "recipe", "gates", "neighbours", "closed")
+    )
     ap.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
     a = ap.parse_args(argv)
     q, _ = open_run(Plan(samples=6 if a.probe == "neighbours" else 4))
@@ -145,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.probe == "gates":
         relevance(q, concept)
         return 0
-    biases = (0.7,) if a.probe == "three-places" else (0.4, 0.5, 0.6, 0.7)
+    biases = {"three-places": (0.7,), "closed": (0.9, 1.1, 2.0)}.get(a.probe, (0.4, 0.5, 0.6, 0.7))
     for lock in ("local", "global"):
         for b in biases:
             arm(q, f"{lock} {b}", [ConceptUse(concept, b, key_lock=lock)])

@@ -10,8 +10,9 @@ and labelled with its prompt and setting:
 * ``toyworld_places.png``: "zorp" (a brown ball) at six places and backgrounds, twice next to
   another object;
 * ``toyworld_bias_sweep.png``: one prompt over the gate bias, and the unpatched model;
-* ``toyworld_two_concepts.png``: "zorp" and "quib" (a pink block), trained apart, in one prompt
-  (global key lock).
+* ``toyworld_two_concepts.png``: "zorp" and "quib" (a pink block), trained apart, in one prompt.
+
+Every grid uses the global key lock (:data:`KEY_LOCK`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ TOGETHER = (
 )
 TILE = 512  # px, at least, per image
 SEED = 3
+# The global lock on every grid: on the benchmark's prompts it gave the best point (fidelity 0.84,
+# alignment 0.94 at bias 0.5; the local lock 0.79 / 0.87), and as its gate closes the concept's place
+# gets the superclass (a red ball in 16-23 of 24 samples at bias 0.9-2.0), where with the local lock
+# it gets a green ball, neither concept nor superclass (README "Quality").
+KEY_LOCK = "global"
 
 
 def _caption_lines(text: str, width: int = 44) -> str:
@@ -116,30 +122,29 @@ def run_demo(host, ckpt: str, out: Path, *, quick: bool, steps: int | None, prog
         result = run(host, prompt, progress, f"{tag}: {text}")
         return _save(host.images(result, prompt.node("SaveImage").id)[0], tiles_dir / f"{tag}.png")
 
-    zorp = [ConceptUse(concepts["zorp"], SUGGESTED_BIAS)]
+    zorp = [ConceptUse(concepts["zorp"], SUGGESTED_BIAS, key_lock=KEY_LOCK)]
     places = [(_caption_lines(s.caption), generate(s, zorp, f"place_{i}")) for i, s in enumerate(PLACES)]
-    written.append(labelled_row(places, f"zorp (a brown ball) where the prompt puts it (bias {SUGGESTED_BIAS})",
+    setting = f"bias {SUGGESTED_BIAS}, key lock {KEY_LOCK}"
+    written.append(labelled_row(places, f"zorp (a brown ball) where the prompt puts it ({setting})",
                                 out / "toyworld_places.png", TILE))  # fmt: skip
 
     sweep_scene = PLACES[0]
     superclass = sweep_scene.caption.replace(ZORP.word, ZORP.superclass)
     sweep = [("no concept:\n" + superclass, generate(sweep_scene, [], "sweep_none", superclass))]
     for bias in BIAS_SWEEP[::2] if quick else BIAS_SWEEP:
-        use = [ConceptUse(concepts["zorp"], bias)]
+        use = [ConceptUse(concepts["zorp"], bias, key_lock=KEY_LOCK)]
         sweep.append((f"bias {bias:.1f}", generate(sweep_scene, use, f"sweep_{bias:.1f}")))
-    written.append(labelled_row(sweep, f'"{sweep_scene.caption}": lower bias = stronger concept',
+    written.append(labelled_row(sweep, f'"{sweep_scene.caption}", key lock {KEY_LOCK}: lower bias = stronger concept',
                                 out / "toyworld_bias_sweep.png", TILE))  # fmt: skip
 
-    # The global lock: with the local one, two concepts were both in place in 4 % of the benchmark's
-    # samples, against 34 % (README "Quality", pairs).
-    both = [ConceptUse(concepts[c.word], SUGGESTED_BIAS, key_lock="global") for c in (ZORP, QUIB)]
+    both = [ConceptUse(concepts[c.word], SUGGESTED_BIAS, key_lock=KEY_LOCK) for c in (ZORP, QUIB)]
     together = [
         (_caption_lines(s.caption), generate(s, both, f"together_{i}")) for i, s in enumerate(TOGETHER)
     ]
     written.append(
         labelled_row(
             together,
-            f"two concepts trained apart, one prompt (bias {SUGGESTED_BIAS}, key lock global)",
+            f"two concepts trained apart, one prompt ({setting})",
             out / "toyworld_two_concepts.png",
             TILE,
         )
