@@ -52,8 +52,8 @@ TILE = 512  # px, at least, per image
 SEED = 3
 # The global lock on every grid: on the benchmark's prompts it gave the best point (fidelity 0.84,
 # alignment 0.94 at bias 0.5; the local lock 0.79 / 0.87), and as its gate closes the concept's place
-# gets the superclass (a red ball in 16-23 of 24 samples at bias 0.9-2.0), where with the local lock
-# it gets a green ball, neither concept nor superclass (README "Quality").
+# gets the superclass's look (red in 32-36 of 48 samples at bias 0.9-2.0), where with the local lock
+# it gets a green one, neither concept nor superclass (``python -m benchmarks.concept_probes closed``).
 KEY_LOCK = "global"
 
 
